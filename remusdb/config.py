@@ -1,0 +1,274 @@
+"""The TOML configuration of one protected VM, validated so every mistake names its key and value.
+
+Sections and keys (all optional; defaults make a working single-machine setup):
+
+    [vm]            name, memory, vcpus, image, accel, cpu, init, ip, gateway, mac, network,
+                    ram_dir, run_dir
+    [checkpoint]    interval_ms
+    [optimizations] compression, rt, cp, page_cache
+    [standby]       address, port
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+import zlib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from remusdb.errors import RemusError
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+COMPRESSION_CODECS = ("off", "xor-rle", "xor-lz4")
+ACCELS = ("auto", "kvm", "tcg")
+INITS = ("fast", "systemd")
+NETWORKS = ("tap", "stream")
+
+
+class ConfigError(RemusError):
+    pass
+
+
+def parse_size(text: str | int) -> int:
+    """'1G', '1048584K', '512MiB' or a plain byte count -> bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"expected a size like 1G, 512M or 1048584K, got {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _fail(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"config error: {key} = {value!r}: {why}")
+
+
+def _check_choice(choices):
+    def check(key, v):
+        if v not in choices:
+            raise _fail(key, v, "expected one of " + ", ".join(choices))
+        return v
+    return check
+
+
+def _check_int(lo, hi):
+    def check(key, v):
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise _fail(key, v, f"expected an integer from {lo} to {hi}")
+        return v
+    return check
+
+
+def _check_bool(key, v):
+    if not isinstance(v, bool):
+        raise _fail(key, v, "expected true or false")
+    return v
+
+
+def _check_str(key, v):
+    if not isinstance(v, str) or not v:
+        raise _fail(key, v, "expected a non-empty string")
+    return v
+
+
+def _check_name(key, v):
+    if not isinstance(v, str) or not _NAME_RE.match(v):
+        raise _fail(key, v, "expected 1-24 characters a-z, 0-9 and '-', starting with a letter")
+    return v
+
+
+def _check_memory(key, v):
+    try:
+        n = parse_size(v)
+    except ValueError as e:
+        raise _fail(key, v, str(e)) from None
+    if n < 128 << 20 or n > 1 << 40 or n % 4096:
+        raise _fail(key, v, "expected between 128M and 1T, a multiple of 4K")
+    return n
+
+
+def _check_iface(key, v):
+    try:
+        iface = ipaddress.IPv4Interface(v)
+    except (ValueError, TypeError):
+        raise _fail(key, v, "expected an IPv4 address with prefix, like 10.213.0.10/24") from None
+    if "/" not in str(v) or iface.network.prefixlen == 32:
+        raise _fail(key, v, "expected an IPv4 address with prefix, like 10.213.0.10/24")
+    return str(iface)
+
+
+def _check_ip(key, v):
+    try:
+        return str(ipaddress.IPv4Address(v))
+    except (ValueError, TypeError):
+        raise _fail(key, v, "expected an IPv4 address") from None
+
+
+def _check_mac(key, v):
+    if v == "auto":
+        return v
+    if not isinstance(v, str) or not _MAC_RE.match(v.lower()):
+        raise _fail(key, v, "expected 'auto' or a MAC like 52:54:00:12:34:56")
+    return v.lower()
+
+
+def _check_image(key, v):
+    if v == "default":
+        return v
+    if not isinstance(v, str) or not v:
+        raise _fail(key, v, "expected 'default' or the path of a raw guest image")
+    if not Path(v).is_file():
+        raise _fail(key, v, "image file not found")
+    return v
+
+
+def _check_fraction(key, v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+        raise _fail(key, v, "expected a fraction of guest RAM, 0 < x <= 1")
+    return float(v)
+
+
+def _check_dir(key, v):
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise _fail(key, v, "expected an absolute directory path")
+    return v
+
+
+def _check_address(key, v):
+    if not isinstance(v, str) or not v or any(c.isspace() for c in v):
+        raise _fail(key, v, "expected a host name or IP address")
+    return v
+
+
+@dataclass
+class VMConfig:
+    name: str = field(default="remusdb", metadata={"check": _check_name})
+    memory: int = field(default=1 << 30, metadata={"check": _check_memory})
+    vcpus: int = field(default=2, metadata={"check": _check_int(1, 64)})
+    image: str = field(default="default", metadata={"check": _check_image})
+    accel: str = field(default="auto", metadata={"check": _check_choice(ACCELS)})
+    cpu: str = field(default="qemu64", metadata={"check": _check_str})
+    init: str = field(default="fast", metadata={"check": _check_choice(INITS)})
+    ip: str = field(default="10.213.0.10/24", metadata={"check": _check_iface})
+    gateway: str = field(default="10.213.0.1", metadata={"check": _check_ip})
+    mac: str = field(default="auto", metadata={"check": _check_mac})
+    network: str = field(default="tap", metadata={"check": _check_choice(NETWORKS)})
+    ram_dir: str = field(default="/dev/shm", metadata={"check": _check_dir})
+    run_dir: str = field(default="/run/remusdb", metadata={"check": _check_dir})
+
+    @property
+    def address(self) -> str:
+        return self.ip.split("/")[0]
+
+    @property
+    def mac_address(self) -> str:
+        """A stable locally administered MAC derived from the VM name unless one is given."""
+        if self.mac != "auto":
+            return self.mac
+        h = zlib.crc32(self.name.encode())
+        return "52:54:00:%02x:%02x:%02x" % ((h >> 16) & 0xFF, (h >> 8) & 0xFF, h & 0xFF)
+
+
+@dataclass
+class CheckpointConfig:
+    interval_ms: int = field(default=100, metadata={"check": _check_int(10, 10_000)})
+
+
+@dataclass
+class OptimizationsConfig:
+    compression: str = field(default="xor-rle",
+                             metadata={"check": _check_choice(COMPRESSION_CODECS)})
+    rt: bool = field(default=True, metadata={"check": _check_bool})
+    cp: bool = field(default=True, metadata={"check": _check_bool})
+    page_cache: float = field(default=0.10, metadata={"check": _check_fraction})
+
+
+@dataclass
+class StandbyConfig:
+    address: str = field(default="127.0.0.1", metadata={"check": _check_address})
+    port: int = field(default=7787, metadata={"check": _check_int(1, 65535)})
+
+
+@dataclass
+class Config:
+    vm: VMConfig = field(default_factory=VMConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    optimizations: OptimizationsConfig = field(default_factory=OptimizationsConfig)
+    standby: StandbyConfig = field(default_factory=StandbyConfig)
+
+
+def _build_section(cls, section: str, raw: Any):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config error: [{section}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                f"config error: unknown key '{section}.{key}' "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        values[key] = known[key].metadata["check"](f"{section}.{key}", value)
+    return cls(**values)
+
+
+def from_dict(raw: dict) -> Config:
+    sections = {f.name: f.default_factory for f in fields(Config)}
+    built = {}
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(
+                f"config error: unknown section [{name}] (known: {', '.join(sections)})"
+            )
+        built[name] = _build_section(type(sections[name]()), name, value)
+    return Config(**built)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; every failure is one ConfigError line."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config error: file not found: {p}") from None
+    except OSError as e:
+        raise ConfigError(f"config error: cannot read {p}: {e.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config error: {p}: invalid TOML: {e}") from None
+    return from_dict(raw)
+
+
+EXAMPLE = """\
+# remusdb: one protected database VM
+[vm]
+name = "pg1"
+memory = "1G"            # guest RAM (K/M/G suffix)
+vcpus = 2
+image = "default"        # the cached image from 'remusdb image build', or a raw image path
+accel = "auto"           # auto = KVM where the CPU has vmx/svm, else TCG
+init = "fast"            # fast (no systemd) or systemd
+ip = "10.213.0.10/24"
+gateway = "10.213.0.1"
+
+[checkpoint]
+interval_ms = 100
+
+[optimizations]
+compression = "xor-rle"  # off | xor-rle | xor-lz4
+rt = true                # disk read tracking
+cp = true                # commit protection
+page_cache = 0.10        # fraction of guest RAM for the compression page cache
+
+[standby]
+address = "127.0.0.1"
+port = 7787
+"""

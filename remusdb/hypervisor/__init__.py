@@ -1,0 +1,1 @@
+"""Hypervisor drivers: QEMU (command line, QMP monitor, guest agent, snapshots)."""

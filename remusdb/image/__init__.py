@@ -1,0 +1,1 @@
+"""The guest image: a Debian bookworm root with PostgreSQL 15 and MariaDB 10.11."""

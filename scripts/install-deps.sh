@@ -1,0 +1,29 @@
+#!/bin/sh
+# Host packages and the project venv. Idempotent: installs only what is missing.
+set -eu
+cd "$(dirname "$0")/.."
+
+PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 util-linux zstd
+      postgresql-client mariadb-client postgresql-server-dev-15 make gcc"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "deps: installing Debian packages:$missing"
+    [ "$(id -u)" = 0 ] || { echo "deps: need root to install Debian packages" >&2; exit 1; }
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "deps: creating .venv"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "deps: installing Python packages into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+fi
