@@ -173,7 +173,7 @@ class VMConfig:
         if self.mac != "auto":
             return self.mac
         h = zlib.crc32(self.name.encode())
-        return "52:54:00:%02x:%02x:%02x" % ((h >> 16) & 0xFF, (h >> 8) & 0xFF, h & 0xFF)
+        return f"52:54:00:{(h >> 16) & 0xFF:02x}:{(h >> 8) & 0xFF:02x}:{h & 0xFF:02x}"
 
 
 @dataclass

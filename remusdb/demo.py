@@ -27,7 +27,7 @@ def run(cfg: Config, out=sys.stdout) -> int:
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="remusdb-demo-",
                                                    dir=cfg.vm.ram_dir) as tmp:
         primary = lab.members["primary"]
-        say(f"hosts: " + ", ".join(f"{h.name} {h.address}" for h in lab.members.values()))
+        say("hosts: " + ", ".join(f"{h.name} {h.address}" for h in lab.members.values()))
         tap = lab.add_tap("primary")
         cfg.vm.gateway = lab.gateway
         t0 = time.monotonic()

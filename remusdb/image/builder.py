@@ -67,7 +67,7 @@ def _hash_tree(h: hashlib._Hash, top: Path) -> None:
 
 
 def dbpatch_dirs(dbpatches: Path) -> list[Path]:
-    """Guest-side database components: each subdirectory with a Makefile that installs to DESTDIR."""
+    """Guest-side database components: subdirectories whose Makefile installs to DESTDIR."""
     if not dbpatches.is_dir():
         return []
     return sorted(d for d in dbpatches.iterdir() if (d / "Makefile").is_file())

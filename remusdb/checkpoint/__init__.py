@@ -1,0 +1,1 @@
+"""Epochs from a stock QEMU over COLO: stream capture, shipping, standby store, failover."""

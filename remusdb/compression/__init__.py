@@ -1,0 +1,1 @@
+"""ASC: XOR against an LRU page cache, then RLE or LZ4, after the VM has resumed."""

@@ -1,0 +1,1 @@
+"""RT: dirty pages that equal unchanged disk blocks are sent as references."""

@@ -1,0 +1,1 @@
+"""Reprotection: bring a returned host back as the standby without stopping the database."""
