@@ -4,16 +4,25 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 util-linux zstd
-      postgresql-client mariadb-client postgresql-server-dev-15 make gcc"
+      postgresql-client mariadb-client postgresql-server-dev-15 make gcc
+      dpkg-dev patch ninja-build meson pkg-config flex bison libglib2.0-dev libpixman-1-dev
+      libfdt-dev libslirp-dev python3-venv"
+# The patched QEMU is built from Debian's source package: apt needs a deb-src entry.
+src=/etc/apt/sources.list.d/remusdb-debian-src.sources
+if ! grep -rqs '^Types: deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
+    echo "deps: adding Debian deb-src entries ($src)"
+    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > "$src"
+    need_update=1
+fi
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-if [ -n "$missing" ]; then
+if [ -n "$missing" ] || [ -n "${need_update:-}" ]; then
     echo "deps: installing Debian packages:$missing"
     [ "$(id -u)" = 0 ] || { echo "deps: need root to install Debian packages" >&2; exit 1; }
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
+    [ -z "$missing" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
 fi
 
 PY=${PYTHON:-python3}

@@ -85,6 +85,7 @@ class GuestSpec:
     netns: str | None = None  # run QEMU inside this network namespace
     extra_append: str = ""
     extra_args: list[str] = field(default_factory=list)
+    binary: str = QEMU_BINARY  # the patched build under TCG (see vm.qemu_binary)
 
     def fingerprint(self) -> dict:
         return {
@@ -144,7 +145,7 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
     else:
         netdev = None
     cmd = [
-        QEMU_BINARY, "-name", spec.name, "-nodefaults", "-no-user-config", "-display", "none",
+        spec.binary, "-name", spec.name, "-nodefaults", "-no-user-config", "-display", "none",
         "-machine", "pc,memory-backend=ram0", *accel, "-cpu", spec.cpu,
         "-smp", str(spec.vcpus), "-m", f"{spec.memory // 1024}K",
         "-object", (f"memory-backend-file,id=ram0,size={spec.memory // 1024}K,"
@@ -181,8 +182,8 @@ class QemuGuest:
         self.agent = GuestAgent(self.files.agent)
 
     def start(self, incoming: str | None = None, timeout: float = 30.0) -> None:
-        if shutil.which(QEMU_BINARY) is None:
-            raise QemuError(f"{QEMU_BINARY} not found (run 'make deps')")
+        if shutil.which(self.spec.binary) is None:
+            raise QemuError(f"{self.spec.binary} not found (run 'make deps')")
         self.files.dir.mkdir(parents=True, exist_ok=True)
         # memory-backend-file does not clear an existing file: never map a stale guest's RAM.
         for p in (self.files.ram, self.files.qmp, self.files.agent, self.files.serial_log):

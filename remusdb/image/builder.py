@@ -11,14 +11,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from remusdb import paths
 from remusdb.errors import RemusError
+from remusdb.steps import Progress, run_logged
 
 RECIPE_VERSION = 1
 SUITE = "bookworm"
@@ -96,58 +95,6 @@ def cached_image() -> GuestImage | None:
     return GuestImage.load(d) if (d / "manifest.json").is_file() else None
 
 
-class _Progress:
-    def __init__(self, total: int, out=sys.stderr):
-        self.total, self.n, self.out, self.t0 = total, 0, out, time.monotonic()
-        self.step_t0 = self.t0
-
-    def step(self, what: str) -> None:
-        self.done()
-        self.n += 1
-        self.step_t0 = time.monotonic()
-        print(f"[image {self.n}/{self.total}] {what} ...", file=self.out, flush=True)
-
-    def done(self) -> None:
-        if self.n:
-            dt = time.monotonic() - self.step_t0
-            print(f"[image {self.n}/{self.total}] done in {dt:.0f} s", file=self.out, flush=True)
-
-    def note(self, line: str) -> None:
-        print(f"    {line}", file=self.out, flush=True)
-
-
-def _run_logged(cmd: list[str], log: Path, what: str, progress: _Progress,
-                show=lambda line: False, env=None) -> None:
-    """Run a build step, keep its full output in the log, show selected lines as progress."""
-    with open(log, "a") as logf:
-        logf.write(f"\n$ {' '.join(cmd)}\n")
-        logf.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env)
-        tail: list[str] = []
-        for line in proc.stdout:
-            logf.write(line)
-            line = line.rstrip()
-            tail = (tail + [line])[-40:]
-            if show(line):
-                progress.note(line)
-        rc = proc.wait()
-    if rc != 0:
-        raise RemusError(f"image build failed at '{what}': {_diagnose(tail)} (full log: {log})")
-
-
-def _diagnose(tail: list[str]) -> str:
-    """Pick the line that says why: apt's E: lines, a no-space error, else the last line."""
-    for line in tail:
-        if "No space left on device" in line:
-            return "no space left on device"
-    for marks in (("E:", "ERROR"), ("make: ***", "mkfs.ext4:", "error:")):
-        hits = [ln for ln in tail if ln.lstrip().startswith(marks) or any(m in ln for m in marks)]
-        if hits:
-            return hits[0].strip()
-    return tail[-1].strip() if tail else "no output"
-
-
 def _check_host() -> None:
     if os.geteuid() != 0:
         raise RemusError("image build needs root (mmdebstrap --mode=root, chroot)")
@@ -166,7 +113,7 @@ def _check_space(where: Path) -> None:
         )
 
 
-def install_dbpatches(rootfs: Path, dbpatches: Path, log: Path, progress: _Progress) -> None:
+def install_dbpatches(rootfs: Path, dbpatches: Path, log: Path, progress: Progress) -> None:
     """Compile guest-side components on the host (same Debian release as the guest) into the root.
 
     Each dbpatches/<name>/Makefile gets `make install DESTDIR=<root>` (PGXS honours DESTDIR);
@@ -174,11 +121,11 @@ def install_dbpatches(rootfs: Path, dbpatches: Path, log: Path, progress: _Progr
     """
     for d in dbpatch_dirs(dbpatches):
         progress.note(f"dbpatches/{d.name}")
-        _run_logged(["make", "-C", str(d), "install", f"DESTDIR={rootfs}"], log,
+        run_logged(["make", "-C", str(d), "install", f"DESTDIR={rootfs}"], log,
                     f"dbpatches/{d.name} install", progress)
         hook = d / "image-hook.sh"
         if hook.is_file():
-            _run_logged(["sh", str(hook), str(rootfs)], log, f"dbpatches/{d.name} hook", progress)
+            run_logged(["sh", str(hook), str(rootfs)], log, f"dbpatches/{d.name} hook", progress)
 
 
 def build(rebuild: bool = False, dbpatches: Path | None = None) -> GuestImage:
@@ -196,7 +143,7 @@ def build(rebuild: bool = False, dbpatches: Path | None = None) -> GuestImage:
     log = final.parent / f"{key}.build.log"
     log.write_text("")
     rootfs = work / "rootfs"
-    progress = _Progress(total=5)
+    progress = Progress(total=5, label="image")
     t0 = time.monotonic()
     try:
         progress.step(f"bootstrap Debian {SUITE} with PostgreSQL 15 and MariaDB (mmdebstrap)")
@@ -210,7 +157,7 @@ def build(rebuild: bool = False, dbpatches: Path | None = None) -> GuestImage:
             SUITE, str(rootfs),
         ]
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        _run_logged(cmd, log, "bootstrap", progress, env=env,
+        run_logged(cmd, log, "bootstrap", progress, env=env,
                     show=lambda ln: ln.startswith(("I: ", "customize:", "E: ")))
 
         progress.step("install guest-side database components (dbpatches/)")
@@ -228,7 +175,7 @@ def build(rebuild: bool = False, dbpatches: Path | None = None) -> GuestImage:
         shutil.copy(initrd, work / "initrd.img")
 
         progress.step(f"make the {IMAGE_SIZE} ext4 root (mkfs.ext4 -d)")
-        _run_logged(["mkfs.ext4", "-q", "-F", "-L", "remusdb-root", "-d", str(rootfs),
+        run_logged(["mkfs.ext4", "-q", "-F", "-L", "remusdb-root", "-d", str(rootfs),
                      str(work / "root.raw"), IMAGE_SIZE], log, "mkfs.ext4", progress)
 
         progress.step("finish")

@@ -1,6 +1,8 @@
 import subprocess
 
+from remusdb import steps
 from remusdb.image import builder
+from remusdb.steps import Progress
 
 
 def test_recipe_key_tracks_dbpatches(tmp_path):
@@ -29,7 +31,7 @@ def test_dbpatches_install_into_destdir(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     log = tmp_path / "log"
-    builder.install_dbpatches(root, patches, log, builder._Progress(1))
+    builder.install_dbpatches(root, patches, log, Progress(1, label="image"))
     assert (root / "usr/lib/demo/x").read_text() == "built\n"
     assert (root / "etc-demo").read_text() == "hooked\n"
 
@@ -40,7 +42,7 @@ def test_failed_step_names_the_reason(tmp_path):
     comp.mkdir(parents=True)
     (comp / "Makefile").write_text("install:\n\t@echo 'E: Unable to locate package nope'; false\n")
     try:
-        builder.install_dbpatches(tmp_path, patches, tmp_path / "log", builder._Progress(1))
+        builder.install_dbpatches(tmp_path, patches, tmp_path / "log", Progress(1, label="image"))
     except builder.RemusError as e:
         msg = str(e)
     else:
@@ -50,11 +52,11 @@ def test_failed_step_names_the_reason(tmp_path):
 
 
 def test_diagnose_prefers_space_then_apt_errors():
-    assert builder._diagnose(["x", "write: No space left on device", "E: y"]) == \
+    assert steps._diagnose(["x", "write: No space left on device", "E: y"]) == \
         "no space left on device"
-    assert builder._diagnose(["I: a", "E: Unable to locate package foo", "last"]) == \
+    assert steps._diagnose(["I: a", "E: Unable to locate package foo", "last"]) == \
         "E: Unable to locate package foo"
-    assert builder._diagnose(["only"]) == "only"
+    assert steps._diagnose(["only"]) == "only"
 
 
 def test_space_check(tmp_path, monkeypatch):

@@ -1,0 +1,77 @@
+"""The COLO secondary's side of the checkpoint protocol, spoken by the primary daemon.
+
+QEMU (the COLO primary) migrates into a unix socket this endpoint listens on. After the initial
+precopy stream it runs one transaction per checkpoint interval; the VM stays paused from
+VMSTATE_SEND until we send VMSTATE_LOADED, so `ack()` is sent as soon as the epoch is in memory
+and everything else happens after the VM has resumed.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+from remusdb.checkpoint.stream import (
+    Colo,
+    InitialState,
+    PageSet,
+    RamParser,
+    Reader,
+    message,
+    read_initial,
+    read_live_state,
+    read_message,
+)
+
+
+@dataclass
+class Checkpoint:
+    """One epoch as QEMU sent it: the dirty pages and the full device state."""
+
+    seq: int
+    pages: PageSet
+    devices: bytes
+    requested_at: float  # monotonic: CHECKPOINT_REQUEST arrived
+    paused_at: float  # VMSTATE_SEND arrived (the VM is stopped)
+    received_at: float  # device blob complete
+    stream_bytes: int
+
+
+class ColoEndpoint:
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.r = Reader(conn, chunk=4 << 20)
+        self.initial: InitialState | None = None
+        self.ram: RamParser | None = None
+        self.seq = 0
+
+    def read_initial(self) -> InitialState:
+        self.ram = RamParser()
+        self.initial = read_initial(self.r, self.ram)
+        return self.initial
+
+    def ready(self) -> None:
+        """Tell QEMU the initial state is in: it starts its checkpoint timer."""
+        self.conn.sendall(message(Colo.CHECKPOINT_READY))
+
+    def next_checkpoint(self, pages: PageSet | None = None) -> Checkpoint:
+        read_message(self.r, Colo.CHECKPOINT_REQUEST)
+        requested = time.monotonic()
+        self.conn.sendall(message(Colo.CHECKPOINT_REPLY))
+        read_message(self.r, Colo.VMSTATE_SEND)
+        paused = time.monotonic()
+        start = self.r.offset
+        pages = pages if pages is not None else PageSet()
+        read_live_state(self.r, self.ram, self.initial.ram_section.section_id, pages)
+        read_message(self.r, Colo.VMSTATE_SIZE)
+        size = self.r.u64()
+        devices = self.r.bytes(size)
+        self.seq += 1
+        return Checkpoint(self.seq, pages, devices, requested, paused, time.monotonic(),
+                          self.r.offset - start)
+
+    def ack(self) -> float:
+        """Let the VM run again; returns when the acknowledgement left."""
+        self.conn.sendall(message(Colo.VMSTATE_RECEIVED) + message(Colo.VMSTATE_LOADED))
+        return time.monotonic()
