@@ -91,7 +91,11 @@ class Reader:
                 else:
                     self.buf[:avail] = self.buf[self.start : self.end]
                 self.start, self.end = 0, avail
-            got = self.src.recv_into(memoryview(self.buf)[self.end :])
+            try:
+                got = self.src.recv_into(memoryview(self.buf)[self.end :])
+            except TimeoutError:
+                raise StreamError(f"no data for {self.src.gettimeout():.0f} s at offset "
+                                  f"{self.offset + self.available()}") from None
             if not got:
                 raise Truncated(f"stream closed at offset {self.offset + self.available()}: "
                                 f"needed {n - self.available()} more bytes")
@@ -154,14 +158,21 @@ class RamBlock:
 
 
 class PageSet:
-    """The RAM records of one epoch: full pages (contiguous array) and zero-filled pages."""
+    """The RAM records of one epoch: full pages (one contiguous array) and zero-filled pages.
+
+    Within a checkpoint QEMU sends a page at most once, but the initial precopy phase resends
+    pages dirtied meanwhile, possibly as a ZERO record after a PAGE or back: `latest()` keeps
+    the last record of each page, in stream order.
+    """
 
     def __init__(self, capacity: int = 1024):
         self.n = 0
+        self.seq = 0  # records so far, pages and zeros alike
         self.block = np.empty(capacity, np.uint16)
         self.index = np.empty(capacity, np.uint64)  # page number within the block
+        self.order = np.empty(capacity, np.int64)
         self.data = np.empty((capacity, PAGE_SIZE), np.uint8)
-        self._zeros: list[tuple[int, np.ndarray, np.ndarray]] = []  # (block, indexes, fills)
+        self._zeros: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self.zero_count = 0
 
     def _reserve(self, k: int) -> None:
@@ -169,41 +180,68 @@ class PageSet:
         if need <= len(self.index):
             return
         cap = max(need, 2 * len(self.index))
-        for name in ("block", "index"):
+        for name in ("block", "index", "order", "data"):
             arr = getattr(self, name)
-            new = np.empty(cap, arr.dtype)
+            new = np.empty((cap, *arr.shape[1:]), arr.dtype)
             new[: self.n] = arr[: self.n]
             setattr(self, name, new)
-        data = np.empty((cap, PAGE_SIZE), np.uint8)
-        data[: self.n] = self.data[: self.n]
-        self.data = data
 
     def add_pages(self, block: int, indexes: np.ndarray, pages: np.ndarray) -> None:
         k = len(indexes)
         self._reserve(k)
-        self.block[self.n : self.n + k] = block
-        self.index[self.n : self.n + k] = indexes
-        self.data[self.n : self.n + k] = pages
+        sl = slice(self.n, self.n + k)
+        self.block[sl] = block
+        self.index[sl] = indexes
+        self.order[sl] = np.arange(self.seq, self.seq + k)
+        self.data[sl] = pages
         self.n += k
+        self.seq += k
 
     def add_zeros(self, block: int, indexes: np.ndarray, fills: np.ndarray) -> None:
-        self._zeros.append((block, np.array(indexes, np.uint64), np.array(fills, np.uint8)))
-        self.zero_count += len(indexes)
+        k = len(indexes)
+        self._zeros.append((block, np.array(indexes, np.uint64), np.array(fills, np.uint8),
+                            np.arange(self.seq, self.seq + k)))
+        self.zero_count += k
+        self.seq += k
 
     @property
     def pages(self) -> int:
         return self.n
 
     def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(block, page index, data) of every PAGE record, in stream order."""
         return self.block[: self.n], self.index[: self.n], self.data[: self.n]
 
     def zeros(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(block, page index, fill byte) of every ZERO record, in stream order."""
+        b, i, f, _ = self._zero_arrays()
+        return b, i, f
+
+    def _zero_arrays(self):
         if not self._zeros:
-            return (np.empty(0, np.uint16), np.empty(0, np.uint64), np.empty(0, np.uint8))
-        return (np.concatenate([np.full(len(i), b, np.uint16) for b, i, _ in self._zeros]),
-                np.concatenate([i for _, i, _ in self._zeros]),
-                np.concatenate([f for _, _, f in self._zeros]))
+            e = np.empty(0, np.uint64)
+            return e.astype(np.uint16), e, e.astype(np.uint8), e.astype(np.int64)
+        return (np.concatenate([np.full(len(i), b, np.uint16) for b, i, _, _ in self._zeros]),
+                np.concatenate([z[1] for z in self._zeros]),
+                np.concatenate([z[2] for z in self._zeros]),
+                np.concatenate([z[3] for z in self._zeros]))
+
+    def latest(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Rows of view() and entries of zeros() that are each page's last record."""
+        zb, zi, zf, zo = self._zero_arrays()
+        keys = np.concatenate([self.block[: self.n].astype(np.uint64) << np.uint64(48)
+                               | self.index[: self.n], zb.astype(np.uint64) << np.uint64(48)
+                               | zi])
+        order = np.concatenate([self.order[: self.n], zo])
+        if len(keys) == len(np.unique(keys)):
+            return np.arange(self.n), (zb, zi, zf)
+        srt = np.lexsort((-order, keys))
+        first = np.ones(len(srt), bool)
+        first[1:] = keys[srt][1:] != keys[srt][:-1]
+        keep = np.zeros(len(keys), bool)
+        keep[srt[first]] = True
+        zkeep = keep[self.n :]
+        return np.flatnonzero(keep[: self.n]), (zb[zkeep], zi[zkeep], zf[zkeep])
 
 
 @dataclass
