@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
 
 from remusdb import __version__
 from remusdb import config as configmod
@@ -50,6 +53,69 @@ def cmd_net_sweep(args) -> int:
     return 0
 
 
+def cmd_qemu_build(args) -> int:
+    from remusdb.hypervisor import qemubuild
+    print(qemubuild.build(rebuild=args.rebuild))
+    return 0
+
+
+def cmd_protect(args) -> int:
+    from remusdb import protection
+    cfg = configmod.load(args.config)
+    return protection.protect(cfg, protection.role_dir(cfg, "primary", args.run_dir),
+                              verify_every=args.verify_every)
+
+
+def cmd_standby(args) -> int:
+    from remusdb import protection
+    cfg = configmod.load(args.config)
+    disk = Path(args.disk) if args.disk else protection.role_dir(
+        cfg, "primary", args.run_dir) / "disk.qcow2"
+    return protection.standby(cfg, protection.role_dir(cfg, "standby", args.run_dir), disk)
+
+
+def cmd_status(args) -> int:
+    from remusdb import protection
+    from remusdb.checkpoint.status import read_status
+    cfg = configmod.load(args.config)
+    found = {}
+    for role in ("primary", "standby"):
+        st = read_status(protection.role_dir(cfg, role, args.run_dir) / f"{role}.status.json")
+        if st:
+            found[role] = st
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0 if found else 1
+    if not found:
+        raise RemusError(f"no remusdb daemon status for VM {cfg.vm.name}")
+    for role, st in found.items():
+        age = time.time() - st.get("updated_at", 0)
+        print(f"{role}: {st.get('state')} (pid {st.get('pid')}, updated {age:.0f} s ago)")
+        if role == "primary":
+            print(f"  epoch captured {st['epoch_captured']}, acked {st['epoch_acked']} "
+                  f"(lag {st['lag_epochs']}), interval {st['interval_ms']} ms")
+            print(f"  pause ms {st['pause_ms']}, dirty pages {st['dirty_pages']}, "
+                  f"bytes/epoch {st['bytes_per_epoch']}")
+            if st.get("failure"):
+                print(f"  {st['failure']}")
+        else:
+            print(f"  epoch committed {st['epoch_committed']}, apply ms {st['apply_ms']}, "
+                  f"verify {st['verify']}")
+            if st.get("failover"):
+                print(f"  failover {st['failover']}")
+    return 0
+
+
+def cmd_failover(args) -> int:
+    from remusdb import protection
+    from remusdb.checkpoint.standby import request_failover
+    cfg = configmod.load(args.config)
+    reply = request_failover(protection.role_dir(cfg, "standby", args.run_dir), force=args.force)
+    print(f"failed over to epoch {reply.get('epoch')}: VM running "
+          f"{reply.get('running_s')} s after the decision")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from remusdb import demo
     return demo.run(_load_config(args.config))
@@ -80,6 +146,35 @@ def parser() -> argparse.ArgumentParser:
     net.add_parser("sweep", help="remove namespaces left by dead remusdb processes").set_defaults(
         func=cmd_net_sweep)
 
+    q = sub.add_parser("qemu", help="the patched QEMU build used under TCG").add_subparsers(
+        dest="qemu_command", required=True, metavar="ACTION")
+    qb = q.add_parser("build", help="build (or reuse) the patched QEMU")
+    qb.add_argument("--rebuild", action="store_true")
+    qb.set_defaults(func=cmd_qemu_build)
+
+    def daemon_args(sp):
+        sp.add_argument("config")
+        sp.add_argument("--run-dir", help="base directory for runtime files (default vm.run_dir)")
+
+    pr = sub.add_parser("protect", help="start the VM and protect it (primary daemon)")
+    daemon_args(pr)
+    pr.add_argument("--verify-every", type=int, default=0, metavar="N",
+                    help="test mode: compare every page with the standby at every Nth epoch")
+    pr.set_defaults(func=cmd_protect)
+    sb = sub.add_parser("standby", help="receive checkpoints and fail over (standby daemon)")
+    daemon_args(sb)
+    sb.add_argument("--disk", help="disk image for the failed-over VM")
+    sb.set_defaults(func=cmd_standby)
+    st = sub.add_parser("status", help="protection state of a VM")
+    daemon_args(st)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    fo = sub.add_parser("failover", help="fail over now (refused while the primary sends)")
+    daemon_args(fo)
+    fo.add_argument("--force", action="store_true",
+                    help="fail over although the primary only went silent (fence it first)")
+    fo.set_defaults(func=cmd_failover)
+
     d = sub.add_parser("demo", help="bring up the VM stack and query both databases")
     d.add_argument("--config", help="config file (default: built-in defaults)")
     d.set_defaults(func=cmd_demo)
@@ -92,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RemusError as e:
         print(f"remusdb: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"remusdb: error: {e.strerror or e}"
+              + (f": {e.filename}" if getattr(e, "filename", None) else ""), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("remusdb: interrupted", file=sys.stderr)

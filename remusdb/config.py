@@ -3,10 +3,10 @@
 Sections and keys (all optional; defaults make a working single-machine setup):
 
     [vm]            name, memory, vcpus, image, accel, cpu, init, ip, gateway, mac, network,
-                    ram_dir, run_dir
+                    tap, bridge, qemu, ram_dir, run_dir
     [checkpoint]    interval_ms
     [optimizations] compression, rt, cp, page_cache
-    [standby]       address, port
+    [standby]       address, port, heartbeat_timeout_ms, fence_command
 """
 
 from __future__ import annotations
@@ -78,6 +78,18 @@ def _check_str(key, v):
     return v
 
 
+def _check_ifname(key, v):
+    if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9_.-]{1,15}$", v):
+        raise _fail(key, v, "expected a network interface name (1-15 characters)")
+    return v
+
+
+def _check_any_str(key, v):
+    if not isinstance(v, str):
+        raise _fail(key, v, "expected a string")
+    return v
+
+
 def _check_name(key, v):
     if not isinstance(v, str) or not _NAME_RE.match(v):
         raise _fail(key, v, "expected 1-24 characters a-z, 0-9 and '-', starting with a letter")
@@ -129,6 +141,14 @@ def _check_image(key, v):
     return v
 
 
+def _check_qemu(key, v):
+    if v in ("auto", "system", "patched"):
+        return v
+    if not isinstance(v, str) or not Path(v).is_file():
+        raise _fail(key, v, "expected auto, system, patched or the path of a QEMU binary")
+    return v
+
+
 def _check_fraction(key, v):
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
         raise _fail(key, v, "expected a fraction of guest RAM, 0 < x <= 1")
@@ -160,6 +180,9 @@ class VMConfig:
     gateway: str = field(default="10.213.0.1", metadata={"check": _check_ip})
     mac: str = field(default="auto", metadata={"check": _check_mac})
     network: str = field(default="tap", metadata={"check": _check_choice(NETWORKS)})
+    tap: str = field(default="tap0", metadata={"check": _check_ifname})
+    bridge: str = field(default="br0", metadata={"check": _check_ifname})
+    qemu: str = field(default="auto", metadata={"check": _check_qemu})
     ram_dir: str = field(default="/dev/shm", metadata={"check": _check_dir})
     run_dir: str = field(default="/run/remusdb", metadata={"check": _check_dir})
 
@@ -194,6 +217,8 @@ class OptimizationsConfig:
 class StandbyConfig:
     address: str = field(default="127.0.0.1", metadata={"check": _check_address})
     port: int = field(default=7787, metadata={"check": _check_int(1, 65535)})
+    heartbeat_timeout_ms: int = field(default=1000, metadata={"check": _check_int(50, 60_000)})
+    fence_command: str = field(default="", metadata={"check": _check_any_str})
 
 
 @dataclass
@@ -256,6 +281,7 @@ vcpus = 2
 image = "default"        # the cached image from 'remusdb image build', or a raw image path
 accel = "auto"           # auto = KVM where the CPU has vmx/svm, else TCG
 init = "fast"            # fast (no systemd) or systemd
+qemu = "auto"            # auto: Debian's QEMU under KVM, remusdb's patched build under TCG
 ip = "10.213.0.10/24"
 gateway = "10.213.0.1"
 
@@ -269,6 +295,8 @@ cp = true                # commit protection
 page_cache = 0.10        # fraction of guest RAM for the compression page cache
 
 [standby]
-address = "127.0.0.1"
+address = "127.0.0.1"    # where the standby daemon listens (the primary connects to it)
 port = 7787
+heartbeat_timeout_ms = 1000
+fence_command = ""       # run before failing over on silence; empty: wait for an operator
 """

@@ -122,6 +122,18 @@ class Lab:
         atexit.unregister(self.close)
 
 
+def ensure_tap(ifname: str, bridge: str) -> None:
+    """A tap on `bridge` in this process's namespace (QEMU opens it by name), created if absent."""
+    with IPRoute() as ipr:
+        br = ipr.link_lookup(ifname=bridge)
+        if not br:
+            raise NetError(f"bridge {bridge} not found: create it or set vm.bridge")
+        if not ipr.link_lookup(ifname=ifname):
+            ipr.link("add", ifname=ifname, kind="tuntap", mode="tap")
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=idx, master=br[0], state="up")
+
+
 def _remove_ns(name: str) -> None:
     if name in netns.listnetns():
         try:

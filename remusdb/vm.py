@@ -19,7 +19,8 @@ from pathlib import Path
 from remusdb import paths
 from remusdb.config import Config
 from remusdb.errors import RemusError
-from remusdb.hypervisor.qemu import GuestSpec, QemuGuest, resolve_accel
+from remusdb.hypervisor import qemubuild
+from remusdb.hypervisor.qemu import QEMU_BINARY, GuestSpec, QemuGuest, resolve_accel
 from remusdb.image import builder
 from remusdb.image.builder import GuestImage
 
@@ -46,11 +47,28 @@ def image_for(cfg: Config, build: bool = True) -> GuestImage:
     return GuestImage(root=root, kernel=kernel, initrd=initrd, key=f"path:{root.resolve()}")
 
 
+def qemu_binary(cfg: Config, accel: str, build: bool = True) -> str:
+    """Debian's QEMU under KVM; under TCG the patched build (Debian's 7.2 deadlocks and misses
+    dirty pages there during COLO checkpoints: docs/hypervisor.md)."""
+    choice = cfg.vm.qemu
+    if choice == "system" or (choice == "auto" and accel == "kvm"):
+        return QEMU_BINARY
+    if choice in ("patched", "auto"):
+        path = qemubuild.build() if build else qemubuild.patched_binary()
+        if path is None:
+            raise RemusError("the patched QEMU is not built yet: run 'remusdb qemu build'")
+        return str(path)
+    return choice
+
+
 def make_spec(cfg: Config, image: GuestImage, disk: Path, disk_format: str = "qcow2",
               netns: str | None = None, **over) -> GuestSpec:
     vm = cfg.vm
+    accel = resolve_accel(vm.accel)
+    if "binary" not in over:
+        over["binary"] = qemu_binary(cfg, accel)
     spec = GuestSpec(
-        name=vm.name, memory=vm.memory, vcpus=vm.vcpus, accel=resolve_accel(vm.accel),
+        name=vm.name, memory=vm.memory, vcpus=vm.vcpus, accel=accel,
         cpu=vm.cpu, kernel=image.kernel, initrd=image.initrd, disk=disk,
         disk_format=disk_format, mac=vm.mac_address, ip=vm.ip, gateway=vm.gateway,
         init=vm.init, network=vm.network, netns=netns,
@@ -113,7 +131,8 @@ def snapshot_dir(key: str) -> Path:
 
 
 def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = None,
-           use_snapshot: bool = True, log=sys.stderr, **over) -> QemuGuest:
+           use_snapshot: bool = True, log=sys.stderr, die_with_parent: bool = False,
+           **over) -> QemuGuest:
     """Start the database VM with PostgreSQL and MariaDB answering.
 
     From the saved snapshot when there is one; else cold boot, save a snapshot for next time
@@ -123,7 +142,7 @@ def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = No
     run_dir.mkdir(parents=True, exist_ok=True)
     disk = run_dir / "disk.qcow2"
     spec = make_spec(cfg, image, disk, netns=netns, **over)
-    guest = QemuGuest(spec, run_dir)
+    guest = QemuGuest(spec, run_dir, die_with_parent=die_with_parent)
     snap = snapshot_dir(snapshot_key(spec, image))
     try:
         if use_snapshot and (snap / "state").is_file():

@@ -21,6 +21,7 @@ from remusdb.hypervisor.monitor import Monitor
 
 QEMU_BINARY = "qemu-system-x86_64"
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+RAM_BACKEND = "ram0"  # also the RAM block's name in the migration stream
 
 
 class QemuError(RemusError):
@@ -86,6 +87,7 @@ class GuestSpec:
     extra_append: str = ""
     extra_args: list[str] = field(default_factory=list)
     binary: str = QEMU_BINARY  # the patched build under TCG (see vm.qemu_binary)
+    ram_file: Path | None = None  # map this RAM image (failover) instead of a fresh file
 
     def fingerprint(self) -> dict:
         return {
@@ -146,10 +148,10 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
         netdev = None
     cmd = [
         spec.binary, "-name", spec.name, "-nodefaults", "-no-user-config", "-display", "none",
-        "-machine", "pc,memory-backend=ram0", *accel, "-cpu", spec.cpu,
+        "-machine", f"pc,memory-backend={RAM_BACKEND}", *accel, "-cpu", spec.cpu,
         "-smp", str(spec.vcpus), "-m", f"{spec.memory // 1024}K",
-        "-object", (f"memory-backend-file,id=ram0,size={spec.memory // 1024}K,"
-                    f"mem-path={files.ram},share=on"),
+        "-object", (f"memory-backend-file,id={RAM_BACKEND},size={spec.memory // 1024}K,"
+                    f"mem-path={spec.ram_file or files.ram},share=on"),
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
         "-append", spec.kernel_cmdline(),
         "-drive", f"file={spec.disk},format={spec.disk_format},if=none,id=disk0,cache=writeback",
@@ -171,11 +173,20 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
     return cmd
 
 
+def _die_with_parent() -> None:
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class QemuGuest:
     """One QEMU process: start it, talk to it (QMP, guest agent), stop or kill it."""
 
-    def __init__(self, spec: GuestSpec, run_dir: Path):
+    def __init__(self, spec: GuestSpec, run_dir: Path, die_with_parent: bool = False):
+        """die_with_parent: QEMU gets SIGKILL when the starting thread's process dies, so a
+        dead HA daemon never leaves its VM running behind the standby's back (fencing)."""
         self.spec = spec
+        self.die_with_parent = die_with_parent
         self.files = RunFiles(Path(run_dir))
         self.proc: subprocess.Popen | None = None
         self.monitor: Monitor | None = None
@@ -186,13 +197,18 @@ class QemuGuest:
             raise QemuError(f"{self.spec.binary} not found (run 'make deps')")
         self.files.dir.mkdir(parents=True, exist_ok=True)
         # memory-backend-file does not clear an existing file: never map a stale guest's RAM.
-        for p in (self.files.ram, self.files.qmp, self.files.agent, self.files.serial_log):
+        stale = [self.files.qmp, self.files.agent, self.files.serial_log]
+        if self.spec.ram_file is None:
+            stale.append(self.files.ram)
+        for p in stale:
             p.unlink(missing_ok=True)
         cmd = build_command(self.spec, self.files, incoming)
         (self.files.dir / "cmdline").write_text(shlex.join(cmd) + "\n")
         log = open(self.files.qemu_log, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent if self.die_with_parent
+                                     else None)
         log.close()
         self.monitor = Monitor(self.files.qmp)
         deadline = time.monotonic() + timeout

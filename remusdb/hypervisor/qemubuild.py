@@ -28,6 +28,10 @@ CONFIGURE_FLAGS = (
     "--enable-slirp", "--enable-replication", "--disable-werror",
 )
 BINARY = "qemu-system-x86_64"
+# QEMU finds its firmware relative to its binary (../share/qemu, ../share/seabios,
+# ../lib/ipxe/qemu): the cached build links those to Debian's firmware packages.
+FIRMWARE_LINKS = {"share/qemu": "/usr/share/qemu", "share/seabios": "/usr/share/seabios",
+                  "lib/ipxe/qemu": "/usr/lib/ipxe/qemu"}
 
 
 def debian_qemu_version() -> str:
@@ -50,16 +54,26 @@ def build_dir(version: str | None = None) -> Path:
 
 
 def patched_binary() -> Path | None:
-    b = build_dir() / BINARY
+    b = build_dir() / "bin" / BINARY
     return b if b.is_file() else None
+
+
+def install_tree(out: Path, binary: Path) -> None:
+    (out / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(binary, out / "bin" / BINARY)
+    for rel, target in FIRMWARE_LINKS.items():
+        link = out / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
 
 
 def build(rebuild: bool = False) -> Path:
     """Return the patched binary, building it first if the cache has none for this recipe."""
     version = debian_qemu_version()
     final = build_dir(version)
-    if (final / BINARY).is_file() and not rebuild:
-        return final / BINARY
+    if (final / "bin" / BINARY).is_file() and not rebuild:
+        return final / "bin" / BINARY
     for tool in ("apt-get", "dpkg-source", "ninja", "meson", "patch"):
         if shutil.which(tool) is None:
             raise RemusError(f"QEMU build needs '{tool}' (run 'make deps')")
@@ -92,8 +106,7 @@ def build(rebuild: bool = False) -> Path:
                     progress, cwd=work / "src" / "build",
                     show=lambda ln: ln.startswith("[") and ln.split("]")[0].endswith("00"))
         out = work / "out"
-        out.mkdir()
-        shutil.copy2(work / "src" / "build" / BINARY, out / BINARY)
+        install_tree(out, work / "src" / "build" / BINARY)
         (out / "manifest.json").write_text(json.dumps({
             "debian_version": version, "patches": sorted(p.name for p in
                                                          PATCHES_DIR.glob("*.patch")),
@@ -104,4 +117,4 @@ def build(rebuild: bool = False) -> Path:
         progress.done()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return final / BINARY
+    return final / "bin" / BINARY

@@ -32,8 +32,8 @@ def test_memory_not_a_multiple_of_256k_is_allowed(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ('[vm]\nmemroy = "1G"\n',
-     "config error: unknown key 'vm.memroy' (known: accel, cpu, gateway, image, init, ip, mac, "
-     "memory, name, network, ram_dir, run_dir, vcpus)"),
+     "config error: unknown key 'vm.memroy' (known: accel, bridge, cpu, gateway, image, init, ip, "
+     "mac, memory, name, network, qemu, ram_dir, run_dir, tap, vcpus)"),
     ('[standbys]\naddress = "x"\n',
      "config error: unknown section [standbys] (known: vm, checkpoint, optimizations, standby)"),
     ('[vm]\nmemory = "1X"\n',

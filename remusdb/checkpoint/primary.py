@@ -1,0 +1,259 @@
+"""The primary daemon: capture each epoch from QEMU over COLO, let the VM run, ship the epoch.
+
+Three threads: capture (the COLO transaction; the VM is paused only while the epoch is read into
+memory), sender (frames to the standby, heartbeats when idle) and receiver (the standby's
+acknowledgements). A bounded queue between capture and sender is the back-pressure: when the
+link is slower than the dirty rate, the next checkpoint waits, the VM stays paused a little
+longer, and nothing is dropped. Losing the standby ends protection: QEMU is told
+x-colo-lost-heartbeat and the VM runs on unprotected.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from remusdb.checkpoint import wire
+from remusdb.checkpoint.colo import ColoEndpoint
+from remusdb.checkpoint.status import StatusFile, Window, page_digests
+from remusdb.checkpoint.store import StreamInfo
+from remusdb.checkpoint.stream import PAGE_SIZE, PageSet, StreamError
+from remusdb.config import Config
+from remusdb.errors import RemusError
+from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest
+
+HEARTBEAT_S = 0.1
+
+
+@dataclass
+class Outgoing:
+    number: int
+    pages: PageSet
+    devices: bytes
+    digests: np.ndarray | None = None
+
+
+class PrimaryDaemon:
+    def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path, verify_every: int = 0,
+                 queue_depth: int = 4, stall_timeout: float = 10.0, log=print):
+        self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
+        self.verify_every = verify_every
+        self.queue: queue.Queue[Outgoing | None] = queue.Queue(queue_depth)
+        self.stall_timeout = stall_timeout
+        self.log = log
+        self.status = StatusFile(self.run_dir / "primary.status.json")
+        self.pause_ms, self.pages_per_epoch, self.bytes_per_epoch = Window(), Window(), Window()
+        self.state = "starting"
+        self.captured = self.sent = self.acked = -1
+        self.failure: str | None = None
+        self._qmp_lock = threading.Lock()
+        self._in_checkpoint_since: float | None = None
+        self._stop = threading.Event()
+        self.conn: wire.Connection | None = None
+
+    # Setup
+    def _connect_standby(self) -> wire.Connection:
+        addr = (self.cfg.standby.address, self.cfg.standby.port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s = socket.create_connection(addr, timeout=5)
+                s.settimeout(None)
+                return wire.Connection(s)
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise RemusError(f"cannot reach the standby at {addr[0]}:{addr[1]}: "
+                                     f"{e.strerror or e}") from None
+                time.sleep(0.5)
+
+    def _start_colo(self) -> socket.socket:
+        path = self.run_dir / "colo.sock"
+        path.unlink(missing_ok=True)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(path))
+        srv.listen(1)
+        mon = self.guest.monitor
+        mon.set_migration_capabilities(x_colo=True)
+        mon.execute("migrate-set-parameters",
+                    **{"x-checkpoint-delay": self.cfg.checkpoint.interval_ms})
+        mon.migrate(f"unix:{path}")
+        srv.settimeout(30)
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:
+            raise RemusError("QEMU did not connect its COLO migration") from None
+        finally:
+            srv.close()
+        conn.settimeout(max(30.0, self.stall_timeout))
+        return conn
+
+    def protect(self) -> None:
+        """Run until protection ends (standby lost, QEMU gone, or stop())."""
+        self.conn = self._connect_standby()
+        endpoint = ColoEndpoint(self._start_colo())
+        self._update("seeding")
+        t0 = time.monotonic()
+        init = endpoint.read_initial()
+        if not init.colo:
+            raise RemusError("QEMU did not enable COLO on the migration stream")
+        info = StreamInfo(init.config, init.blocks, init.ram_section.section_id,
+                          init.ram_section.version_id, RAM_BACKEND)
+        session = uuid.uuid4().hex
+        try:
+            self.conn.send(wire.encode_json(wire.Kind.HELLO, 0, {
+                "session": session, "vm": self.cfg.vm.name, "stream": info.to_json(),
+                "interval_ms": self.cfg.checkpoint.interval_ms}))
+            welcome = self.conn.recv()
+        except OSError as e:
+            self._fail(f"standby link lost before protection started: {e}")
+            raise RemusError(f"the standby dropped the connection: {e}") from None
+        if welcome.kind != wire.Kind.WELCOME:
+            raise RemusError(f"standby answered {welcome.kind.name} to HELLO")
+        self.log(f"initial copy: {endpoint.r.offset / 2**20:.0f} MiB from QEMU in "
+                 f"{time.monotonic() - t0:.1f} s ({init.pages.pages} pages, "
+                 f"{init.pages.zero_count} zero pages)")
+        threads = [threading.Thread(target=self._guard(self._sender), name="sender", daemon=True),
+                   threading.Thread(target=self._guard(self._receiver), name="receiver",
+                                    daemon=True),
+                   threading.Thread(target=self._watchdog, name="watchdog", daemon=True)]
+        for t in threads:
+            t.start()
+        self.queue.put(Outgoing(0, init.pages, init.devices))
+        self.captured = 0
+        endpoint.ready()
+        self._update("protected")
+        try:
+            self._capture_loop(endpoint)
+        except (StreamError, OSError) as e:
+            if self.failure is None:
+                self._fail(f"COLO stream from QEMU ended: {e}")
+        finally:
+            self._stop.set()
+            self.queue.put(None)
+
+    def _capture_loop(self, endpoint: ColoEndpoint) -> None:
+        ram_file = self.guest.files.ram
+        while not self._stop.is_set():
+            ck = endpoint.next_checkpoint()
+            self._in_checkpoint_since = ck.paused_at
+            digests = None
+            if self.verify_every and ck.seq % self.verify_every == 0:
+                # Test mode: fingerprint the primary's RAM while the VM is paused.
+                ram = np.memmap(ram_file, np.uint8, "r").reshape(-1, PAGE_SIZE)
+                digests = page_digests(ram)
+                del ram
+            item = Outgoing(ck.seq, ck.pages, ck.devices, digests)
+            while not self._stop.is_set():
+                try:
+                    self.queue.put(item, timeout=0.5)  # full queue: the VM waits (back-pressure)
+                    break
+                except queue.Full:
+                    continue
+            resumed = endpoint.ack()
+            self._in_checkpoint_since = None
+            self.captured = ck.seq
+            self.pause_ms.add((resumed - ck.paused_at) * 1000)
+            self.pages_per_epoch.add(ck.pages.pages)
+            self.bytes_per_epoch.add(ck.stream_bytes)
+            if ck.seq % 10 == 0:
+                self._update()
+
+    # Threads
+    def _guard(self, fn):
+        def run():
+            try:
+                fn()
+            except (OSError, ConnectionError, RemusError) as e:
+                self._fail(f"standby link lost: {e}")
+        return run
+
+    def _sender(self) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                self.conn.send_frame(wire.Kind.HEARTBEAT, max(self.sent, 0))
+                continue
+            if item is None:
+                return
+            self._send_epoch(item)
+            self.sent = item.number
+
+    def _send_epoch(self, item: Outgoing) -> None:
+        n = item.number
+        rows, (zb, zi, zf) = item.pages.latest()
+        block, index, data = item.pages.view()
+        for k in range(0, len(rows), wire.PAGES_PER_FRAME):
+            r = rows[k : k + wire.PAGES_PER_FRAME]
+            self.conn.send(wire.encode(wire.Kind.PAGES, n,
+                                       wire.pack_pages(block[r], index[r], data[r])))
+        step = wire.MAX_PAYLOAD // 16
+        for k in range(0, len(zi), step):
+            self.conn.send(wire.encode(wire.Kind.ZEROS, n, wire.pack_zeros(
+                zb[k : k + step], zi[k : k + step], zf[k : k + step])))
+        self.conn.send(wire.encode(wire.Kind.DEVICES, n, item.devices))
+        if item.digests is not None:
+            self.conn.send(wire.encode(wire.Kind.VERIFY, n, item.digests.astype(">u8").tobytes()))
+        self.conn.send(wire.encode_json(wire.Kind.COMMIT, n, {
+            "pages": int(len(rows)), "zeros": int(len(zi)), "devices": len(item.devices)}))
+
+    def _receiver(self) -> None:
+        while not self._stop.is_set():
+            f = self.conn.recv()
+            if f.kind == wire.Kind.ACK:
+                self.acked = f.epoch
+            elif f.kind != wire.Kind.HEARTBEAT:
+                raise RemusError(f"unexpected {f.kind.name} from the standby")
+
+    def _watchdog(self) -> None:
+        """A checkpoint stuck mid-transaction would leave the VM paused forever."""
+        while not self._stop.wait(0.5):
+            since = self._in_checkpoint_since
+            if since is not None and time.monotonic() - since > self.stall_timeout:
+                self._fail(f"checkpoint stalled for {self.stall_timeout:.0f} s")
+
+    def _fail(self, reason: str) -> None:
+        with self._qmp_lock:
+            if self.failure is not None:
+                return
+            self.failure = reason
+            self.log(f"protection lost: {reason}; the VM continues unprotected")
+            try:
+                self.guest.monitor.execute("x-colo-lost-heartbeat")
+            except Exception:
+                pass
+        self._stop.set()
+        if self.conn is not None:
+            try:
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._update("unprotected")
+
+    def stop(self) -> None:
+        """Orderly end: tell the standby not to fail over, then drop COLO."""
+        if self.conn is not None and self.failure is None:
+            try:
+                self.conn.send_frame(wire.Kind.BYE, max(self.captured, 0))
+            except OSError:
+                pass
+        self._fail("stopped by the operator")
+
+    def _update(self, state: str | None = None) -> None:
+        if state:
+            self.state = state
+        self.status.update(
+            role="primary", state=self.state, vm=self.cfg.vm.name,
+            interval_ms=self.cfg.checkpoint.interval_ms, epoch_captured=self.captured,
+            epoch_sent=self.sent, epoch_acked=self.acked,
+            lag_epochs=max(0, self.captured - self.acked), pause_ms=self.pause_ms.percentiles(),
+            dirty_pages=self.pages_per_epoch.percentiles(),
+            bytes_per_epoch=self.bytes_per_epoch.percentiles(), failure=self.failure,
+            queue=self.queue.qsize())

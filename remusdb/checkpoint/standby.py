@@ -1,0 +1,272 @@
+"""The standby daemon: receive epochs, commit each atomically, and fail over when the primary dies.
+
+Failure detection distinguishes a primary that is gone from one that is merely unheard:
+- the connection closes without a BYE (EOF or reset): the primary daemon died, and with it its
+  QEMU (it runs with a parent-death signal), so failing over cannot make a second copy;
+- silence past the heartbeat timeout: the primary may be alive behind a broken link, so the
+  standby fails over only after the configured fence command succeeds (or an operator's
+  `remusdb failover --force`); without one it waits and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from remusdb.checkpoint import failover, wire
+from remusdb.checkpoint.status import StatusFile, Window, page_digests
+from remusdb.checkpoint.store import Epoch, StandbyStore, StreamInfo, add_frame
+from remusdb.config import Config
+from remusdb.errors import RemusError
+from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
+
+
+SEEDING_TIMEOUT = 300.0
+
+
+class StandbyDaemon:
+    def __init__(self, cfg: Config, run_dir: Path, make_spec: Callable[[], GuestSpec],
+                 heartbeat_timeout: float = 1.0, fence_command: str = "", log=print):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.make_spec = make_spec
+        self.timeout = heartbeat_timeout
+        self.fence_command = fence_command
+        self.log = log
+        self.store = StandbyStore(self.run_dir / "store")
+        self.status = StatusFile(self.run_dir / "standby.status.json")
+        self.state = "waiting"
+        self.last_frame = 0.0
+        self.session_open = False
+        self.guest: QemuGuest | None = None
+        self.verify = {"checks": 0, "differing_pages": 0}
+        self.apply_ms, self.epoch_bytes = Window(), Window()
+        self._lock = threading.Lock()
+        self._conn: wire.Connection | None = None
+        self.failover_times: dict | None = None
+        self.stopped = threading.Event()
+
+    # Serving
+    def serve(self, ready: Callable[[], None] | None = None) -> None:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            srv.bind((self.cfg.standby.address, self.cfg.standby.port))
+        except OSError as e:
+            raise RemusError(f"cannot listen on {self.cfg.standby.address}:"
+                             f"{self.cfg.standby.port}: {e.strerror}") from None
+        srv.listen(1)
+        threading.Thread(target=self._control, daemon=True, name="control").start()
+        self._update("waiting")
+        if ready:
+            ready()
+        srv.settimeout(0.5)
+        while self.guest is None and not self.stopped.is_set():
+            try:
+                sock, peer = srv.accept()
+            except TimeoutError:
+                continue
+            self.log(f"primary connected from {peer[0]}")
+            self._session(wire.Connection(sock))
+        srv.close()
+
+    def _session(self, conn: wire.Connection) -> None:
+        self._conn = conn
+        # Until epoch 0 (the full copy) commits there is nothing to fail over to, and the
+        # primary is busy reading QEMU's initial stream: no heartbeat deadline yet.
+        conn.sock.settimeout(max(self.timeout, SEEDING_TIMEOUT))
+        reason, closed = None, False
+        try:
+            hello = conn.recv()
+            if hello.kind != wire.Kind.HELLO:
+                raise wire.WireError(f"expected HELLO, got {hello.kind.name}")
+            info = StreamInfo.from_json(hello.json()["stream"])
+            self.store.create(info, hello.json()["session"])
+            conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {"committed": -1}))
+            self.session_open = True
+            self.last_frame = time.monotonic()
+            self._update("receiving")
+            self._receive(conn)
+            self.log("primary ended protection (BYE): no failover")
+            self._update("waiting")
+        except TimeoutError:
+            reason = f"no checkpoint or heartbeat for {self.timeout:.1f} s"
+        except (ConnectionError, OSError) as e:
+            reason, closed = f"connection to the primary lost ({e})", True
+        except RemusError as e:  # corrupt frame or a lying peer: the stream is not to be trusted
+            reason = f"bad data from the primary: {e}"
+        finally:
+            self.session_open = False
+            conn.close()
+        if reason:
+            self._primary_failed(reason, closed)
+
+    def _receive(self, conn: wire.Connection) -> None:
+        epoch, digests = Epoch(0), None
+        while True:
+            f = conn.recv()
+            self.last_frame = time.monotonic()
+            if f.kind in (wire.Kind.PAGES, wire.Kind.ZEROS, wire.Kind.DEVICES):
+                add_frame(epoch, f)
+                if f.kind != wire.Kind.DEVICES:
+                    blk, idx = (epoch.pages if f.kind == wire.Kind.PAGES else epoch.zeros)[-1][:2]
+                    self.store.validate(blk, idx)
+                epoch.frames.append([f.header, f.payload])
+            elif f.kind == wire.Kind.VERIFY:
+                digests = np.frombuffer(f.payload, ">u8").astype(np.uint64)
+            elif f.kind == wire.Kind.COMMIT:
+                self._commit(conn, epoch, f, digests)
+                epoch, digests = Epoch(epoch.number + 1), None
+            elif f.kind == wire.Kind.BYE:
+                return
+            elif f.kind != wire.Kind.HEARTBEAT:
+                raise wire.WireError(f"unexpected {f.kind.name} frame")
+
+    def _commit(self, conn, epoch: Epoch, f: wire.Frame, digests) -> None:
+        if f.epoch != epoch.number:
+            raise wire.WireError(f"COMMIT for epoch {f.epoch} while receiving {epoch.number}")
+        counts = f.json()
+        if (counts.get("pages"), counts.get("zeros")) != (epoch.page_count, epoch.zero_count):
+            raise wire.WireError(f"epoch {epoch.number} incomplete: COMMIT says {counts}, "
+                                 f"got {epoch.page_count} pages, {epoch.zero_count} zeros")
+        if epoch.devices is None:
+            raise wire.WireError(f"epoch {epoch.number} has no device state")
+        t0 = time.monotonic()
+        self.store.journal(epoch)
+        conn.send_frame(wire.Kind.ACK, epoch.number)
+        self.store.apply(epoch)
+        if epoch.number == 0:
+            conn.sock.settimeout(self.timeout)
+        self.apply_ms.add((time.monotonic() - t0) * 1000)
+        self.epoch_bytes.add(sum(len(p) for parts in epoch.frames for p in parts))
+        if digests is not None:
+            self._verify(epoch.number, digests)
+        if epoch.number % 10 == 0 or epoch.number < 2:
+            self._update()
+
+    def _verify(self, n: int, digests: np.ndarray) -> None:
+        names = [b.name for b in self.store.info.blocks]
+        mine = page_digests(self.store.image(names.index(self.store.info.shared_block)))
+        diff = int(np.count_nonzero(mine != digests)) if len(mine) == len(digests) else -1
+        self.verify["checks"] += 1
+        self.verify["differing_pages"] += max(diff, 0) if diff >= 0 else len(mine)
+        self.verify["last"] = {"epoch": n, "differing_pages": diff}
+        self._update()
+
+    # Failure and failover
+    def _primary_failed(self, reason: str, closed: bool) -> None:
+        self.log(f"primary failure detected: {reason}")
+        if self.store.committed < 0:
+            self.log("no committed checkpoint yet: nothing to fail over to")
+            self._update("waiting")
+            return
+        if closed:
+            self.do_failover(reason)
+        elif self.fence_command and self._fence():
+            self.do_failover(reason + "; primary fenced")
+        else:
+            self._update("primary-silent")
+            self.log("not failing over: the primary may still run behind a broken link and no "
+                     "fence command is configured (fence it, then 'remusdb failover --force')")
+
+    def _fence(self) -> bool:
+        r = subprocess.run(self.fence_command, shell=True, capture_output=True, text=True,
+                           timeout=60)
+        self.log(f"fence command exited {r.returncode}")
+        return r.returncode == 0
+
+    def do_failover(self, reason: str) -> dict:
+        with self._lock:
+            if self.guest is not None:
+                return self.failover_times
+            self._update("failing-over")
+            t0 = time.monotonic()
+            spec = self.make_spec()
+            guest, times = failover.resume(self.store, spec, self.run_dir / "vm")
+            self.guest = guest
+            self.failover_times = {"reason": reason, "epoch": self.store.committed,
+                                   "stream_built_s": round(times.stream_built, 3),
+                                   "loaded_s": round(times.loaded, 3),
+                                   "running_s": round(times.running, 3)}
+            self.log(f"failed over to epoch {self.store.committed}: VM running "
+                     f"{time.monotonic() - t0:.2f} s after the decision")
+            self._sync_clock()
+            self._update("active")
+            return self.failover_times
+
+    def _sync_clock(self) -> None:
+        try:
+            self.guest.wait_agent(10)
+            self.guest.agent.call("guest-set-time", {"time": time.time_ns()})
+        except RemusError as e:
+            self.log(f"guest clock not set after failover: {e}")
+
+    # Control socket: manual failover and liveness
+    @property
+    def control_path(self) -> Path:
+        return self.run_dir / "standby.sock"
+
+    def _control(self) -> None:
+        self.control_path.unlink(missing_ok=True)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(self.control_path))
+        srv.listen(4)
+        while not self.stopped.is_set():
+            conn, _ = srv.accept()
+            with conn:
+                try:
+                    req = json.loads(conn.makefile().readline() or "{}")
+                    reply = self._handle(req)
+                except (ValueError, RemusError) as e:
+                    reply = {"ok": False, "error": str(e)}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def _handle(self, req: dict) -> dict:
+        if req.get("cmd") != "failover":
+            return {"ok": False, "error": f"unknown command {req.get('cmd')!r}"}
+        if self.guest is not None:
+            return {"ok": True, "already": True, **(self.failover_times or {})}
+        silent_for = time.monotonic() - self.last_frame
+        if self.session_open and silent_for < self.timeout:
+            return {"ok": False, "error": f"refusing: the primary is still sending (last frame "
+                                          f"{silent_for:.2f} s ago)"}
+        if self.store.committed < 0:
+            return {"ok": False, "error": "refusing: no committed checkpoint"}
+        if self.state == "primary-silent" and not req.get("force"):
+            return {"ok": False, "error": "refusing: the primary went silent and is not known "
+                                          "to be down; fence it and use --force"}
+        if self._conn is not None:
+            self._conn.close()
+        return {"ok": True, **self.do_failover("manual failover")}
+
+    def _update(self, state: str | None = None) -> None:
+        if state:
+            self.state = state
+        self.status.update(
+            role="standby", state=self.state, vm=self.cfg.vm.name,
+            epoch_committed=self.store.committed, verify=self.verify,
+            apply_ms=self.apply_ms.percentiles(), bytes_per_epoch=self.epoch_bytes.percentiles(),
+            failover=self.failover_times, qemu_pid=self.guest.pid if self.guest else None)
+
+
+def request_failover(run_dir: Path, force: bool = False, timeout: float = 120.0) -> dict:
+    path = Path(run_dir) / "standby.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+    except OSError:
+        raise RemusError(f"no standby daemon answers at {path}") from None
+    with s:
+        s.sendall(json.dumps({"cmd": "failover", "force": force}).encode() + b"\n")
+        reply = json.loads(s.makefile().readline() or "{}")
+    if not reply.get("ok"):
+        raise RemusError(f"failover {reply.get('error', 'failed')}")
+    return reply

@@ -1,0 +1,268 @@
+"""The standby's copy of the VM: RAM images, device state and stream description, per checkpoint.
+
+Changed only by a complete, verified epoch, with redo logging so a crash at any point leaves the
+last committed checkpoint intact:
+
+1. `journal(epoch)` writes the whole epoch (checksummed wire frames) to journal/N.part, fsyncs,
+   renames it to N.commit: from here on epoch N is committed (the daemon acknowledges it);
+2. `apply()` writes the pages into the RAM images and the device state, updates meta.json
+   (atomic rename) and deletes the journal;
+3. `open()` after a crash replays a N.commit journal (page writes are idempotent) and drops
+   any .part. RAM images are therefore only ever written while a committed journal exists.
+
+Epoch 0 (the initial full copy) has no previous checkpoint to protect and is applied directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from remusdb.checkpoint import wire
+from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
+from remusdb.errors import RemusError
+
+
+class StoreError(RemusError):
+    pass
+
+
+@dataclass
+class Epoch:
+    """An epoch as the standby buffers it until its COMMIT frame."""
+
+    number: int
+    pages: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    zeros: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    devices: bytes | None = None
+    frames: list[list] = field(default_factory=list)  # encoded frames, for the journal
+
+    @property
+    def page_count(self) -> int:
+        return sum(len(i) for _, i, _ in self.pages)
+
+    @property
+    def zero_count(self) -> int:
+        return sum(len(i) for _, i, _ in self.zeros)
+
+
+@dataclass
+class StreamInfo:
+    """What the standby needs to rebuild an incoming migration stream at failover."""
+
+    config: Configuration
+    blocks: list[RamBlock]
+    ram_section_id: int
+    ram_section_version: int
+    shared_block: str  # the memory-backend-file block: mapped, not sent, at failover
+
+    def to_json(self) -> dict:
+        return {"machine": self.config.machine, "blocks": [[b.name, b.length]
+                                                           for b in self.blocks],
+                "ram_section_id": self.ram_section_id,
+                "ram_section_version": self.ram_section_version,
+                "shared_block": self.shared_block}
+
+    @classmethod
+    def from_json(cls, d: dict) -> StreamInfo:
+        try:
+            blocks = [RamBlock(str(n), int(ln)) for n, ln in d["blocks"]]
+            info = cls(Configuration(str(d["machine"])), blocks, int(d["ram_section_id"]),
+                       int(d["ram_section_version"]), str(d["shared_block"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"bad stream description from the primary: {e}") from None
+        if not blocks or any(b.length <= 0 or b.length % PAGE_SIZE for b in blocks):
+            raise StoreError("bad stream description from the primary: block lengths")
+        if info.shared_block not in {b.name for b in blocks}:
+            raise StoreError(f"shared block {info.shared_block!r} is not a RAM block")
+        return info
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class StandbyStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.info: StreamInfo | None = None
+        self.committed = -1
+        self.session = ""
+        self._images: list[np.memmap] = []
+        self.stall_apply = float(os.environ.get("REMUSDB_TEST_STALL_APPLY", "0"))
+
+    # Layout
+    def block_path(self, i: int) -> Path:
+        return self.root / "ram" / f"{i}.img"
+
+    @property
+    def devices_path(self) -> Path:
+        return self.root / "devices.bin"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta.json"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.root / "journal"
+
+    def shared_block_path(self) -> Path:
+        names = [b.name for b in self.info.blocks]
+        return self.block_path(names.index(self.info.shared_block))
+
+    # Lifecycle
+    def create(self, info: StreamInfo, session: str) -> None:
+        """Start a new protection session: empty images sized like the primary's blocks."""
+        self.close()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in self.journal_dir.glob("*") if self.journal_dir.exists() else []:
+            p.unlink()
+        self.journal_dir.mkdir(exist_ok=True)
+        (self.root / "ram").mkdir(exist_ok=True)
+        for old in (self.root / "ram").glob("*.img"):
+            old.unlink()
+        for i, b in enumerate(info.blocks):
+            with open(self.block_path(i), "wb") as f:
+                f.truncate(b.length)
+        self.devices_path.unlink(missing_ok=True)
+        self.info, self.session, self.committed = info, session, -1
+        self._write_meta()
+        self._map()
+
+    def open(self) -> None:
+        """Load an existing store, finishing a committed epoch a crash interrupted."""
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"no standby store at {self.root}") from None
+        except ValueError:
+            raise StoreError(f"corrupt {self.meta_path}") from None
+        self.info = StreamInfo.from_json(meta["stream"])
+        self.session, self.committed = meta["session"], int(meta["committed"])
+        self._map()
+        for p in sorted(self.journal_dir.glob("*.part")):
+            p.unlink()
+        for p in sorted(self.journal_dir.glob("*.commit"), key=lambda p: int(p.stem)):
+            n = int(p.stem)
+            if n > self.committed:
+                self.apply(self._read_journal(p))
+            else:
+                p.unlink()
+
+    def close(self) -> None:
+        for m in self._images:
+            m.flush()
+        self._images = []
+
+    def _map(self) -> None:
+        self._images = [np.memmap(self.block_path(i), np.uint8, "r+",
+                                  shape=(b.length // PAGE_SIZE, PAGE_SIZE))
+                        for i, b in enumerate(self.info.blocks)]
+
+    def _write_meta(self) -> None:
+        meta = {"session": self.session, "committed": self.committed,
+                "stream": self.info.to_json(), "updated_at": time.time()}
+        _write_atomic(self.meta_path, json.dumps(meta, indent=1).encode())
+
+    # Epochs
+    def validate(self, block: np.ndarray, index: np.ndarray) -> None:
+        """A peer that lies about a page's place is rejected before anything is written."""
+        if len(block) == 0:
+            return
+        nblocks = len(self.info.blocks)
+        if int(block.max()) >= nblocks:
+            raise StoreError(f"page for block {int(block.max())}, the VM has {nblocks}")
+        limits = np.array([b.length // PAGE_SIZE for b in self.info.blocks], np.uint64)
+        if np.any(index >= limits[block]):
+            raise StoreError("page index beyond the end of its RAM block")
+
+    def journal(self, epoch: Epoch) -> None:
+        """Make epoch N durable: after this returns it is committed."""
+        if epoch.number == 0:
+            return  # applied directly: nothing older to protect
+        if epoch.number != self.committed + 1:
+            raise StoreError(f"epoch {epoch.number} after committed {self.committed}")
+        part = self.journal_dir / f"{epoch.number}.part"
+        with open(part, "wb") as f:
+            for parts in epoch.frames:
+                for p in parts:
+                    f.write(p)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, self.journal_dir / f"{epoch.number}.commit")
+        _fsync_dir(self.journal_dir)
+
+    def _read_journal(self, path: Path) -> Epoch:
+        data = memoryview(path.read_bytes())
+        epoch = Epoch(int(path.stem))
+        off = 0
+        while off < len(data):
+            hdr = bytes(data[off : off + wire.HEADER_SIZE])
+            kind, _, n, length, checksum = wire.decode_header(hdr)
+            payload = data[off + wire.HEADER_SIZE : off + wire.HEADER_SIZE + length]
+            wire.verify(hdr, payload, checksum)
+            add_frame(epoch, wire.Frame(kind, n, payload))
+            off += wire.HEADER_SIZE + length
+        return epoch
+
+    def apply(self, epoch: Epoch) -> None:
+        for block, index, data in epoch.pages:
+            self.validate(block, index)
+            for b in np.unique(block):
+                m = block == b
+                self._images[b][index[m].astype(np.int64)] = data[m]
+                if self.stall_apply:
+                    time.sleep(self.stall_apply)
+        for block, index, fill in epoch.zeros:
+            self.validate(block, index)
+            for b in np.unique(block):
+                m = block == b
+                self._images[b][index[m].astype(np.int64)] = fill[m][:, None]
+        for m in self._images:
+            m.flush()
+        if epoch.devices is not None:
+            _write_atomic(self.devices_path, epoch.devices)
+        self.committed = epoch.number
+        self._write_meta()
+        (self.journal_dir / f"{epoch.number}.commit").unlink(missing_ok=True)
+
+    # Reads (failover, tests)
+    def devices(self) -> bytes:
+        return self.devices_path.read_bytes()
+
+    def image(self, i: int) -> np.ndarray:
+        return self._images[i]
+
+
+def add_frame(epoch: Epoch, frame: wire.Frame) -> None:
+    """Buffer one PAGES/ZEROS/DEVICES frame of an epoch (shared by receiver and journal replay)."""
+    if frame.epoch != epoch.number:
+        raise StoreError(f"frame of epoch {frame.epoch} inside epoch {epoch.number}")
+    if frame.kind == wire.Kind.PAGES:
+        epoch.pages.append(wire.unpack_pages(frame.payload))
+    elif frame.kind == wire.Kind.ZEROS:
+        epoch.zeros.append(wire.unpack_zeros(frame.payload))
+    elif frame.kind == wire.Kind.DEVICES:
+        epoch.devices = bytes(frame.payload)
+    else:
+        raise StoreError(f"unexpected {frame.kind.name} frame inside epoch {epoch.number}")
