@@ -41,8 +41,7 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0) -> int:
     image = image_for(cfg)
     if cfg.vm.network == "tap":
         ensure_tap(cfg.vm.tap, cfg.vm.bridge)
-    guest = launch(cfg, image, run_dir, die_with_parent=True, tap=cfg.vm.tap,
-                   log=sys.stderr)
+    guest = launch(cfg, image, run_dir, tap=cfg.vm.tap, log=sys.stderr)
     log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}); protecting every "
         f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
     daemon = PrimaryDaemon(cfg, guest, run_dir, verify_every=verify_every, log=log)

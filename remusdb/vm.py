@@ -131,8 +131,7 @@ def snapshot_dir(key: str) -> Path:
 
 
 def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = None,
-           use_snapshot: bool = True, log=sys.stderr, die_with_parent: bool = False,
-           **over) -> QemuGuest:
+           use_snapshot: bool = True, log=sys.stderr, **over) -> QemuGuest:
     """Start the database VM with PostgreSQL and MariaDB answering.
 
     From the saved snapshot when there is one; else cold boot, save a snapshot for next time
@@ -142,7 +141,7 @@ def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = No
     run_dir.mkdir(parents=True, exist_ok=True)
     disk = run_dir / "disk.qcow2"
     spec = make_spec(cfg, image, disk, netns=netns, **over)
-    guest = QemuGuest(spec, run_dir, die_with_parent=die_with_parent)
+    guest = QemuGuest(spec, run_dir)
     snap = snapshot_dir(snapshot_key(spec, image))
     try:
         if use_snapshot and (snap / "state").is_file():

@@ -47,7 +47,7 @@ def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float =
     stream_file.write_bytes(incoming_stream(store))
     store.close()
     spec.ram_file = store.shared_block_path()
-    guest = QemuGuest(spec, run_dir, die_with_parent=True)
+    guest = QemuGuest(spec, run_dir)
     t_built = time.monotonic()
     guest.start(incoming="defer")
     try:

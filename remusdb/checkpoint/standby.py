@@ -27,7 +27,6 @@ from remusdb.config import Config
 from remusdb.errors import RemusError
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
 
-
 SEEDING_TIMEOUT = 300.0
 
 
@@ -207,6 +206,8 @@ class StandbyDaemon:
             self.guest.agent.call("guest-set-time", {"time": time.time_ns()})
         except RemusError as e:
             self.log(f"guest clock not set after failover: {e}")
+        finally:
+            self.guest.agent.close()  # qemu-ga serves one client at a time: leave it free
 
     # Control socket: manual failover and liveness
     @property

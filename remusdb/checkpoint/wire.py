@@ -103,7 +103,8 @@ class Connection:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def send(self, parts: list) -> None:
         total = sum(len(p) for p in parts)

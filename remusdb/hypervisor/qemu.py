@@ -182,9 +182,10 @@ def _die_with_parent() -> None:
 class QemuGuest:
     """One QEMU process: start it, talk to it (QMP, guest agent), stop or kill it."""
 
-    def __init__(self, spec: GuestSpec, run_dir: Path, die_with_parent: bool = False):
-        """die_with_parent: QEMU gets SIGKILL when the starting thread's process dies, so a
-        dead HA daemon never leaves its VM running behind the standby's back (fencing)."""
+    def __init__(self, spec: GuestSpec, run_dir: Path, die_with_parent: bool = True):
+        """die_with_parent: QEMU gets SIGKILL when the thread that started it dies, so a dead
+        HA daemon never leaves its VM running behind the standby's back (fencing), and a test
+        killed by a timeout leaves no QEMU behind. Start guests from long-lived threads."""
         self.spec = spec
         self.die_with_parent = die_with_parent
         self.files = RunFiles(Path(run_dir))
@@ -210,6 +211,7 @@ class QemuGuest:
                                      preexec_fn=_die_with_parent if self.die_with_parent
                                      else None)
         log.close()
+        (self.files.dir / "qemu.pid").write_text(f"{self.proc.pid}\n")
         self.monitor = Monitor(self.files.qmp)
         deadline = time.monotonic() + timeout
         try:

@@ -1,0 +1,103 @@
+"""The checkpoint engine against the real DB guest: RAM equality at checkpoints under load, kill -9
+of the primary, failover on the standby with PostgreSQL answering and clean logs."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from remusdb import dbclient
+from remusdb.checkpoint.status import read_status
+from remusdb.hypervisor.agent import GuestAgent
+from remusdb.vm import DB_PASSWORD
+from tests.vm.protected import Daemon, wait_status, write_config
+
+SCALE = 2
+
+
+@pytest.fixture
+def base():
+    d = Path("/dev/shm") / f"remusdb-protect-{os.getpid()}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def process_alive(pid: int, wait: float) -> bool:
+    """False once the process is gone or a zombie (it runs no guest code any more)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return False
+        if state == "Z":
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+
+
+def pgbench(lab, *args, timeout=300):
+    cmd = ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", "10.213.0.10", "-U",
+           "remusdb", *args, "remusdb"]
+    return subprocess.Popen(cmd, env=dict(os.environ, PGPASSWORD=DB_PASSWORD),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_protect_verify_kill_primary_and_fail_over(lab, base):
+    cfg = write_config(base / "vm.toml", lab, interval_ms=100)
+    standby = Daemon(lab, "standby", ["standby", str(cfg)], base / "standby.log")
+    primary = None
+    try:
+        wait_status(base / "pg1/standby/standby.status.json", lambda s: True, 60,
+                    "standby start", [standby])
+        primary = Daemon(lab, "primary", ["protect", str(cfg), "--verify-every", "5"],
+                         base / "primary.log")
+        sb_status = base / "pg1/standby/standby.status.json"
+        wait_status(sb_status, lambda s: s["epoch_committed"] >= 1, 300, "first checkpoint",
+                    [standby, primary])
+        init = pgbench(lab, "-i", "-s", str(SCALE), "-q")
+        assert init.wait(300) == 0, init.stdout.read()
+        load = pgbench(lab, "-S", "-c", "4", "-T", "600", "-n")
+        st = wait_status(sb_status, lambda s: s["verify"]["checks"] >= 22, 400,
+                         "22 RAM equality checks", [standby, primary])
+        assert st["verify"]["differing_pages"] == 0, st["verify"]
+        pst = read_status(base / "pg1/primary/primary.status.json")
+        assert pst["state"] == "protected" and pst["dirty_pages"]["p50"] > 0
+
+        qemu_pid = int((base / "pg1/primary/qemu.pid").read_text())
+        primary.kill(signal.SIGKILL)
+        killed = time.monotonic()
+        st = wait_status(sb_status, lambda s: s["state"] == "active", 60, "failover", [standby])
+        fo = st["failover"]
+        assert fo["running_s"] < 1.0, fo
+        assert "connection to the primary lost" in fo["reason"]
+        # Fencing: the primary's QEMU died with its daemon, so only one VM runs.
+        assert qemu_pid and not process_alive(qemu_pid, wait=5.0)
+        with lab.inside("client"):
+            n = dbclient.query_one(dbclient.postgres, "10.213.0.10",
+                                   "SELECT count(*) FROM pgbench_accounts", timeout=60)
+        answered = time.monotonic() - killed
+        assert n == SCALE * 100_000
+        load.kill()
+
+        agent = GuestAgent(base / "pg1/standby/vm/qga.sock")
+        agent.wait_ready(30)
+        dmesg = agent.exec(["dmesg"]).stdout
+        for bad in ("BUG:", "Oops", "general protection", "Call Trace", "segfault"):
+            assert bad not in dmesg, dmesg[-3000:]
+        pglog = agent.exec(["cat", "/var/log/postgresql/postgresql-15-main.log"]).stdout
+        for bad in ("PANIC", "database system was interrupted", "invalid page",
+                    "could not read block", "was not properly shut down"):
+            assert bad not in pglog, pglog[-3000:]
+        print(f"failover: {fo}; PostgreSQL answered {answered:.2f} s after kill -9")
+    finally:
+        if primary:
+            primary.kill()
+        standby.kill()
