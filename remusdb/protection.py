@@ -36,7 +36,8 @@ def _on_signals(handler) -> threading.Event:
     return done
 
 
-def protect(cfg: Config, run_dir: Path, verify_every: int = 0) -> int:
+def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | None = None
+            ) -> int:
     log = logger("primary")
     image = image_for(cfg)
     if cfg.vm.network == "tap":
@@ -44,7 +45,8 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0) -> int:
     guest = launch(cfg, image, run_dir, tap=cfg.vm.tap, log=sys.stderr)
     log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}); protecting every "
         f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
-    daemon = PrimaryDaemon(cfg, guest, run_dir, verify_every=verify_every, log=log)
+    daemon = PrimaryDaemon(cfg, guest, run_dir, verify_every=verify_every, log=log,
+                           trace=trace)
     done = _on_signals(daemon.stop)
     try:
         daemon.protect()

@@ -146,15 +146,16 @@ def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = No
     try:
         if use_snapshot and (snap / "state").is_file():
             restore_snapshot(guest, snap, log=log)
-            return guest
-        create_overlay(image.root, disk)
-        cold_boot(guest, log=log)
-        if use_snapshot:
-            save_snapshot(guest, snap, log=log)
-        return guest
+        else:
+            create_overlay(image.root, disk)
+            cold_boot(guest, log=log)
+            if use_snapshot:
+                save_snapshot(guest, snap, log=log)
     except BaseException:
         guest.kill()
         raise
+    guest.agent.close()  # qemu-ga serves one client at a time: leave the channel free
+    return guest
 
 
 def restore_snapshot(guest: QemuGuest, snap: Path, log=sys.stderr) -> float:

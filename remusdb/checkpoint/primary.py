@@ -27,6 +27,7 @@ from remusdb.checkpoint.store import StreamInfo
 from remusdb.checkpoint.stream import PAGE_SIZE, PageSet, StreamError
 from remusdb.config import Config
 from remusdb.errors import RemusError
+from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest
 
 HEARTBEAT_S = 0.1
@@ -42,7 +43,8 @@ class Outgoing:
 
 class PrimaryDaemon:
     def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path, verify_every: int = 0,
-                 queue_depth: int = 4, stall_timeout: float = 10.0, log=print):
+                 queue_depth: int = 4, stall_timeout: float = 10.0, log=print,
+                 trace: Path | None = None):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.verify_every = verify_every
         self.queue: queue.Queue[Outgoing | None] = queue.Queue(queue_depth)
@@ -57,6 +59,9 @@ class PrimaryDaemon:
         self._in_checkpoint_since: float | None = None
         self._stop = threading.Event()
         self.conn: wire.Connection | None = None
+        self.clock = ClockKeeper(guest.files.agent, log=log)
+        # One line per checkpoint (benchmarks): wall time, epoch, pause, pages, stream bytes.
+        self.trace = open(trace, "a", buffering=1 << 16) if trace else None
 
     # Setup
     def _connect_standby(self) -> wire.Connection:
@@ -125,6 +130,7 @@ class PrimaryDaemon:
                    threading.Thread(target=self._watchdog, name="watchdog", daemon=True)]
         for t in threads:
             t.start()
+        self.clock.start()
         self.queue.put(Outgoing(0, init.pages, init.devices))
         self.captured = 0
         endpoint.ready()
@@ -137,6 +143,8 @@ class PrimaryDaemon:
         finally:
             self._stop.set()
             self.queue.put(None)
+            if self.trace:
+                self.trace.close()
 
     def _capture_loop(self, endpoint: ColoEndpoint) -> None:
         ram_file = self.guest.files.ram
@@ -162,6 +170,9 @@ class PrimaryDaemon:
             self.pause_ms.add((resumed - ck.paused_at) * 1000)
             self.pages_per_epoch.add(ck.pages.pages)
             self.bytes_per_epoch.add(ck.stream_bytes)
+            if self.trace:
+                self.trace.write(f"{time.time():.3f},{ck.seq},{(resumed - ck.paused_at) * 1e3:.3f},"
+                                 f"{ck.pages.pages},{ck.pages.zero_count},{ck.stream_bytes}\n")
             if ck.seq % 10 == 0:
                 self._update()
 
@@ -256,4 +267,4 @@ class PrimaryDaemon:
             lag_epochs=max(0, self.captured - self.acked), pause_ms=self.pause_ms.percentiles(),
             dirty_pages=self.pages_per_epoch.percentiles(),
             bytes_per_epoch=self.bytes_per_epoch.percentiles(), failure=self.failure,
-            queue=self.queue.qsize())
+            queue=self.queue.qsize(), guest_clock=self.clock.summary())

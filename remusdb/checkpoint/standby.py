@@ -25,6 +25,7 @@ from remusdb.checkpoint.status import StatusFile, Window, page_digests
 from remusdb.checkpoint.store import Epoch, StandbyStore, StreamInfo, add_frame
 from remusdb.config import Config
 from remusdb.errors import RemusError
+from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
 
 SEEDING_TIMEOUT = 300.0
@@ -50,6 +51,7 @@ class StandbyDaemon:
         self._lock = threading.Lock()
         self._conn: wire.Connection | None = None
         self.failover_times: dict | None = None
+        self.clock: ClockKeeper | None = None
         self.stopped = threading.Event()
 
     # Serving
@@ -201,13 +203,12 @@ class StandbyDaemon:
             return self.failover_times
 
     def _sync_clock(self) -> None:
-        try:
-            self.guest.wait_agent(10)
-            self.guest.agent.call("guest-set-time", {"time": time.time_ns()})
-        except RemusError as e:
-            self.log(f"guest clock not set after failover: {e}")
-        finally:
-            self.guest.agent.close()  # qemu-ga serves one client at a time: leave it free
+        """The failover gap is missing from the guest's clock: step it now, then keep it."""
+        self.clock = ClockKeeper(self.guest.files.agent, log=self.log)
+        deadline = time.monotonic() + 10
+        while self.clock.check() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.clock.start()
 
     # Control socket: manual failover and liveness
     @property
@@ -254,7 +255,8 @@ class StandbyDaemon:
             role="standby", state=self.state, vm=self.cfg.vm.name,
             epoch_committed=self.store.committed, verify=self.verify,
             apply_ms=self.apply_ms.percentiles(), bytes_per_epoch=self.epoch_bytes.percentiles(),
-            failover=self.failover_times, qemu_pid=self.guest.pid if self.guest else None)
+            failover=self.failover_times, qemu_pid=self.guest.pid if self.guest else None,
+            guest_clock=self.clock.summary() if self.clock else None)
 
 
 def request_failover(run_dir: Path, force: bool = False, timeout: float = 120.0) -> dict:

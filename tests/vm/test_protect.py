@@ -13,8 +13,8 @@ import pytest
 from remusdb import dbclient
 from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
+from remusdb.labrun import REMUSDB, Daemon, wait_status, write_config
 from remusdb.vm import DB_PASSWORD
-from tests.vm.protected import Daemon, wait_status, write_config
 
 SCALE = 2
 
@@ -41,6 +41,20 @@ def process_alive(pid: int, wait: float) -> bool:
         if time.monotonic() > deadline:
             return True
         time.sleep(0.05)
+
+
+def guest_clock_offset(agent_socket: Path) -> float:
+    agent = GuestAgent(agent_socket)
+    agent.wait_ready(30)
+    try:
+        return time.time() - agent.call("guest-get-time") / 1e9
+    finally:
+        agent.close()
+
+
+def cli(lab, host, *args):
+    return subprocess.run(["ip", "netns", "exec", lab.ns(host), *REMUSDB, *args],
+                          capture_output=True, text=True, timeout=120)
 
 
 def pgbench(lab, *args, timeout=300):
@@ -70,6 +84,12 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         assert st["verify"]["differing_pages"] == 0, st["verify"]
         pst = read_status(base / "pg1/primary/primary.status.json")
         assert pst["state"] == "protected" and pst["dirty_pages"]["p50"] > 0
+        assert abs(guest_clock_offset(base / "pg1/primary/qga.sock")) < 1.0
+        # Fenced manual failover: refused while the primary is still sending.
+        r = cli(lab, "standby", "failover", str(cfg))
+        assert r.returncode == 1 and "refusing: the primary is still sending" in r.stderr
+        r = cli(lab, "standby", "status", str(cfg))
+        assert r.returncode == 0 and "primary: protected" in r.stdout, r.stdout + r.stderr
 
         qemu_pid = int((base / "pg1/primary/qemu.pid").read_text())
         primary.kill(signal.SIGKILL)
@@ -87,6 +107,7 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         assert n == SCALE * 100_000
         load.kill()
 
+        assert abs(guest_clock_offset(base / "pg1/standby/vm/qga.sock")) < 1.0
         agent = GuestAgent(base / "pg1/standby/vm/qga.sock")
         agent.wait_ready(30)
         dmesg = agent.exec(["dmesg"]).stdout

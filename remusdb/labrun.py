@@ -1,4 +1,8 @@
-"""Run the real daemons as separate processes, each in its host's namespace, like two hosts."""
+"""Run remusdb daemons as separate processes, each in a lab host's namespace, like real hosts.
+
+Used by the VM tests, the benchmarks and the drills: the daemons are the real command line
+(`python -m remusdb.cli protect|standby`), so a kill -9 here is a real crash.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,137 @@
+"""Checkpoint engine on the real DB guest: pause time, dirty pages, daemon CPU and pgbench -S
+throughput at several checkpoint intervals, idle and under load, as ratios to an unprotected VM
+measured in the same run. Needs root (namespaces). Run:
+    .venv/bin/python benchmarks/checkpoint.py [--intervals 50,100,250] [--seconds 15]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import save  # noqa: E402
+from remusdb import config as configmod  # noqa: E402
+from remusdb.checkpoint.status import read_status  # noqa: E402
+from remusdb.hostnet import Lab  # noqa: E402
+from remusdb.labrun import Daemon, wait_status, write_config  # noqa: E402
+from remusdb.vm import DB_PASSWORD, image_for, launch  # noqa: E402
+
+VM_IP = "10.213.0.10"
+
+
+def pgbench(lab, args, seconds=None):
+    cmd = ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", VM_IP, "-U", "remusdb",
+           *args, "remusdb"]
+    r = subprocess.run(cmd, env=dict(os.environ, PGPASSWORD=DB_PASSWORD), capture_output=True,
+                       text=True, timeout=(seconds or 0) + 300)
+    if r.returncode != 0:
+        raise SystemExit(f"pgbench failed: {r.stderr.strip()[-500:]}")
+    m = re.search(r"tps = ([\d.]+)", r.stdout)
+    return float(m.group(1)) if m else None
+
+
+def pct(v):
+    if not len(v):
+        return {}
+    return {"p50": round(float(np.percentile(v, 50)), 2),
+            "p99": round(float(np.percentile(v, 99)), 2), "max": round(float(v.max()), 2)}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def unprotected(lab, base, seconds):
+    cfg = configmod.load(write_config(base / "vm.toml", lab))
+    guest = launch(cfg, image_for(cfg), base / "unprotected", netns=lab.ns("primary"))
+    try:
+        pgbench(lab, ["-i", "-s", "1", "-q"])
+        return pgbench(lab, ["-S", "-c", "4", "-n", "-T", str(seconds)], seconds)
+    finally:
+        guest.kill()
+
+
+def protected(lab, base, interval, seconds):
+    run = base / f"i{interval}"
+    run.mkdir()
+    cfg = write_config(run / "vm.toml", lab, interval_ms=interval)
+    sb = Daemon(lab, "standby", ["standby", str(cfg)], run / "standby.log")
+    time.sleep(1)
+    trace = run / "epochs.csv"
+    pr = Daemon(lab, "primary", ["protect", str(cfg), "--trace", str(trace)],
+                run / "primary.log")
+    status = run / "pg1/primary/primary.status.json"
+    out = {}
+    try:
+        wait_status(status, lambda s: s["epoch_acked"] >= 1, 300, "protection", [sb, pr])
+        for phase in ("idle", "pgbench"):
+            time.sleep(2)
+            c0, t0 = cpu_seconds(pr.proc.pid), time.monotonic()
+            start = read_status(status)["epoch_captured"]
+            if phase == "idle":
+                time.sleep(seconds)
+                tps = None
+            else:
+                pgbench(lab, ["-i", "-s", "1", "-q"])
+                c0, t0 = cpu_seconds(pr.proc.pid), time.monotonic()
+                start = read_status(status)["epoch_captured"]
+                tps = pgbench(lab, ["-S", "-c", "4", "-n", "-T", str(seconds)], seconds)
+            t_end = time.time()
+            time.sleep(1.2)
+            st = read_status(status)
+            rows = np.loadtxt(trace, delimiter=",", ndmin=2)
+            rows = rows[(rows[:, 1] > start) & (rows[:, 0] <= t_end)]
+            out[phase] = {"pause_ms": pct(rows[:, 2]), "dirty_pages": pct(rows[:, 3]),
+                          "bytes_per_epoch": pct(rows[:, 5]),
+                          "epochs": st["epoch_captured"] - start,
+                          "daemon_cpu_s_per_s": round((cpu_seconds(pr.proc.pid) - c0)
+                                                      / (time.monotonic() - t0), 3),
+                          "tps": tps}
+    finally:
+        pr.kill()
+        sb.kill()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--intervals", default="50,100,250")
+    ap.add_argument("--seconds", type=int, default=15)
+    args = ap.parse_args()
+    base = Path("/dev/shm") / f"remusdb-bench-{os.getpid()}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir()
+    result = {"intervals": {}}
+    try:
+        with Lab() as lab:
+            lab.add_tap("primary")
+            base_tps = unprotected(lab, base, args.seconds)
+            result["unprotected_tps"] = base_tps
+            print(f"unprotected: pgbench -S {base_tps:.0f} TPS")
+            for interval in map(int, args.intervals.split(",")):
+                r = protected(lab, base, interval, args.seconds)
+                r["tps_vs_unprotected"] = round(r["pgbench"]["tps"] / base_tps, 3)
+                result["intervals"][interval] = r
+                for phase in ("idle", "pgbench"):
+                    p = r[phase]
+                    print(f"{interval:4d} ms {phase:8s} pause p50 {p['pause_ms'].get('p50')} "
+                          f"p99 {p['pause_ms'].get('p99')} ms, dirty pages p50 "
+                          f"{p['dirty_pages'].get('p50')} p99 {p['dirty_pages'].get('p99')}, "
+                          f"daemon CPU {p['daemon_cpu_s_per_s']} s/s"
+                          + (f", {p['tps']:.0f} TPS ({r['tps_vs_unprotected']}x)"
+                             if p["tps"] else ""))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    save("checkpoint", result)
+
+
+if __name__ == "__main__":
+    main()
