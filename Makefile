@@ -6,6 +6,7 @@ deps:
 
 image: deps
 	@.venv/bin/remusdb image build
+	@.venv/bin/remusdb qemu build --if-needed
 
 demo: image
 	.venv/bin/remusdb demo

@@ -94,7 +94,7 @@ def protected(lab, base, interval, seconds):
                           "epochs": st["epoch_captured"] - start,
                           "daemon_cpu_s_per_s": round((cpu_seconds(pr.proc.pid) - c0)
                                                       / (time.monotonic() - t0), 3),
-                          "tps": tps}
+                          "tps": tps, "guest_clock": st.get("guest_clock")}
     finally:
         pr.kill()
         sb.kill()

@@ -13,10 +13,6 @@ from remusdb import config as configmod
 from remusdb.errors import RemusError
 
 
-def _load_config(path: str | None) -> configmod.Config:
-    return configmod.load(path) if path else configmod.Config()
-
-
 def cmd_image_build(args) -> int:
     from remusdb.image import builder
     img = builder.build(rebuild=args.rebuild)
@@ -55,6 +51,10 @@ def cmd_net_sweep(args) -> int:
 
 def cmd_qemu_build(args) -> int:
     from remusdb.hypervisor import qemubuild
+    from remusdb.hypervisor.qemu import resolve_accel
+    if args.if_needed and resolve_accel("auto") == "kvm":
+        print("KVM available: Debian's QEMU is used, no patched build needed")
+        return 0
     print(qemubuild.build(rebuild=args.rebuild))
     return 0
 
@@ -119,7 +119,7 @@ def cmd_failover(args) -> int:
 
 def cmd_demo(args) -> int:
     from remusdb import demo
-    return demo.run(_load_config(args.config))
+    return demo.run(interval_ms=args.interval)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -151,6 +151,8 @@ def parser() -> argparse.ArgumentParser:
         dest="qemu_command", required=True, metavar="ACTION")
     qb = q.add_parser("build", help="build (or reuse) the patched QEMU")
     qb.add_argument("--rebuild", action="store_true")
+    qb.add_argument("--if-needed", action="store_true",
+                    help="only where guests run under TCG (no vmx/svm)")
     qb.set_defaults(func=cmd_qemu_build)
 
     def daemon_args(sp):
@@ -178,8 +180,8 @@ def parser() -> argparse.ArgumentParser:
                     help="fail over although the primary only went silent (fence it first)")
     fo.set_defaults(func=cmd_failover)
 
-    d = sub.add_parser("demo", help="bring up the VM stack and query both databases")
-    d.add_argument("--config", help="config file (default: built-in defaults)")
+    d = sub.add_parser("demo", help="protect a DB VM, kill its host, fail over (3 namespaces)")
+    d.add_argument("--interval", type=int, default=100, help="checkpoint interval in ms")
     d.set_defaults(func=cmd_demo)
     return p
 

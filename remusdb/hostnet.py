@@ -100,10 +100,8 @@ class Lab:
 
     def add_tap(self, host: str, ifname: str = "tap0") -> str:
         """A tap on the host's bridge, for a QEMU started inside that host's namespace."""
-        with NetNS(self.ns(host)) as h:
-            h.link("add", ifname=ifname, kind="tuntap", mode="tap")
-            idx = h.link_lookup(ifname=ifname)[0]
-            h.link("set", index=idx, master=h.link_lookup(ifname="br0")[0], state="up")
+        with self.inside(host):
+            ensure_tap(ifname, "br0")
         return ifname
 
     @contextlib.contextmanager

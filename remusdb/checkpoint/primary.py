@@ -61,7 +61,7 @@ class PrimaryDaemon:
         self.conn: wire.Connection | None = None
         self.clock = ClockKeeper(guest.files.agent, log=log)
         # One line per checkpoint (benchmarks): wall time, epoch, pause, pages, stream bytes.
-        self.trace = open(trace, "a", buffering=1 << 16) if trace else None
+        self.trace = open(trace, "a", buffering=1) if trace else None  # line-buffered
 
     # Setup
     def _connect_standby(self) -> wire.Connection:

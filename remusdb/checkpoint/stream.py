@@ -12,8 +12,11 @@ under a microsecond per page and later stages (compression, hashing) get a vecto
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import struct
+import sys
+import termios
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -33,6 +36,7 @@ F_ZERO, F_MEM_SIZE, F_PAGE, F_EOS, F_CONTINUE = 0x02, 0x04, 0x08, 0x10, 0x20
 F_XBZRLE, F_COMPRESS = 0x40, 0x100
 _FLAG_MASK = PAGE_SIZE - 1
 _PAGE_RECORD = 8 + PAGE_SIZE
+_BULK_MIN, _BULK_TARGET = 64 * _PAGE_RECORD, 1024 * _PAGE_RECORD
 
 
 class Colo(enum.IntEnum):
@@ -81,16 +85,7 @@ class Reader:
             if self.src is None:
                 raise Truncated(f"truncated stream at offset {self.offset + self.available()}: "
                                 f"needed {n - self.available()} more bytes")
-            avail = self.end - self.start
-            if len(self.buf) - self.end < max(n - avail, self.chunk // 4):
-                size = max(len(self.buf), avail + max(n - avail, self.chunk))
-                if size > len(self.buf):
-                    new = bytearray(size)
-                    new[:avail] = self.buf[self.start : self.end]
-                    self.buf = new
-                else:
-                    self.buf[:avail] = self.buf[self.start : self.end]
-                self.start, self.end = 0, avail
+            self._room(n - (self.end - self.start))
             try:
                 got = self.src.recv_into(memoryview(self.buf)[self.end :])
             except TimeoutError:
@@ -99,6 +94,38 @@ class Reader:
             if not got:
                 raise Truncated(f"stream closed at offset {self.offset + self.available()}: "
                                 f"needed {n - self.available()} more bytes")
+            self.end += got
+
+    def _room(self, want: int) -> None:
+        """Free space for `want` more bytes (at least a chunk's worth of reading)."""
+        avail = self.end - self.start
+        if len(self.buf) - self.end >= max(want, self.chunk // 4):
+            return
+        size = max(len(self.buf), avail + max(want, self.chunk))
+        if size > len(self.buf):
+            new = bytearray(size)
+            new[:avail] = self.buf[self.start : self.end]
+            self.buf = new
+        else:
+            self.buf[:avail] = self.buf[self.start : self.end]
+        self.start, self.end = 0, avail
+
+    def fill_greedy(self, target: int) -> None:
+        """Take what the socket already holds, up to `target` bytes available, never blocking:
+        bulk parsing then works on long runs instead of whatever one recv() returned."""
+        fileno = getattr(self.src, "fileno", None)
+        if fileno is None:
+            return
+        while self.end - self.start < target:
+            pending = bytearray(4)
+            fcntl.ioctl(fileno(), termios.FIONREAD, pending)
+            k = min(int.from_bytes(pending, sys.byteorder), target - (self.end - self.start))
+            if k <= 0:
+                return
+            self._room(k)
+            got = self.src.recv_into(memoryview(self.buf)[self.end : self.end + k])
+            if not got:
+                return
             self.end += got
 
     def fill_some(self) -> int:
@@ -291,8 +318,11 @@ class RamParser:
     def read_body(self, r: Reader, pages: PageSet) -> None:
         while True:
             at = r.offset
-            if self.current is not None and (self._page_run(r, pages) or self._zero_run(r, pages)):
-                continue
+            if self.current is not None:
+                if r.available() < _BULK_MIN:
+                    r.fill_greedy(_BULK_TARGET)
+                if self._page_run(r, pages) or self._zero_run(r, pages):
+                    continue
             word = r.u64()
             flags, addr = word & _FLAG_MASK, word & ~_FLAG_MASK
             kind = flags & ~F_CONTINUE
