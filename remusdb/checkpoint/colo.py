@@ -49,6 +49,7 @@ class ColoEndpoint:
     def read_initial(self) -> InitialState:
         self.ram = RamParser()
         self.initial = read_initial(self.r, self.ram)
+        self.initial.pages.own(self.r.pool, self.r.detach())
         return self.initial
 
     def ready(self) -> None:
@@ -67,6 +68,7 @@ class ColoEndpoint:
         read_message(self.r, Colo.VMSTATE_SIZE)
         size = self.r.u64()
         devices = self.r.bytes(size)
+        pages.own(self.r.pool, self.r.detach())
         self.seq += 1
         return Checkpoint(self.seq, pages, devices, requested, paused, time.monotonic(),
                           self.r.offset - start)

@@ -11,6 +11,7 @@ under a microsecond per page and later stages (compression, hashing) get a vecto
 
 from __future__ import annotations
 
+import collections
 import enum
 import fcntl
 import json
@@ -21,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from remusdb.errors import RemusError
 
@@ -35,6 +35,7 @@ MIG_CMD_ENABLE_COLO = 8
 F_ZERO, F_MEM_SIZE, F_PAGE, F_EOS, F_CONTINUE = 0x02, 0x04, 0x08, 0x10, 0x20
 F_XBZRLE, F_COMPRESS = 0x40, 0x100
 _FLAG_MASK = PAGE_SIZE - 1
+_PAGE_SHIFT = np.uint64(PAGE_SIZE.bit_length() - 1)
 _PAGE_RECORD = 8 + PAGE_SIZE
 _BULK_MIN, _BULK_TARGET = 64 * _PAGE_RECORD, 1024 * _PAGE_RECORD
 
@@ -57,12 +58,38 @@ class Truncated(StreamError):
     pass
 
 
+class BufferPool:
+    """Receive buffers for reuse: fresh memory is slow to fault in, reused memory is not."""
+
+    def __init__(self, chunk: int, keep: int = 32):
+        self.chunk, self.keep = chunk, keep
+        self.free: collections.deque[np.ndarray] = collections.deque()
+
+    def get(self, size: int) -> np.ndarray:
+        if size <= self.chunk:
+            try:
+                return self.free.pop()  # LIFO: the most recently used is still hot
+            except IndexError:
+                size = self.chunk
+        return np.empty(size, np.uint8)
+
+    def put(self, buffers: list[np.ndarray]) -> None:
+        """Return buffers nobody views any more (thread-safe: deque appends are atomic)."""
+        for b in buffers:
+            if len(b) == self.chunk and len(self.free) < self.keep:
+                self.free.append(b)
+
+
 class Reader:
     """Buffered reads from a socket-like source (anything with recv_into) or from bytes."""
 
-    def __init__(self, source=None, data: bytes = b"", chunk: int = 1 << 20):
+    def __init__(self, source=None, data: bytes = b"", chunk: int = 1 << 20,
+                 pool: BufferPool | None = None):
         self.src = source
-        self.buf = bytearray(max(chunk, len(data)))
+        self.pool = pool or BufferPool(chunk)
+        self.arr = self.pool.get(max(chunk, len(data)))
+        self.used = [self.arr]  # buffers handed out since the last detach()
+        self.buf = memoryview(self.arr)
         self.buf[: len(data)] = data
         self.start, self.end = 0, len(data)
         self.consumed = 0  # stream offset of self.start, for error messages
@@ -78,8 +105,7 @@ class Reader:
     def fill(self, n: int) -> None:
         """Make at least n bytes available, reading more from the source as needed.
 
-        Views handed out by take() stay valid until the next fill(): the buffer is never
-        resized in place (numpy may hold it), a bigger one replaces it instead.
+        Views handed out by take() stay valid: a full buffer is replaced, never reused.
         """
         while self.end - self.start < n:
             if self.src is None:
@@ -87,7 +113,7 @@ class Reader:
                                 f"needed {n - self.available()} more bytes")
             self._room(n - (self.end - self.start))
             try:
-                got = self.src.recv_into(memoryview(self.buf)[self.end :])
+                got = self.src.recv_into(self.buf[self.end :])
             except TimeoutError:
                 raise StreamError(f"no data for {self.src.gettimeout():.0f} s at offset "
                                   f"{self.offset + self.available()}") from None
@@ -97,17 +123,19 @@ class Reader:
             self.end += got
 
     def _room(self, want: int) -> None:
-        """Free space for `want` more bytes (at least a chunk's worth of reading)."""
+        """Free space for `want` more bytes (at least a chunk's worth of reading).
+
+        A full buffer is never compacted in place: page runs of the current epoch are still
+        views into it (PageSet copies them out after the VM has resumed); the next one comes
+        from the pool, already faulted in (a page fault costs ~16 µs on these VMs)."""
         avail = self.end - self.start
         if len(self.buf) - self.end >= max(want, self.chunk // 4):
             return
-        size = max(len(self.buf), avail + max(want, self.chunk))
-        if size > len(self.buf):
-            new = bytearray(size)
-            new[:avail] = self.buf[self.start : self.end]
-            self.buf = new
-        else:
-            self.buf[:avail] = self.buf[self.start : self.end]
+        self.arr = self.pool.get(max(self.chunk, avail + want))
+        self.used.append(self.arr)
+        new = memoryview(self.arr)
+        new[:avail] = self.buf[self.start : self.end]
+        self.buf = new
         self.start, self.end = 0, avail
 
     def fill_greedy(self, target: int) -> None:
@@ -123,10 +151,22 @@ class Reader:
             if k <= 0:
                 return
             self._room(k)
-            got = self.src.recv_into(memoryview(self.buf)[self.end : self.end + k])
+            got = self.src.recv_into(self.buf[self.end : self.end + k])
             if not got:
                 return
             self.end += got
+
+    def detach(self) -> list[np.ndarray]:
+        """Hand over the buffers used so far (an epoch's pages are views into them); reading
+        goes on in a fresh buffer. Call at an epoch boundary, when little or nothing is left
+        unread."""
+        used = self.used
+        self.arr = self.pool.get(max(self.chunk, self.available()))
+        new = memoryview(self.arr)
+        n = self.available()
+        new[:n] = self.buf[self.start : self.end]
+        self.buf, self.start, self.end, self.used = new, 0, n, [self.arr]
+        return used
 
     def fill_some(self) -> int:
         """Read whatever the source has (at least one byte) without a minimum; returns count."""
@@ -135,9 +175,9 @@ class Reader:
         return self.available() - before
 
     def take(self, n: int) -> memoryview:
-        """A view of the next n bytes; valid until the next fill()."""
+        """A view of the next n bytes (the buffer is never reused, so it stays valid)."""
         self.fill(n)
-        v = memoryview(self.buf)[self.start : self.start + n]
+        v = self.buf[self.start : self.start + n]
         self.start += n
         self.consumed += n
         return v
@@ -185,44 +225,35 @@ class RamBlock:
 
 
 class PageSet:
-    """The RAM records of one epoch: full pages (one contiguous array) and zero-filled pages.
+    """The RAM records of one epoch: full pages and zero-filled pages.
 
-    Within a checkpoint QEMU sends a page at most once, but the initial precopy phase resends
-    pages dirtied meanwhile, possibly as a ZERO record after a PAGE or back: `latest()` keeps
-    the last record of each page, in stream order.
+    While the VM is paused, runs of pages are kept as views into the receive buffers (no copy);
+    the first view()/latest() — after the VM has resumed — copies them into one contiguous
+    (n, 4096) array and lets the buffers go. Within a checkpoint QEMU sends a page at most once,
+    but the initial precopy phase resends pages dirtied meanwhile, possibly as a ZERO record
+    after a PAGE or back: `latest()` keeps the last record of each page.
     """
 
-    def __init__(self, capacity: int = 1024):
+    def __init__(self):
         self.n = 0
         self.seq = 0  # records so far, pages and zeros alike
-        self.block = np.empty(capacity, np.uint16)
-        self.index = np.empty(capacity, np.uint64)  # page number within the block
-        self.order = np.empty(capacity, np.int64)
-        self.data = np.empty((capacity, PAGE_SIZE), np.uint8)
+        self._runs: list[tuple[int, np.ndarray, np.ndarray, int]] = []  # block, idx, data, seq
         self._zeros: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self.zero_count = 0
+        self._flat: tuple[np.ndarray, ...] | None = None
+        self._owned: tuple[BufferPool, list[np.ndarray]] | None = None
 
-    def _reserve(self, k: int) -> None:
-        need = self.n + k
-        if need <= len(self.index):
-            return
-        cap = max(need, 2 * len(self.index))
-        for name in ("block", "index", "order", "data"):
-            arr = getattr(self, name)
-            new = np.empty((cap, *arr.shape[1:]), arr.dtype)
-            new[: self.n] = arr[: self.n]
-            setattr(self, name, new)
+    def own(self, pool: BufferPool, buffers: list[np.ndarray]) -> None:
+        """The receive buffers its page runs view: back to the pool once copied out."""
+        self._owned = (pool, buffers)
 
     def add_pages(self, block: int, indexes: np.ndarray, pages: np.ndarray) -> None:
-        k = len(indexes)
-        self._reserve(k)
-        sl = slice(self.n, self.n + k)
-        self.block[sl] = block
-        self.index[sl] = indexes
-        self.order[sl] = np.arange(self.seq, self.seq + k)
-        self.data[sl] = pages
-        self.n += k
-        self.seq += k
+        """pages: an (n, 4096) array or view that stays unchanged until view()."""
+        if self._flat is not None:
+            raise RuntimeError("PageSet already materialized")
+        self._runs.append((block, np.asarray(indexes, np.uint64), pages, self.seq))
+        self.n += len(indexes)
+        self.seq += len(indexes)
 
     def add_zeros(self, block: int, indexes: np.ndarray, fills: np.ndarray) -> None:
         k = len(indexes)
@@ -231,13 +262,36 @@ class PageSet:
         self.zero_count += k
         self.seq += k
 
+    def _materialize(self) -> tuple[np.ndarray, ...]:
+        if self._flat is None:
+            block = np.empty(self.n, np.uint16)
+            index = np.empty(self.n, np.uint64)
+            order = np.empty(self.n, np.int64)
+            data = np.empty((self.n, PAGE_SIZE), np.uint8)
+            at = 0
+            for b, idx, pages, seq in self._runs:
+                k = len(idx)
+                block[at : at + k] = b
+                index[at : at + k] = idx
+                order[at : at + k] = np.arange(seq, seq + k)
+                data[at : at + k] = pages
+                at += k
+            self._flat = (block, index, data, order)
+            self._runs = []
+            if self._owned is not None:
+                pool, buffers = self._owned
+                self._owned = None
+                pool.put(buffers)
+        return self._flat
+
     @property
     def pages(self) -> int:
         return self.n
 
     def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(block, page index, data) of every PAGE record, in stream order."""
-        return self.block[: self.n], self.index[: self.n], self.data[: self.n]
+        block, index, data, _ = self._materialize()
+        return block, index, data
 
     def zeros(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(block, page index, fill byte) of every ZERO record, in stream order."""
@@ -256,10 +310,10 @@ class PageSet:
     def latest(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Rows of view() and entries of zeros() that are each page's last record."""
         zb, zi, zf, zo = self._zero_arrays()
-        keys = np.concatenate([self.block[: self.n].astype(np.uint64) << np.uint64(48)
-                               | self.index[: self.n], zb.astype(np.uint64) << np.uint64(48)
-                               | zi])
-        order = np.concatenate([self.order[: self.n], zo])
+        block, index, _, porder = self._materialize()
+        keys = np.concatenate([block.astype(np.uint64) << np.uint64(48) | index,
+                               zb.astype(np.uint64) << np.uint64(48) | zi])
+        order = np.concatenate([porder, zo])
         if len(keys) == len(np.unique(keys)):
             return np.arange(self.n), (zb, zi, zf)
         srt = np.lexsort((-order, keys))
@@ -347,21 +401,21 @@ class RamParser:
 
     def _run(self, r: Reader, size: int, want: int) -> tuple[int, np.ndarray, np.ndarray]:
         """How many records of `size` bytes with flags `want` follow back to back in the buffer,
-        their page indexes, and a strided view of the records (valid until the next fill)."""
+        their page indexes, and a (run, size) view of the records. Plain reshapes and slices:
+        this runs once per socket read, so its fixed cost is spread over only the few dozen
+        pages one read brings."""
         k = r.available() // size
         if k == 0:
             return 0, None, None
-        recs = as_strided(np.frombuffer(r.buf, np.uint8, count=k * size, offset=r.start),
-                          shape=(k, size), strides=(size, 1))
-        flags = (recs[:, 6].astype(np.uint16) << 8 | recs[:, 7]) & _FLAG_MASK
-        bad = np.flatnonzero(flags != want)
-        run = int(bad[0]) if len(bad) else k
+        recs = r.arr[r.start : r.start + k * size].reshape(k, size)
+        ok = (recs[:, 7] == (want & 0xFF)) & ((recs[:, 6] & 0x0F) == (want >> 8))
+        run = k if ok.all() else int(ok.argmin())
         if run == 0:
             return 0, None, None
-        addrs = np.ascontiguousarray(recs[:run, :8]).view(">u8").ravel()
-        idx = (addrs & ~np.uint64(_FLAG_MASK)) // np.uint64(PAGE_SIZE)
+        recs = recs[:run]
+        idx = np.ascontiguousarray(recs[:, :8]).view(">u8").ravel() >> _PAGE_SHIFT
         self._check_range(idx, r.offset)
-        return run, idx, recs[:run]
+        return run, idx, recs
 
     def _advance(self, r: Reader, n: int) -> None:
         r.start += n
@@ -383,7 +437,7 @@ class RamParser:
 
     def _check_range(self, idx: np.ndarray, at: int) -> None:
         limit = self.blocks[self.current].pages if self.current is not None else 0
-        if len(idx) and int(idx.max()) >= limit:
+        if len(idx) and idx.max() >= limit:
             raise StreamError(f"RAM record at offset {at}: page beyond the end of block "
                               f"{self.blocks[self.current].name!r}")
 
@@ -491,7 +545,7 @@ def read_initial(r: Reader, ram: RamParser | None = None, max_idle_reads: int = 
         raise StreamError(f"unsupported migration stream version {v}")
     config, colo = None, False
     ram = ram if ram is not None else RamParser()  # the caller's: it remembers the last block
-    pages = PageSet(capacity=4096)
+    pages = PageSet()
     ram_section: Section | None = None
     while True:
         at = r.offset
