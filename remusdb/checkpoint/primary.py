@@ -22,6 +22,7 @@ import numpy as np
 
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.colo import ColoEndpoint
+from remusdb.checkpoint.encode import epoch_frames
 from remusdb.checkpoint.status import StatusFile, Window, page_digests
 from remusdb.checkpoint.store import StreamInfo
 from remusdb.checkpoint.stream import PAGE_SIZE, PageSet, StreamError
@@ -198,22 +199,8 @@ class PrimaryDaemon:
             self.sent = item.number
 
     def _send_epoch(self, item: Outgoing) -> None:
-        n = item.number
-        rows, (zb, zi, zf) = item.pages.latest()
-        block, index, data = item.pages.view()
-        for k in range(0, len(rows), wire.PAGES_PER_FRAME):
-            r = rows[k : k + wire.PAGES_PER_FRAME]
-            self.conn.send(wire.encode(wire.Kind.PAGES, n,
-                                       wire.pack_pages(block[r], index[r], data[r])))
-        step = wire.MAX_PAYLOAD // 16
-        for k in range(0, len(zi), step):
-            self.conn.send(wire.encode(wire.Kind.ZEROS, n, wire.pack_zeros(
-                zb[k : k + step], zi[k : k + step], zf[k : k + step])))
-        self.conn.send(wire.encode(wire.Kind.DEVICES, n, item.devices))
-        if item.digests is not None:
-            self.conn.send(wire.encode(wire.Kind.VERIFY, n, item.digests.astype(">u8").tobytes()))
-        self.conn.send(wire.encode_json(wire.Kind.COMMIT, n, {
-            "pages": int(len(rows)), "zeros": int(len(zi)), "devices": len(item.devices)}))
+        for parts in epoch_frames(item.number, item.pages, item.devices, item.digests):
+            self.conn.send(parts)
 
     def _receiver(self) -> None:
         while not self._stop.is_set():

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from remusdb.checkpoint import failover, wire
-from remusdb.checkpoint.status import StatusFile, Window, page_digests
+from remusdb.checkpoint.status import VERIFY_GROUP, StatusFile, Window, page_digests
 from remusdb.checkpoint.store import Epoch, StandbyStore, StreamInfo, add_frame
 from remusdb.config import Config
 from remusdb.errors import RemusError
@@ -46,7 +46,7 @@ class StandbyDaemon:
         self.last_frame = 0.0
         self.session_open = False
         self.guest: QemuGuest | None = None
-        self.verify = {"checks": 0, "differing_pages": 0}
+        self.verify = {"checks": 0, "differing_groups": 0, "group_pages": VERIFY_GROUP}
         self.apply_ms, self.epoch_bytes = Window(), Window()
         self._lock = threading.Lock()
         self._conn: wire.Connection | None = None
@@ -157,8 +157,8 @@ class StandbyDaemon:
         mine = page_digests(self.store.image(names.index(self.store.info.shared_block)))
         diff = int(np.count_nonzero(mine != digests)) if len(mine) == len(digests) else -1
         self.verify["checks"] += 1
-        self.verify["differing_pages"] += max(diff, 0) if diff >= 0 else len(mine)
-        self.verify["last"] = {"epoch": n, "differing_pages": diff}
+        self.verify["differing_groups"] += max(diff, 0) if diff >= 0 else len(mine)
+        self.verify["last"] = {"epoch": n, "differing_groups": diff}
         self._update()
 
     # Failure and failover
