@@ -84,7 +84,8 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         assert st["verify"]["differing_groups"] == 0, st["verify"]  # so 0 differing pages
         pst = read_status(base / "pg1/primary/primary.status.json")
         assert pst["state"] == "protected" and pst["dirty_pages"]["p50"] > 0
-        assert abs(guest_clock_offset(base / "pg1/primary/qga.sock")) < 1.0
+        off = guest_clock_offset(base / "pg1/primary/qga.sock")
+        assert abs(off) < 1.0, (off, read_status(base / "pg1/primary/primary.status.json"))
         # Fenced manual failover: refused while the primary is still sending.
         r = cli(lab, "standby", "failover", str(cfg))
         assert r.returncode == 1 and "refusing: the primary is still sending" in r.stderr
@@ -116,7 +117,8 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         for bad in ("PANIC", "database system was interrupted", "invalid page",
                     "could not read block", "was not properly shut down"):
             assert bad not in pglog, pglog[-3000:]
-        print(f"failover: {fo}; PostgreSQL answered {answered:.2f} s after kill -9")
+        print(f"failover: {fo}; PostgreSQL answered {answered:.2f} s after kill -9; "
+              f"primary guest clock {pst['guest_clock']}, verify {st['verify']}")
     finally:
         if load:
             load.kill()
