@@ -31,6 +31,7 @@ def run(interval_ms: int = 100, out=sys.stdout) -> int:
     image = image_for(Config())
     say(f"guest image: {image.root} (recipe {builder.recipe_key()})")
     base = Path(tempfile.mkdtemp(prefix="remusdb-demo-", dir="/dev/shm"))
+    rc = 1
     try:
         with Lab() as lab:
             say("hosts: " + ", ".join(f"{h.name} {h.address}" for h in lab.members.values()))
@@ -40,13 +41,16 @@ def run(interval_ms: int = 100, out=sys.stdout) -> int:
             primary = Daemon(lab, "primary", ["protect", str(cfg)], base / "primary.log")
             daemons = [standby, primary]
             try:
-                return _drill(lab, base, daemons, say)
+                rc = _drill(lab, base, daemons, say)
             finally:
                 for d in daemons:
                     d.kill()
-                say(f"logs: {base}/primary.log, {base}/standby.log (removed at exit)")
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if rc == 0:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            say(f"kept the daemons' logs: {base}/primary.log, {base}/standby.log")
+    return rc
 
 
 def _drill(lab, base: Path, daemons, say) -> int:
