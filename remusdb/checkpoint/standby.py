@@ -64,8 +64,18 @@ class StandbyDaemon:
             raise RemusError(f"cannot listen on {self.cfg.standby.address}:"
                              f"{self.cfg.standby.port}: {e.strerror}") from None
         srv.listen(1)
+        state = "waiting"
+        if self.store.meta_path.exists():
+            # A restarted standby keeps what it had: a crash mid-apply is finished from the
+            # journal, so the store holds exactly its last committed checkpoint.
+            try:
+                self.store.open()
+                self.log(f"recovered the store at epoch {self.store.committed}")
+                state = "recovered"
+            except RemusError as e:
+                self.log(f"previous store unusable ({e}); it is replaced at the next session")
         threading.Thread(target=self._control, daemon=True, name="control").start()
-        self._update("waiting")
+        self._update(state)
         if ready:
             ready()
         srv.settimeout(0.5)
@@ -241,9 +251,10 @@ class StandbyDaemon:
                                           f"{silent_for:.2f} s ago)"}
         if self.store.committed < 0:
             return {"ok": False, "error": "refusing: no committed checkpoint"}
-        if self.state == "primary-silent" and not req.get("force"):
-            return {"ok": False, "error": "refusing: the primary went silent and is not known "
-                                          "to be down; fence it and use --force"}
+        if self.state in ("primary-silent", "recovered") and not req.get("force"):
+            return {"ok": False, "error": "refusing: the primary is not known to be down "
+                                          f"(standby state {self.state}); fence it and use "
+                                          "--force"}
         if self._conn is not None:
             self._conn.close()
         return {"ok": True, **self.do_failover("manual failover")}

@@ -1,0 +1,89 @@
+"""The standby daemon's fencing rules on its control socket (real daemon, loopback, no VM)."""
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from remusdb.checkpoint import standby as sbmod
+from remusdb.checkpoint import wire
+from remusdb.checkpoint.standby import StandbyDaemon, request_failover
+from remusdb.checkpoint.store import StandbyStore
+from remusdb.config import Config
+from remusdb.errors import RemusError
+from tests.unit.test_wire_store import INFO, epoch_with
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    cfg = Config()
+    cfg.standby.port = free_port()
+    made = []
+    d = StandbyDaemon(cfg, tmp_path, lambda: made.append(1) or pytest.fail("no VM here"),
+                      heartbeat_timeout=0.5, log=lambda m: None)
+    yield d, cfg
+    d.stopped.set()
+
+
+def start(d):
+    threading.Thread(target=d.serve, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while not d.control_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_restarted_standby_recovers_its_store_and_refuses_an_unfenced_failover(daemon, tmp_path):
+    d, _ = daemon
+    st = StandbyStore(tmp_path / "store")
+    st.create(INFO, "s")
+    st.apply(epoch_with(0, {(0, 1): 7}))
+    st.close()
+    start(d)
+    assert d.store.committed == 0 and d.state == "recovered"
+    with pytest.raises(RemusError, match="refusing: the primary is not known to be down"):
+        request_failover(tmp_path)
+
+
+def test_failover_refused_while_the_primary_sends(daemon, tmp_path, monkeypatch):
+    d, cfg = daemon
+    monkeypatch.setattr(sbmod, "SEEDING_TIMEOUT", 5.0)
+    start(d)
+    conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x", "stream": INFO.to_json()}))
+    assert conn.recv().kind == wire.Kind.WELCOME
+    with pytest.raises(RemusError, match="refusing: the primary is still sending"):
+        request_failover(tmp_path)
+    with pytest.raises(RemusError, match="no committed checkpoint"):
+        time.sleep(0.6)
+        conn.send_frame(wire.Kind.HEARTBEAT, 0)
+        time.sleep(0.6)  # silent past the heartbeat timeout, but nothing committed yet
+        request_failover(tmp_path)
+    conn.close()
+
+
+def test_a_lying_peer_is_cut_off_without_failover(daemon, tmp_path):
+    d, cfg = daemon
+    start(d)
+    conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x", "stream": INFO.to_json()}))
+    assert conn.recv().kind == wire.Kind.WELCOME
+    bad = wire.pack_pages(np.array([0], np.uint16), np.array([10**6], np.uint64),
+                          np.zeros((1, 4096), np.uint8))  # a page far beyond the VM's RAM
+    conn.send(wire.encode(wire.Kind.PAGES, 0, bad))
+    deadline = time.monotonic() + 5
+    while d.state == "receiving" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.state == "waiting" and d.guest is None  # no checkpoint: nothing to fail over to
+    with pytest.raises(OSError):
+        conn.send_frame(wire.Kind.HEARTBEAT, 0)
+        conn.recv()
