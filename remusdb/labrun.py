@@ -41,10 +41,11 @@ heartbeat_timeout_ms = 1000
 class Daemon:
     def __init__(self, lab, host: str, args: list[str], log: Path):
         self.log = log
-        self.proc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{lab.ns(host)}", "--", *REMUSDB, *args],
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{lab.ns(host)}", "--", *REMUSDB, *args],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def kill(self, sig=signal.SIGKILL) -> None:
         if self.proc.poll() is None:

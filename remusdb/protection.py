@@ -69,7 +69,13 @@ def standby(cfg: Config, run_dir: Path, disk: Path) -> int:
     daemon = StandbyDaemon(cfg, run_dir, spec,
                            heartbeat_timeout=cfg.standby.heartbeat_timeout_ms / 1000,
                            fence_command=cfg.standby.fence_command, log=log)
-    done = _on_signals(daemon.stopped.set)
+    def stop_now():
+        # A blocking receive would not notice a flag: leave through the stack, the store is
+        # crash-consistent at any point, and the finally below stops a failed-over VM.
+        daemon.stopped.set()
+        raise SystemExit(0)
+
+    done = _on_signals(stop_now)
     log(f"listening on {cfg.standby.address}:{cfg.standby.port}, store {daemon.store.root}")
     try:
         daemon.serve()

@@ -45,6 +45,7 @@ class ColoEndpoint:
         self.initial: InitialState | None = None
         self.ram: RamParser | None = None
         self.seq = 0
+        self.paused_since: float | None = None  # the VM is paused waiting for us since then
 
     def read_initial(self) -> InitialState:
         self.ram = RamParser()
@@ -61,7 +62,7 @@ class ColoEndpoint:
         requested = time.monotonic()
         self.conn.sendall(message(Colo.CHECKPOINT_REPLY))
         read_message(self.r, Colo.VMSTATE_SEND)
-        paused = time.monotonic()
+        paused = self.paused_since = time.monotonic()
         start = self.r.offset
         pages = pages if pages is not None else PageSet()
         read_live_state(self.r, self.ram, self.initial.ram_section.section_id, pages)
@@ -76,4 +77,5 @@ class ColoEndpoint:
     def ack(self) -> float:
         """Let the VM run again; returns when the acknowledgement left."""
         self.conn.sendall(message(Colo.VMSTATE_RECEIVED) + message(Colo.VMSTATE_LOADED))
+        self.paused_since = None
         return time.monotonic()

@@ -7,6 +7,7 @@ not expected in the stream), the small ROM blocks' pages, and the checkpoint's d
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float =
     guest.start(incoming="defer")
     try:
         guest.monitor.set_migration_capabilities(x_ignore_shared=True)
-        guest.monitor.migrate_incoming(f"exec:cat {stream_file}")
+        guest.monitor.migrate_incoming(f"exec:cat {shlex.quote(str(stream_file))}")
         guest.monitor.wait_status({"paused", "postmigrate", "running"}, timeout)
         t_loaded = time.monotonic()
         guest.monitor.cont()

@@ -56,8 +56,8 @@ class PrimaryDaemon:
         self.state = "starting"
         self.captured = self.sent = self.acked = -1
         self.failure: str | None = None
-        self._qmp_lock = threading.Lock()
-        self._in_checkpoint_since: float | None = None
+        self._qmp_lock = threading.RLock()  # _fail may run again inside a signal handler
+        self.endpoint: ColoEndpoint | None = None
         self._stop = threading.Event()
         self.conn: wire.Connection | None = None
         self.clock = ClockKeeper(guest.files.agent, log=log)
@@ -103,7 +103,7 @@ class PrimaryDaemon:
     def protect(self) -> None:
         """Run until protection ends (standby lost, QEMU gone, or stop())."""
         self.conn = self._connect_standby()
-        endpoint = ColoEndpoint(self._start_colo())
+        endpoint = self.endpoint = ColoEndpoint(self._start_colo())
         self._update("seeding")
         t0 = time.monotonic()
         init = endpoint.read_initial()
@@ -143,7 +143,16 @@ class PrimaryDaemon:
                 self._fail(f"COLO stream from QEMU ended: {e}")
         finally:
             self._stop.set()
-            self.queue.put(None)
+            while True:  # wake the sender; what it has not sent is moot now
+                try:
+                    self.queue.put_nowait(None)
+                    break
+                except queue.Full:
+                    try:
+                        self.queue.get_nowait()
+                    except queue.Empty:
+                        pass
+            endpoint.conn.close()
             if self.trace:
                 self.trace.close()
 
@@ -151,7 +160,6 @@ class PrimaryDaemon:
         ram_file = self.guest.files.ram
         while not self._stop.is_set():
             ck = endpoint.next_checkpoint()
-            self._in_checkpoint_since = ck.paused_at
             digests = None
             if self.verify_every and ck.seq % self.verify_every == 0:
                 # Test mode: fingerprint the primary's RAM while the VM is paused.
@@ -166,7 +174,6 @@ class PrimaryDaemon:
                 except queue.Full:
                     continue
             resumed = endpoint.ack()
-            self._in_checkpoint_since = None
             self.captured = ck.seq
             self.pause_ms.add((resumed - ck.paused_at) * 1000)
             self.pages_per_epoch.add(ck.pages.pages)
@@ -213,35 +220,36 @@ class PrimaryDaemon:
     def _watchdog(self) -> None:
         """A checkpoint stuck mid-transaction would leave the VM paused forever."""
         while not self._stop.wait(0.5):
-            since = self._in_checkpoint_since
+            since = self.endpoint.paused_since if self.endpoint else None
             if since is not None and time.monotonic() - since > self.stall_timeout:
                 self._fail(f"checkpoint stalled for {self.stall_timeout:.0f} s")
 
     def _fail(self, reason: str) -> None:
+        """End protection, the VM running on. The standby must hear BYE first: a connection
+        that closes without it means "primary dead" and makes the standby fail over, which
+        with this VM still running would be a second copy. If BYE cannot be sent, the socket
+        stays open: the standby then only sees silence, which it does not act on unfenced."""
         with self._qmp_lock:
             if self.failure is not None:
                 return
             self.failure = reason
             self.log(f"protection lost: {reason}; the VM continues unprotected")
+            self._stop.set()
             try:
                 self.guest.monitor.execute("x-colo-lost-heartbeat")
             except Exception:
                 pass
-        self._stop.set()
         if self.conn is not None:
             try:
+                self.conn.send(wire.encode_json(wire.Kind.BYE, max(self.captured, 0),
+                                                {"reason": reason}), lock_timeout=5.0)
                 self.conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
-                pass
+                self.log("could not tell the standby (no BYE): it sees silence, not a death")
         self._update("unprotected")
 
     def stop(self) -> None:
-        """Orderly end: tell the standby not to fail over, then drop COLO."""
-        if self.conn is not None and self.failure is None:
-            try:
-                self.conn.send_frame(wire.Kind.BYE, max(self.captured, 0))
-            except OSError:
-                pass
+        """Orderly end (operator): the standby is told, the VM runs on unprotected."""
         self._fail("stopped by the operator")
 
     def _update(self, state: str | None = None) -> None:

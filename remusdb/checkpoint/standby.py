@@ -22,7 +22,7 @@ import numpy as np
 
 from remusdb.checkpoint import failover, wire
 from remusdb.checkpoint.status import VERIFY_GROUP, StatusFile, Window, page_digests
-from remusdb.checkpoint.store import Epoch, StandbyStore, StreamInfo, add_frame
+from remusdb.checkpoint.store import Epoch, StandbyStore, StoreError, StreamInfo, add_frame
 from remusdb.config import Config
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
@@ -98,8 +98,11 @@ class StandbyDaemon:
             hello = conn.recv()
             if hello.kind != wire.Kind.HELLO:
                 raise wire.WireError(f"expected HELLO, got {hello.kind.name}")
-            info = StreamInfo.from_json(hello.json()["stream"])
-            self.store.create(info, hello.json()["session"])
+            hello_data = hello.json()
+            if not isinstance(hello_data, dict) or "stream" not in hello_data:
+                raise wire.WireError("HELLO without a stream description")
+            info = StreamInfo.from_json(hello_data["stream"])
+            self._store_op(self.store.create, info, str(hello_data.get("session", "")))
             conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {"committed": -1}))
             self.session_open = True
             self.last_frame = time.monotonic()
@@ -111,8 +114,10 @@ class StandbyDaemon:
             reason = f"no checkpoint or heartbeat for {self.timeout:.1f} s"
         except (ConnectionError, OSError) as e:
             reason, closed = f"connection to the primary lost ({e})", True
-        except RemusError as e:  # corrupt frame or a lying peer: the stream is not to be trusted
-            reason = f"bad data from the primary: {e}"
+        except RemusError as e:  # corrupt frame, a lying peer or a failing store: no death proof
+            reason = f"bad data from the primary or store failure: {e}"
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            reason = f"bad data from the primary: {type(e).__name__}: {e}"
         finally:
             self.session_open = False
             conn.close()
@@ -131,6 +136,8 @@ class StandbyDaemon:
                     self.store.validate(blk, idx)
                 epoch.frames.append([f.header, f.payload])
             elif f.kind == wire.Kind.VERIFY:
+                if len(f.payload) % 8:
+                    raise wire.WireError(f"VERIFY frame of {len(f.payload)} bytes")
                 digests = np.frombuffer(f.payload, ">u8").astype(np.uint64)
             elif f.kind == wire.Kind.COMMIT:
                 self._commit(conn, epoch, f, digests)
@@ -144,17 +151,23 @@ class StandbyDaemon:
         if f.epoch != epoch.number:
             raise wire.WireError(f"COMMIT for epoch {f.epoch} while receiving {epoch.number}")
         counts = f.json()
-        if (counts.get("pages"), counts.get("zeros")) != (epoch.page_count, epoch.zero_count):
+        if not isinstance(counts, dict) or (counts.get("pages"), counts.get("zeros")) != (
+                epoch.page_count, epoch.zero_count):
             raise wire.WireError(f"epoch {epoch.number} incomplete: COMMIT says {counts}, "
                                  f"got {epoch.page_count} pages, {epoch.zero_count} zeros")
         if epoch.devices is None:
             raise wire.WireError(f"epoch {epoch.number} has no device state")
         t0 = time.monotonic()
-        self.store.journal(epoch)
-        conn.send_frame(wire.Kind.ACK, epoch.number)
-        self.store.apply(epoch)
-        if epoch.number == 0:
-            conn.sock.settimeout(self.timeout)
+        with self._lock:  # a failover waits for a commit in progress, never reads half of one
+            self._store_op(self.store.journal, epoch)
+            if epoch.number > 0:  # journaled: committed
+                conn.send_frame(wire.Kind.ACK, epoch.number)
+            self._store_op(self.store.apply, epoch)
+            if epoch.number == 0:  # no journal for the full copy: committed once applied
+                conn.send_frame(wire.Kind.ACK, 0)
+                conn.sock.settimeout(self.timeout)
+        # A long commit is not silence from the primary.
+        self.last_frame = time.monotonic()
         self.apply_ms.add((time.monotonic() - t0) * 1000)
         self.epoch_bytes.add(sum(len(p) for parts in epoch.frames for p in parts))
         if digests is not None:
@@ -171,6 +184,14 @@ class StandbyDaemon:
         self.verify["last"] = {"epoch": n, "differing_groups": diff}
         self._update()
 
+    def _store_op(self, fn, *args):
+        """Store I/O errors (no space, EIO) are the standby's problem, not a sign that the
+        primary died: they must not look like a lost connection."""
+        try:
+            return fn(*args)
+        except OSError as e:
+            raise StoreError(f"standby store: {e.strerror or e}") from None
+
     # Failure and failover
     def _primary_failed(self, reason: str, closed: bool) -> None:
         self.log(f"primary failure detected: {reason}")
@@ -178,10 +199,20 @@ class StandbyDaemon:
             self.log("no committed checkpoint yet: nothing to fail over to")
             self._update("waiting")
             return
-        if closed:
-            self.do_failover(reason)
-        elif self.fence_command and self._fence():
-            self.do_failover(reason + "; primary fenced")
+        try:
+            if closed:
+                self.do_failover(reason)
+            elif self.fence_command:
+                self._update("fencing")
+                if self._fence():
+                    self.do_failover(reason + "; primary fenced")
+                else:
+                    self._update("primary-silent")
+                    self.log("fence command failed: not failing over")
+        except RemusError:
+            # The primary is gone and the store intact: an operator can retry.
+            self._update("failover-failed")
+            self.log("retry with 'remusdb failover' once the cause is fixed")
         else:
             self._update("primary-silent")
             self.log("not failing over: the primary may still run behind a broken link and no "
@@ -197,10 +228,23 @@ class StandbyDaemon:
         with self._lock:
             if self.guest is not None:
                 return self.failover_times
+            previous = self.state
             self._update("failing-over")
             t0 = time.monotonic()
-            spec = self.make_spec()
-            guest, times = failover.resume(self.store, spec, self.run_dir / "vm")
+            try:
+                # Finish a commit a store error interrupted (its journal), then start the VM.
+                self.store.close()
+                self.store.open()
+                spec = self.make_spec()
+                guest, times = failover.resume(self.store, spec, self.run_dir / "vm")
+            except Exception as e:
+                self.log(f"failover failed: {e}")
+                try:
+                    self.store.open()  # mapped again, so a retry can use it
+                except RemusError:
+                    pass
+                self._update(previous)
+                raise RemusError(f"failover failed: {e}") from None
             self.guest = guest
             self.failover_times = {"reason": reason, "epoch": self.store.committed,
                                    "stream_built_s": round(times.stream_built, 3),
@@ -235,10 +279,13 @@ class StandbyDaemon:
             with conn:
                 try:
                     req = json.loads(conn.makefile().readline() or "{}")
-                    reply = self._handle(req)
-                except (ValueError, RemusError) as e:
+                    reply = self._handle(req if isinstance(req, dict) else {})
+                except Exception as e:  # the control socket must outlive any one request
                     reply = {"ok": False, "error": str(e)}
-                conn.sendall(json.dumps(reply).encode() + b"\n")
+                try:
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                except OSError:
+                    pass
 
     def _handle(self, req: dict) -> dict:
         if req.get("cmd") != "failover":
@@ -251,7 +298,7 @@ class StandbyDaemon:
                                           f"{silent_for:.2f} s ago)"}
         if self.store.committed < 0:
             return {"ok": False, "error": "refusing: no committed checkpoint"}
-        if self.state in ("primary-silent", "recovered") and not req.get("force"):
+        if self.state in ("primary-silent", "recovered", "fencing") and not req.get("force"):
             return {"ok": False, "error": "refusing: the primary is not known to be down "
                                           f"(standby state {self.state}); fence it and use "
                                           "--force"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,10 @@ class StandbyStore:
         """Start a new protection session: empty images sized like the primary's blocks."""
         self.close()
         self.root.mkdir(parents=True, exist_ok=True)
+        # First say "no checkpoint" on disk, then wipe: a crash in between leaves a store that
+        # claims nothing, never an old epoch number over blank images.
+        self.info, self.session, self.committed = info, session, -1
+        self._write_meta()
         for p in self.journal_dir.glob("*") if self.journal_dir.exists() else []:
             p.unlink()
         self.journal_dir.mkdir(exist_ok=True)
@@ -145,27 +150,31 @@ class StandbyStore:
             with open(self.block_path(i), "wb") as f:
                 f.truncate(b.length)
         self.devices_path.unlink(missing_ok=True)
-        self.info, self.session, self.committed = info, session, -1
-        self._write_meta()
         self._map()
 
     def open(self) -> None:
         """Load an existing store, finishing a committed epoch a crash interrupted."""
         try:
             meta = json.loads(self.meta_path.read_text())
+            self.info = StreamInfo.from_json(meta["stream"])
+            self.session, self.committed = str(meta["session"]), int(meta["committed"])
         except FileNotFoundError:
             raise StoreError(f"no standby store at {self.root}") from None
-        except ValueError:
+        except (ValueError, KeyError, TypeError):
             raise StoreError(f"corrupt {self.meta_path}") from None
-        self.info = StreamInfo.from_json(meta["stream"])
-        self.session, self.committed = meta["session"], int(meta["committed"])
-        self._map()
+        try:
+            self._map()
+        except (OSError, ValueError) as e:
+            raise StoreError(f"standby store images unusable: {e}") from None
         for p in sorted(self.journal_dir.glob("*.part")):
             p.unlink()
         for p in sorted(self.journal_dir.glob("*.commit"), key=lambda p: int(p.stem)):
             n = int(p.stem)
             if n > self.committed:
-                self.apply(self._read_journal(p))
+                try:
+                    self.apply(self._read_journal(p))
+                except (OSError, ValueError, struct.error) as e:
+                    raise StoreError(f"journal {p.name} unreadable: {e}") from None
             else:
                 p.unlink()
 

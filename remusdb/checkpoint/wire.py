@@ -14,6 +14,7 @@ import enum
 import json
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,19 +100,26 @@ def verify(hdr: bytes, payload: bytes | memoryview, checksum: int) -> None:
 
 
 class Connection:
-    """A framed TCP connection; send() and recv() may run in different threads."""
+    """A framed TCP connection: one receiving thread, any number of sending threads (a lock
+    keeps each frame whole)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self._send_lock = threading.Lock()
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def send(self, parts: list) -> None:
-        total = sum(len(p) for p in parts)
-        sent = self.sock.sendmsg(parts)
-        if sent < total:
-            rest = b"".join(bytes(p) for p in parts)[sent:]
-            self.sock.sendall(rest)
+    def send(self, parts: list, lock_timeout: float = -1) -> None:
+        if not self._send_lock.acquire(timeout=lock_timeout):
+            raise TimeoutError("connection busy sending")
+        try:
+            total = sum(len(p) for p in parts)
+            sent = self.sock.sendmsg(parts)
+            if sent < total:
+                rest = b"".join(bytes(p) for p in parts)[sent:]
+                self.sock.sendall(rest)
+        finally:
+            self._send_lock.release()
 
     def send_frame(self, kind: Kind, epoch: int, payload=b"") -> None:
         self.send(encode(kind, epoch, payload))
@@ -150,8 +158,14 @@ def pack_pages(block: np.ndarray, index: np.ndarray, data: np.ndarray) -> bytes:
                      index.astype(">u8").tobytes(), np.ascontiguousarray(data).tobytes()])
 
 
+def _count(payload, kind: str) -> int:
+    if len(payload) < 4:
+        raise WireError(f"{kind} frame of {len(payload)} bytes has no record count")
+    return _COUNT.unpack_from(payload)[0]
+
+
 def unpack_pages(payload, page_size: int = 4096):
-    n = _COUNT.unpack_from(payload)[0]
+    n = _count(payload, "PAGES")
     need = 4 + n * (2 + 8 + page_size)
     if len(payload) != need:
         raise WireError(f"PAGES frame of {len(payload)} bytes, {n} pages need {need}")
@@ -168,7 +182,7 @@ def pack_zeros(block: np.ndarray, index: np.ndarray, fill: np.ndarray) -> bytes:
 
 
 def unpack_zeros(payload):
-    n = _COUNT.unpack_from(payload)[0]
+    n = _count(payload, "ZEROS")
     if len(payload) != 4 + 11 * n:
         raise WireError(f"ZEROS frame of {len(payload)} bytes does not hold {n} records")
     mv = memoryview(payload)

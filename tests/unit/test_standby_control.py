@@ -28,11 +28,16 @@ def free_port():
 def daemon(tmp_path):
     cfg = Config()
     cfg.standby.port = free_port()
-    made = []
-    d = StandbyDaemon(cfg, tmp_path, lambda: made.append(1) or pytest.fail("no VM here"),
-                      heartbeat_timeout=0.5, log=lambda m: None)
+    d = StandbyDaemon(cfg, tmp_path, lambda: no_vm(d), heartbeat_timeout=0.5,
+                      log=lambda m: None)
+    d.failover_attempts = 0
     yield d, cfg
     d.stopped.set()
+
+
+def no_vm(d):
+    d.failover_attempts += 1
+    raise RemusError("no VM in unit tests")
 
 
 def start(d):
@@ -87,3 +92,50 @@ def test_a_lying_peer_is_cut_off_without_failover(daemon, tmp_path):
     with pytest.raises(OSError):
         conn.send_frame(wire.Kind.HEARTBEAT, 0)
         conn.recv()
+
+
+def seed(cfg):
+    """Connect as a primary and commit epoch 0 (a tiny full copy)."""
+    conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x", "stream": INFO.to_json()}))
+    assert conn.recv().kind == wire.Kind.WELCOME
+    e0 = epoch_with(0, {(0, 1): 7})
+    for parts in e0.frames:
+        conn.send(parts)
+    conn.send(wire.encode_json(wire.Kind.COMMIT, 0, {"pages": 1, "zeros": 0}))
+    ack = conn.recv()
+    assert (ack.kind, ack.epoch) == (wire.Kind.ACK, 0)
+    return conn
+
+
+def wait_state(d, states, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while d.state not in states and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return d.state
+
+
+def test_bye_ends_protection_without_failover(daemon):
+    d, cfg = daemon
+    start(d)
+    conn = seed(cfg)
+    conn.send(wire.encode_json(wire.Kind.BYE, 0, {"reason": "operator"}))
+    assert wait_state(d, {"waiting"}) == "waiting"
+    assert d.failover_attempts == 0 and d.store.committed == 0
+    conn.close()
+
+
+def test_connection_closed_without_bye_is_a_death_and_fails_over(daemon):
+    d, cfg = daemon
+    start(d)
+    conn = seed(cfg)
+    conn.close()
+    deadline = time.monotonic() + 5
+    while d.failover_attempts == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert wait_state(d, {"failover-failed"}) == "failover-failed"
+    assert d.failover_attempts == 1  # attempted (no VM here), and the store is still usable
+    assert np.asarray(d.store.image(0))[1, 0] == 7
+    with pytest.raises(RemusError, match="failover failed: no VM in unit tests"):
+        request_failover(d.run_dir)  # an operator's retry runs it again
+    assert d.failover_attempts == 2
