@@ -209,14 +209,15 @@ class StandbyDaemon:
                 else:
                     self._update("primary-silent")
                     self.log("fence command failed: not failing over")
+            else:
+                self._update("primary-silent")
+                self.log("not failing over: the primary may still run behind a broken link and "
+                         "no fence command is configured (fence it, then 'remusdb failover "
+                         "--force')")
         except RemusError:
             # The primary is gone and the store intact: an operator can retry.
             self._update("failover-failed")
             self.log("retry with 'remusdb failover' once the cause is fixed")
-        else:
-            self._update("primary-silent")
-            self.log("not failing over: the primary may still run behind a broken link and no "
-                     "fence command is configured (fence it, then 'remusdb failover --force')")
 
     def _fence(self) -> bool:
         r = subprocess.run(self.fence_command, shell=True, capture_output=True, text=True,

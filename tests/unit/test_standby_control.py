@@ -139,3 +139,17 @@ def test_connection_closed_without_bye_is_a_death_and_fails_over(daemon):
     with pytest.raises(RemusError, match="failover failed: no VM in unit tests"):
         request_failover(d.run_dir)  # an operator's retry runs it again
     assert d.failover_attempts == 2
+
+
+def test_silence_without_a_fence_waits_for_the_operator(daemon):
+    d, cfg = daemon
+    start(d)
+    conn = seed(cfg)  # then silence past the 0.5 s heartbeat timeout, the link still up
+    assert wait_state(d, {"primary-silent"}) == "primary-silent"
+    assert d.failover_attempts == 0
+    with pytest.raises(RemusError, match="not known to be down"):
+        request_failover(d.run_dir)
+    with pytest.raises(RemusError, match="failover failed: no VM"):
+        request_failover(d.run_dir, force=True)  # after fencing, the operator forces it
+    assert d.failover_attempts == 1
+    conn.close()
