@@ -17,6 +17,7 @@ from pathlib import Path
 
 from remusdb import dbclient
 from remusdb.checkpoint.status import read_status
+from remusdb.config import Config
 from remusdb.hostnet import Lab
 from remusdb.image import builder
 from remusdb.labrun import Daemon, wait_status, write_config
@@ -27,7 +28,6 @@ def run(interval_ms: int = 100, out=sys.stdout) -> int:
     def say(msg: str) -> None:
         print(msg, file=out, flush=True)
 
-    from remusdb.config import Config
     image = image_for(Config())
     say(f"guest image: {image.root} (recipe {builder.recipe_key()})")
     base = Path(tempfile.mkdtemp(prefix="remusdb-demo-", dir="/dev/shm"))
