@@ -63,7 +63,7 @@ def cmd_protect(args) -> int:
     from remusdb import protection
     cfg = configmod.load(args.config)
     return protection.protect(cfg, protection.role_dir(cfg, "primary", args.run_dir),
-                              verify_every=args.verify_every,
+                              verify_every=args.verify_every, verify_count=args.verify_count,
                               trace=Path(args.trace) if args.trace else None)
 
 
@@ -163,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     daemon_args(pr)
     pr.add_argument("--verify-every", type=int, default=0, metavar="N",
                     help="test mode: compare every page with the standby at every Nth epoch")
+    pr.add_argument("--verify-count", type=int, default=0, metavar="K",
+                    help="stop verifying after K checks (0: never stop)")
     pr.add_argument("--trace", metavar="CSV", help="append one line per checkpoint: time, "
                     "epoch, pause ms, dirty pages, zero pages, stream bytes")
     pr.set_defaults(func=cmd_protect)

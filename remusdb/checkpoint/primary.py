@@ -45,9 +45,10 @@ class Outgoing:
 class PrimaryDaemon:
     def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path, verify_every: int = 0,
                  queue_depth: int = 4, stall_timeout: float = 10.0, log=print,
-                 trace: Path | None = None):
+                 trace: Path | None = None, verify_count: int = 0):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.verify_every = verify_every
+        self.verify_left = verify_count or -1  # checks to run; -1: no limit
         self.queue: queue.Queue[Outgoing | None] = queue.Queue(queue_depth)
         self.stall_timeout = stall_timeout
         self.log = log
@@ -161,7 +162,8 @@ class PrimaryDaemon:
         while not self._stop.is_set():
             ck = endpoint.next_checkpoint()
             digests = None
-            if self.verify_every and ck.seq % self.verify_every == 0:
+            if self.verify_every and ck.seq % self.verify_every == 0 and self.verify_left:
+                self.verify_left -= 1
                 # Test mode: fingerprint the primary's RAM while the VM is paused.
                 ram = np.memmap(ram_file, np.uint8, "r").reshape(-1, PAGE_SIZE)
                 digests = page_digests(ram)
