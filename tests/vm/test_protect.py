@@ -130,3 +130,34 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         if primary:
             primary.kill()
         standby.kill()
+
+
+def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
+    """kill -9 the standby: the primary ends COLO (x-colo-lost-heartbeat), so the VM is not left
+    paused, and keeps serving; SIGTERM then stops the primary daemon and its QEMU."""
+    cfg = write_config(base / "vm.toml", lab, interval_ms=100)
+    standby = Daemon(lab, "standby", ["standby", str(cfg)], base / "standby.log")
+    primary = None
+    try:
+        wait_status(base / "pg1/standby/standby.status.json", lambda s: True, 60,
+                    "standby start", [standby])
+        primary = Daemon(lab, "primary", ["protect", str(cfg)], base / "primary.log")
+        pstatus = base / "pg1/primary/primary.status.json"
+        wait_status(pstatus, lambda s: s["epoch_acked"] >= 5, 300, "protection",
+                    [standby, primary])
+        qemu_pid = int((base / "pg1/primary/qemu.pid").read_text())
+        standby.kill(signal.SIGKILL)
+        st = wait_status(pstatus, lambda s: s["state"] == "unprotected", 30, "unprotected",
+                         [primary])
+        assert "standby link lost" in st["failure"]
+        with lab.inside("client"):
+            assert dbclient.query_one(dbclient.postgres, "10.213.0.10", "SELECT 1",
+                                      timeout=30) == 1
+        assert process_alive(qemu_pid, wait=0)
+        primary.kill(signal.SIGTERM)
+        assert primary.proc.returncode == 0, primary.text()[-2000:]
+        assert not process_alive(qemu_pid, wait=5.0)
+    finally:
+        if primary:
+            primary.kill()
+        standby.kill()
