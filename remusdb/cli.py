@@ -13,6 +13,17 @@ from remusdb import config as configmod
 from remusdb.errors import RemusError
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return n
+
+
 def cmd_image_build(args) -> int:
     from remusdb.image import builder
     img = builder.build(rebuild=args.rebuild)
@@ -161,9 +172,9 @@ def parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("protect", help="start the VM and protect it (primary daemon)")
     daemon_args(pr)
-    pr.add_argument("--verify-every", type=int, default=0, metavar="N",
+    pr.add_argument("--verify-every", type=_count, default=0, metavar="N",
                     help="test mode: compare every page with the standby at every Nth epoch")
-    pr.add_argument("--verify-count", type=int, default=0, metavar="K",
+    pr.add_argument("--verify-count", type=_count, default=0, metavar="K",
                     help="stop verifying after K checks (0: never stop)")
     pr.add_argument("--trace", metavar="CSV", help="append one line per checkpoint: time, "
                     "epoch, pause ms, dirty pages, zero pages, stream bytes")
@@ -183,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     fo.set_defaults(func=cmd_failover)
 
     d = sub.add_parser("demo", help="protect a DB VM, kill its host, fail over (3 namespaces)")
-    d.add_argument("--interval", type=int, default=100, help="checkpoint interval in ms")
+    d.add_argument("--interval", type=_count, default=100, help="checkpoint interval in ms")
     d.set_defaults(func=cmd_demo)
     return p
 

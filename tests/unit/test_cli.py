@@ -26,3 +26,9 @@ def test_bad_arguments_exit_2():
     r = subprocess.run([sys.executable, "-m", "remusdb.cli", "image", "frobnicate"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_negative_counts_are_rejected():
+    r = subprocess.run([sys.executable, "-m", "remusdb.cli", "protect", "x.toml",
+                        "--verify-every", "-5"], capture_output=True, text=True)
+    assert r.returncode == 2 and "expected a whole number >= 0, got '-5'" in r.stderr
