@@ -597,12 +597,6 @@ def read_initial(r: Reader, ram: RamParser | None = None, max_idle_reads: int = 
     return InitialState(config, ram_section, ram.blocks, pages, devices, desc, colo)
 
 
-@dataclass
-class CheckpointRam:
-    pages: PageSet
-    stream_bytes: int
-
-
 def read_live_state(r: Reader, ram: RamParser, ram_sid: int, pages: PageSet) -> None:
     """After VMSTATE_SEND: the RAM END section with the dirty pages, then EOF."""
     at = r.offset
