@@ -73,9 +73,13 @@ def cmd_qemu_build(args) -> int:
 def cmd_protect(args) -> int:
     from remusdb import protection
     cfg = configmod.load(args.config)
+    if args.no_compression:
+        cfg.optimizations.compression = "off"
     return protection.protect(cfg, protection.role_dir(cfg, "primary", args.run_dir),
                               verify_every=args.verify_every, verify_count=args.verify_count,
-                              trace=Path(args.trace) if args.trace else None)
+                              trace=Path(args.trace) if args.trace else None,
+                              capture=Path(args.capture) if args.capture else None,
+                              capture_epochs=args.capture_epochs)
 
 
 def cmd_standby(args) -> int:
@@ -108,6 +112,17 @@ def cmd_status(args) -> int:
                   f"(lag {st['lag_epochs']}), interval {st['interval_ms']} ms")
             print(f"  pause ms {st['pause_ms']}, dirty pages {st['dirty_pages']}, "
                   f"bytes/epoch {st['bytes_per_epoch']}")
+            comp = st.get("compression") or {}
+            if comp.get("mode", "off") != "off":
+                cache = comp.get("cache", {})
+                print(f"  compression {comp['mode']}: sent {comp['sent_mib']} of "
+                      f"{comp['raw_mib']} MiB ({comp['ratio']}), {comp['encode_mb_s']} MB/s; "
+                      f"page cache {cache.get('used_pages')}/{cache.get('capacity_pages')} "
+                      f"pages, {cache.get('memory_mib')} MiB, hit rate {cache.get('hit_rate')}")
+            bp = st.get("backpressure") or {}
+            if bp.get("waits"):
+                print(f"  back-pressure: the VM waited {bp['waits']} times for the link, "
+                      f"{bp['waited_ms']} ms in all")
             if st.get("failure"):
                 print(f"  {st['failure']}")
         else:
@@ -178,6 +193,12 @@ def parser() -> argparse.ArgumentParser:
                     help="stop verifying after K checks (0: never stop)")
     pr.add_argument("--trace", metavar="CSV", help="append one line per checkpoint: time, "
                     "epoch, pause ms, dirty pages, zero pages, stream bytes")
+    pr.add_argument("--no-compression", action="store_true",
+                    help="send pages raw (overrides optimizations.compression)")
+    pr.add_argument("--capture", metavar="FILE", help="benchmarks: append the dirty pages of "
+                    "each epoch to FILE (benchmarks/compression.py reads it)")
+    pr.add_argument("--capture-epochs", type=_count, default=100, metavar="N",
+                    help="epochs to capture (default 100)")
     pr.set_defaults(func=cmd_protect)
     sb = sub.add_parser("standby", help="receive checkpoints and fail over (standby daemon)")
     daemon_args(sb)

@@ -37,7 +37,7 @@ def _on_signals(handler) -> threading.Event:
 
 
 def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | None = None,
-            verify_count: int = 0) -> int:
+            verify_count: int = 0, capture: Path | None = None, capture_epochs: int = 0) -> int:
     log = logger("primary")
     image = image_for(cfg)
     if cfg.vm.network == "tap":
@@ -46,7 +46,8 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | Non
     log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}); protecting every "
         f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
     daemon = PrimaryDaemon(cfg, guest, run_dir, verify_every=verify_every, log=log,
-                           trace=trace, verify_count=verify_count)
+                           trace=trace, verify_count=verify_count, capture=capture,
+                           capture_epochs=capture_epochs)
     done = _on_signals(daemon.stop)
     try:
         daemon.protect()

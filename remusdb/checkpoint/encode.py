@@ -1,8 +1,8 @@
 """The stage boundary of the epoch pipeline: raw pages in, encoded frames out.
 
-Runs in the sender thread, after the VM has resumed. Compression (ASC) and read tracking (RT)
-plug in here: they change how PAGES frames encode pages; the standby's decoding counterpart is
-`store.add_frame`.
+Runs in the sender thread, after the VM has resumed: compression (ASC) costs the guest no pause
+time. Without a compressor pages go out raw (PAGES); with one, as CPAGES batches XORed against
+the page cache. The standby's decoding counterpart is `store.add_frame` / `StandbyStore.decode`.
 """
 
 from __future__ import annotations
@@ -13,16 +13,32 @@ import numpy as np
 
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.stream import PageSet
+from remusdb.compression import codec
+from remusdb.compression.compressor import Compressor
+
+
+def _chunks(rows: np.ndarray, size: int) -> Iterator[slice | np.ndarray]:
+    """Row selections of at most `size`: slices (views, no copy) when every row is kept."""
+    whole = len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(rows) - 1)
+    for k in range(0, len(rows), size):
+        yield slice(k, min(k + size, len(rows))) if whole else rows[k : k + size]
 
 
 def epoch_frames(number: int, pages: PageSet, devices: bytes,
-                 digests: np.ndarray | None = None) -> Iterator[list]:
-    """Frames of one epoch: PAGES (≤ PAGES_PER_FRAME each), ZEROS, DEVICES, [VERIFY], COMMIT."""
+                 digests: np.ndarray | None = None,
+                 compressor: Compressor | None = None) -> Iterator[list]:
+    """Frames of one epoch: PAGES or CPAGES, ZEROS, DEVICES, [VERIFY], COMMIT."""
     rows, (zb, zi, zf) = pages.latest()
     block, index, data = pages.view()
-    for k in range(0, len(rows), wire.PAGES_PER_FRAME):
-        r = rows[k : k + wire.PAGES_PER_FRAME]
-        yield wire.encode(wire.Kind.PAGES, number, wire.pack_pages(block[r], index[r], data[r]))
+    if compressor is None:
+        for r in _chunks(rows, wire.PAGES_PER_FRAME):
+            yield wire.encode(wire.Kind.PAGES, number,
+                              wire.pack_pages(block[r], index[r], data[r]))
+    else:
+        for r in _chunks(rows, codec.MAX_PAGES):
+            yield wire.encode(wire.Kind.CPAGES, number, compressor.batch(
+                block[r], index[r], data[r], cache=number > 0))
+        compressor.zeros(zb, zi)
     step = wire.MAX_PAYLOAD // 16
     for k in range(0, len(zi), step):
         yield wire.encode(wire.Kind.ZEROS, number, wire.pack_zeros(

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from remusdb.checkpoint import wire
+from remusdb.checkpoint import capture, wire
 from remusdb.checkpoint.colo import ColoEndpoint
 from remusdb.checkpoint.encode import epoch_frames
 from remusdb.checkpoint.status import StatusFile, Window, page_digests
 from remusdb.checkpoint.store import StreamInfo
 from remusdb.checkpoint.stream import PAGE_SIZE, PageSet, StreamError
+from remusdb.compression.compressor import Compressor
 from remusdb.config import Config
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
@@ -45,7 +46,8 @@ class Outgoing:
 class PrimaryDaemon:
     def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path, verify_every: int = 0,
                  queue_depth: int = 4, stall_timeout: float = 10.0, log=print,
-                 trace: Path | None = None, verify_count: int = 0):
+                 trace: Path | None = None, verify_count: int = 0,
+                 capture: Path | None = None, capture_epochs: int = 0):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.verify_every = verify_every
         self.verify_left = verify_count or -1  # checks to run; -1: no limit
@@ -64,6 +66,11 @@ class PrimaryDaemon:
         self.clock = ClockKeeper(guest.files.agent, log=log)
         # One line per checkpoint (benchmarks): wall time, epoch, pause, pages, stream bytes.
         self.trace = open(trace, "a", buffering=1) if trace else None  # line-buffered
+        self.compressor: Compressor | None = None
+        # Benchmarks: the first `capture_epochs` epochs after the full copy, page for page.
+        self.capture = open(capture, "ab") if capture else None
+        self.capture_left = capture_epochs
+        self.backpressure = {"waits": 0, "waited_ms": 0.0}  # the VM held for a full queue
 
     # Setup
     def _connect_standby(self) -> wire.Connection:
@@ -113,6 +120,12 @@ class PrimaryDaemon:
         info = StreamInfo(init.config, init.blocks, init.ram_section.section_id,
                           init.ram_section.version_id, RAM_BACKEND)
         session = uuid.uuid4().hex
+        opts = self.cfg.optimizations
+        if opts.compression != "off":  # a new cache per session: the standby starts afresh
+            ram = next(b.length for b in init.blocks if b.name == RAM_BACKEND) // PAGE_SIZE
+            self.compressor = Compressor(opts.compression, [b.length // PAGE_SIZE
+                                                            for b in init.blocks],
+                                         int(ram * opts.page_cache))
         try:
             self.conn.send(wire.encode_json(wire.Kind.HELLO, 0, {
                 "session": session, "vm": self.cfg.vm.name, "stream": info.to_json(),
@@ -169,12 +182,18 @@ class PrimaryDaemon:
                 digests = page_digests(ram)
                 del ram
             item = Outgoing(ck.seq, ck.pages, ck.devices, digests)
-            while not self._stop.is_set():
-                try:
-                    self.queue.put(item, timeout=0.5)  # full queue: the VM waits (back-pressure)
-                    break
-                except queue.Full:
-                    continue
+            try:
+                self.queue.put_nowait(item)
+            except queue.Full:  # the link is slower than the dirty rate: the VM waits
+                t0 = time.monotonic()
+                while not self._stop.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                self.backpressure["waits"] += 1
+                self.backpressure["waited_ms"] += (time.monotonic() - t0) * 1000
             resumed = endpoint.ack()
             self.captured = ck.seq
             self.pause_ms.add((resumed - ck.paused_at) * 1000)
@@ -208,7 +227,18 @@ class PrimaryDaemon:
             self.sent = item.number
 
     def _send_epoch(self, item: Outgoing) -> None:
-        for parts in epoch_frames(item.number, item.pages, item.devices, item.digests):
+        if self.capture and item.number > 0:
+            rows, (zb, zi, _) = item.pages.latest()
+            block, index, data = item.pages.view()
+            capture.write_epoch(self.capture, item.number, block[rows], index[rows], data[rows],
+                                zb, zi)
+            self.capture_left -= 1
+            if not self.capture_left:
+                self.capture.close()
+                self.capture = None
+                self.log("capture complete")
+        for parts in epoch_frames(item.number, item.pages, item.devices, item.digests,
+                                  self.compressor):
             self.conn.send(parts)
 
     def _receiver(self) -> None:
@@ -264,4 +294,7 @@ class PrimaryDaemon:
             lag_epochs=max(0, self.captured - self.acked), pause_ms=self.pause_ms.percentiles(),
             dirty_pages=self.pages_per_epoch.percentiles(),
             bytes_per_epoch=self.bytes_per_epoch.percentiles(), failure=self.failure,
-            queue=self.queue.qsize(), guest_clock=self.clock.summary())
+            queue=self.queue.qsize(), backpressure={
+                k: round(v, 1) for k, v in self.backpressure.items()},
+            compression=self.compressor.summary() if self.compressor else {"mode": "off"},
+            guest_clock=self.clock.summary())

@@ -129,6 +129,9 @@ class StandbyDaemon:
         while True:
             f = conn.recv()
             self.last_frame = time.monotonic()
+            epoch.wire_bytes += wire.HEADER_SIZE + len(f.payload)
+            if f.kind == wire.Kind.CPAGES:
+                f = self.store.decode(f)
             if f.kind in (wire.Kind.PAGES, wire.Kind.ZEROS, wire.Kind.DEVICES):
                 add_frame(epoch, f)
                 if f.kind != wire.Kind.DEVICES:
@@ -169,7 +172,7 @@ class StandbyDaemon:
         # A long commit is not silence from the primary.
         self.last_frame = time.monotonic()
         self.apply_ms.add((time.monotonic() - t0) * 1000)
-        self.epoch_bytes.add(sum(len(p) for parts in epoch.frames for p in parts))
+        self.epoch_bytes.add(epoch.wire_bytes)
         if digests is not None:
             self._verify(epoch.number, digests)
         if epoch.number % 10 == 0 or epoch.number < 2:

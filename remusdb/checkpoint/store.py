@@ -26,6 +26,7 @@ import numpy as np
 
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
+from remusdb.compression import codec
 from remusdb.errors import RemusError
 
 
@@ -42,6 +43,7 @@ class Epoch:
     zeros: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     devices: bytes | None = None
     frames: list[list] = field(default_factory=list)  # encoded frames, for the journal
+    wire_bytes: int = 0  # as received (compressed), for the status
 
     @property
     def page_count(self) -> int:
@@ -204,6 +206,24 @@ class StandbyStore:
         limits = np.array([b.length // PAGE_SIZE for b in self.info.blocks], np.uint64)
         if np.any(index >= limits[block]):
             raise StoreError("page index beyond the end of its RAM block")
+
+    def decode(self, frame: wire.Frame) -> wire.Frame:
+        """A CPAGES frame as the PAGES frame it stands for. Decoded against the committed
+        image, which holds the previous epoch (applied before this one's frames are read);
+        the journal then holds whole pages, so replaying it after a crash stays idempotent."""
+        block, index = codec.page_keys(frame.payload)
+        self.validate(block, index)
+        b, i, pages = codec.decode(frame.payload, lambda rows: self._gather(block[rows],
+                                                                            index[rows]))
+        hdr, payload = wire.encode(wire.Kind.PAGES, frame.epoch, wire.pack_pages(b, i, pages))
+        return wire.Frame(wire.Kind.PAGES, frame.epoch, payload, 0, hdr)
+
+    def _gather(self, block: np.ndarray, index: np.ndarray) -> np.ndarray:
+        out = np.empty((len(block), PAGE_SIZE), np.uint8)
+        for b in np.unique(block):
+            m = block == b
+            out[m] = self._images[b][index[m].astype(np.int64)]
+        return out
 
     def journal(self, epoch: Epoch) -> None:
         """Make epoch N durable: after this returns it is committed."""

@@ -42,6 +42,7 @@ class Kind(enum.IntEnum):
     HEARTBEAT = 8  # both ways, between checkpoints
     BYE = 9  # p->s: orderly end of protection (no failover)
     VERIFY = 10  # p->s: test mode, xxh3 of every page of the primary's RAM at this epoch
+    CPAGES = 11  # p->s: compressed page records of an epoch (compression/codec.py)
 
 
 class WireError(RemusError):
@@ -149,7 +150,7 @@ class Connection:
             pass
 
 
-# Payload formats for page records (raw; the compression issue adds codecs behind a flag).
+# Payload formats for raw page records (CPAGES: compression/codec.py).
 _COUNT = struct.Struct(">I")
 
 

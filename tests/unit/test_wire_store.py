@@ -144,3 +144,63 @@ def test_standby_killed_mid_apply_keeps_a_whole_checkpoint(tmp_path, stage, comm
     want = np.full((256, PAGE_SIZE), committed + 1, np.uint8)
     assert np.array_equal(np.asarray(st.image(0)), want)
     assert not list(st.journal_dir.iterdir())
+
+
+def test_compressed_epochs_journal_whole_pages_and_replay_after_a_partial_apply(tmp_path):
+    """CPAGES decode against the committed image; the journal holds the decoded pages, so a
+    crash halfway through applying them replays to the right image (XOR twice would not)."""
+    from remusdb.checkpoint.encode import epoch_frames
+    from remusdb.checkpoint.stream import PageSet
+    from remusdb.compression.compressor import Compressor
+
+    rng = np.random.default_rng(5)
+    ram = rng.integers(0, 256, (256, PAGE_SIZE), np.uint8)
+    comp = Compressor("xor-rle", [256, 4], 64)
+    st = StandbyStore(tmp_path / "s")
+    st.create(INFO, "sess")
+
+    def ship(n, idx):
+        ps = PageSet()
+        ps.add_pages(0, np.array(idx, np.uint64), ram[idx].copy())
+        epoch = Epoch(n)
+        for hdr, payload in epoch_frames(n, ps, b"dev", compressor=comp):
+            f = wire.Frame(*wire.decode_header(hdr)[:1], n, payload, 0, hdr)
+            if f.kind == wire.Kind.CPAGES:
+                f = st.decode(f)
+            if f.kind != wire.Kind.COMMIT:
+                add_frame(epoch, f)
+                epoch.frames.append([f.header, f.payload])
+        return epoch
+
+    st.apply(ship(0, list(range(256))))
+    hot = list(range(0, 256, 4))
+    for n in (1, 2):
+        for i in hot:
+            ram[i, rng.integers(0, PAGE_SIZE, 5)] ^= 0x5A
+        e = ship(n, hot)
+        st.journal(e)
+        if n == 1:
+            st.apply(e)
+    assert comp.cache.hits == len(hot) and comp.by_codec[3] > 0  # XOR_RLE was used
+    journal = (st.journal_dir / "2.commit").read_bytes()
+    assert wire.decode_header(journal[: wire.HEADER_SIZE])[0] == wire.Kind.PAGES
+    img = st.image(0)
+    img[hot[: len(hot) // 2]] = ram[hot[: len(hot) // 2]]  # killed halfway through the apply
+    st.close()
+    again = StandbyStore(tmp_path / "s")
+    again.open()
+    assert again.committed == 2
+    assert np.array_equal(np.asarray(again.image(0)), ram)
+
+
+def test_compressed_batch_naming_a_page_outside_ram_is_refused(tmp_path):
+    from remusdb.compression import codec
+
+    st = StandbyStore(tmp_path / "s")
+    st.create(INFO, "sess")
+    payload = codec.encode(np.array([0], np.uint16), np.array([256], np.uint64),
+                           np.ones((1, PAGE_SIZE), np.uint8), np.zeros(1, bool),
+                           np.empty((0, PAGE_SIZE), np.uint8), "xor-rle")
+    hdr, body = wire.encode(wire.Kind.CPAGES, 1, payload)
+    with pytest.raises(StoreError, match="beyond the end"):
+        st.decode(wire.Frame(wire.Kind.CPAGES, 1, body, 0, hdr))

@@ -1,0 +1,192 @@
+"""Compressed page batches: what a CPAGES frame carries, and its decoder.
+
+Each page names its codec, so the standby never has to guess what the primary's cache held:
+
+    RAW        the page, whole                      (cache miss, incompressible)
+    LZ4        the page, in the batch's LZ4 block   (cache miss)
+    UNCHANGED  nothing: it equals the standby's copy (XOR all zero)
+    XOR_RLE    word runs of the XOR with the standby's copy (rle.py)
+    XOR_LZ4    the XOR with the standby's copy, in the batch's XOR LZ4 block
+
+Layout (little-endian), sections in this order, each page's data in page order:
+
+    header   n u32 | runs u32 | words u32 | lz4 bytes u32 | xor-lz4 bytes u32 | xxh3 u64
+    block    u16[n] | index u64[n] | codec u8[n]
+    RAW      4096 × (RAW pages)
+    LZ4      one LZ4 block of the LZ4 pages
+    XOR_RLE  counts u16[XOR_RLE pages] | starts u16[runs] | lengths u16[runs] | words u32[words]
+    XOR_LZ4  one LZ4 block of the XORs of the XOR_LZ4 pages
+
+xxh3 is over the decoded pages in page order: if the standby's copy of a page were ever not the
+primary's base, the batch is refused instead of silently applied.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import lz4.block
+import numpy as np
+import xxhash
+
+from remusdb.compression import rle
+from remusdb.compression.rle import PAGE_SIZE, CodecError
+
+MAX_PAGES = 4096  # per batch: bounds what a decoder allocates
+_HEAD = struct.Struct("<IIIIIQ")
+MODES = ("xor-rle", "xor-lz4")
+LZ4_WORTH = 0.9  # misses are LZ4-compressed when that saves at least 10%
+
+
+class Codec(enum.IntEnum):
+    RAW = 0
+    LZ4 = 1
+    UNCHANGED = 2
+    XOR_RLE = 3
+    XOR_LZ4 = 4
+
+
+@dataclass
+class Workspace:
+    """Scratch buffers reused from batch to batch: fresh 16 MiB arrays cost page faults."""
+
+    base: np.ndarray = field(default_factory=lambda: np.empty((MAX_PAGES, PAGE_SIZE), np.uint8))
+    delta: np.ndarray = field(default_factory=lambda: np.empty((MAX_PAGES, PAGE_SIZE), np.uint8))
+
+
+def _lz4(data) -> bytes:
+    return lz4.block.compress(data, mode="default", store_size=False)
+
+
+def encode(block: np.ndarray, index: np.ndarray, pages: np.ndarray, hit: np.ndarray,
+           base: np.ndarray, mode: str, ws: Workspace | None = None) -> bytes:
+    """One batch. pages: (n, 4096) uint8; hit: which pages have a base; base: the bases of the
+    hit pages, in order."""
+    n = len(pages)
+    if n > MAX_PAGES:
+        raise ValueError(f"batch of {n} pages, at most {MAX_PAGES}")
+    if mode not in MODES:
+        raise ValueError(f"unknown compression mode {mode!r}")
+    ws = ws or Workspace()
+    codec = np.full(n, Codec.RAW, np.uint8)
+    hits = np.flatnonzero(hit)
+    delta = ws.delta[: len(hits)]
+    np.bitwise_xor(pages[hits], base, out=delta)
+    runs, xlz4 = rle.Runs(*(np.empty(0, t) for t in (rle.U16, rle.U16, rle.U16, rle.WORD))), b""
+    if len(hits):
+        covered = rle.covered_words(delta)
+        changed = covered.any(axis=1)
+        codec[hits[~changed]] = Codec.UNCHANGED
+        if mode == "xor-rle":
+            runs = rle.encode(delta, covered)
+            # A page rewritten all over codes larger than itself: send it whole instead.
+            small = (runs.page_sizes() < PAGE_SIZE) & changed
+            codec[hits[small]] = Codec.XOR_RLE
+            runs = runs.select(small)
+        else:
+            codec[hits[changed]] = Codec.XOR_LZ4
+            if changed.any():
+                xlz4 = _lz4(np.ascontiguousarray(delta[changed]))
+    misses = np.flatnonzero(codec == Codec.RAW)
+    raw = np.ascontiguousarray(pages[misses])
+    lz = b""
+    if len(misses):
+        lz = _lz4(raw)
+        if len(lz) <= LZ4_WORTH * raw.nbytes:
+            codec[misses] = Codec.LZ4
+            raw = raw[:0]
+        else:
+            lz = b""
+    head = _HEAD.pack(n, len(runs.starts), len(runs.words), len(lz), len(xlz4),
+                      xxhash.xxh3_64_intdigest(np.ascontiguousarray(pages)))
+    return b"".join([head, block.astype("<u2").tobytes(), index.astype("<u8").tobytes(),
+                     codec.tobytes(), raw.tobytes(), lz, runs.counts.tobytes(),
+                     runs.starts.tobytes(), runs.lengths.tobytes(), runs.words.tobytes(),
+                     xlz4])
+
+
+def codes_offset(n: int) -> int:
+    """Where the per-page codec bytes of an n-page batch start."""
+    return _HEAD.size + 10 * n
+
+
+def page_keys(payload) -> tuple[np.ndarray, np.ndarray]:
+    """(block, index) of a batch, to validate before any base is read."""
+    n = _header(payload)[0]
+    mv = memoryview(payload)
+    return (np.frombuffer(mv, "<u2", n, _HEAD.size).astype(np.uint16),
+            np.frombuffer(mv, "<u8", n, _HEAD.size + 2 * n).astype(np.uint64))
+
+
+def _header(payload) -> tuple[int, ...]:
+    if len(payload) < _HEAD.size:
+        raise CodecError(f"compressed batch of {len(payload)} bytes has no header")
+    h = _HEAD.unpack_from(payload)
+    if h[0] > MAX_PAGES:
+        raise CodecError(f"compressed batch of {h[0]} pages, at most {MAX_PAGES}")
+    if h[1] > MAX_PAGES * rle.WORDS or h[2] > MAX_PAGES * rle.WORDS:
+        raise CodecError("compressed batch announces more runs than its pages can hold")
+    return h
+
+
+def _unlz4(data, pages: int, what: str) -> np.ndarray:
+    if not pages:
+        if len(data):
+            raise CodecError(f"{what} block without pages")
+        return np.empty((0, PAGE_SIZE), np.uint8)
+    try:
+        out = lz4.block.decompress(data, uncompressed_size=pages * PAGE_SIZE)
+    except lz4.block.LZ4BlockError:
+        raise CodecError(f"corrupt {what} block") from None
+    if len(out) != pages * PAGE_SIZE:
+        raise CodecError(f"{what} block holds {len(out)} bytes, not {pages} pages")
+    return np.frombuffer(out, np.uint8).reshape(pages, PAGE_SIZE)
+
+
+def decode(payload, base: Callable[[np.ndarray], np.ndarray]):
+    """(block, index, pages) of a batch. base(rows) returns the standby's current copies of the
+    pages at those rows; it is called only after the whole layout has been checked."""
+    n, nruns, nwords, nlz, nxlz, digest = _header(payload)
+    mv = memoryview(payload)
+    block, index = page_keys(payload)
+    at = codes_offset(n)
+    codec = np.frombuffer(mv, np.uint8, n, at)
+    at += n
+    if n and int(codec.max()) > max(Codec):
+        raise CodecError(f"unknown page codec {int(codec.max())}")
+    count = np.bincount(codec, minlength=len(Codec))
+    sizes = [count[Codec.RAW] * PAGE_SIZE, nlz,
+             2 * (count[Codec.XOR_RLE] + 2 * nruns) + 4 * nwords, nxlz]
+    if len(payload) != at + sum(sizes):
+        raise CodecError(f"compressed batch of {len(payload)} bytes, its header and codecs "
+                         f"say {at + sum(sizes)}")
+    raw = np.frombuffer(mv, np.uint8, sizes[0], at).reshape(-1, PAGE_SIZE)
+    at += sizes[0]
+    lz = _unlz4(mv[at : at + nlz], int(count[Codec.LZ4]), "LZ4")
+    at += nlz
+    k = int(count[Codec.XOR_RLE])
+    runs = rle.Runs(np.frombuffer(mv, rle.U16, k, at),
+                    np.frombuffer(mv, rle.U16, nruns, at + 2 * k),
+                    np.frombuffer(mv, rle.U16, nruns, at + 2 * k + 2 * nruns),
+                    np.frombuffer(mv, rle.WORD, nwords, at + 2 * k + 4 * nruns))
+    at += sizes[2]
+    xlz = _unlz4(mv[at : at + nxlz], int(count[Codec.XOR_LZ4]), "XOR LZ4")
+    out = np.empty((n, PAGE_SIZE), np.uint8)
+    xor_rows = np.flatnonzero(codec >= Codec.UNCHANGED)
+    if len(xor_rows):
+        out[xor_rows] = base(xor_rows)
+    out[codec == Codec.RAW] = raw
+    out[codec == Codec.LZ4] = lz
+    xl = codec == Codec.XOR_LZ4
+    out[xl] ^= xlz
+    if k:
+        rows = codec == Codec.XOR_RLE
+        part = out[rows]
+        rle.apply(part, runs)  # checks every run before it writes
+        out[rows] = part
+    if xxhash.xxh3_64_intdigest(out) != digest:
+        raise CodecError("decoded pages do not match the primary's checksum")
+    return block, index, out
