@@ -20,9 +20,11 @@ from remusdb.errors import RemusError
 REMUSDB = [sys.executable, "-m", "remusdb.cli"]
 
 
-def write_config(path: Path, lab, interval_ms=100, **vm) -> Path:
+def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = None,
+                 **vm) -> Path:
     standby_ip = lab.members["standby"].address.split("/")[0]
     extra = "".join(f'{k} = {json.dumps(v)}\n' for k, v in vm.items())
+    opts = "".join(f'{k} = {json.dumps(v)}\n' for k, v in (optimizations or {}).items())
     path.write_text(f"""[vm]
 name = "pg1"
 gateway = "{lab.gateway}"
@@ -31,6 +33,8 @@ run_dir = "{path.parent}"
 [checkpoint]
 interval_ms = {interval_ms}
 
+[optimizations]
+{opts}
 [standby]
 address = "{standby_ip}"
 heartbeat_timeout_ms = 1000

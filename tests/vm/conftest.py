@@ -36,6 +36,16 @@ def run_dir():
 
 
 @pytest.fixture
+def base():
+    """Run directory of a protection test: daemons' files, stores, logs (in RAM)."""
+    d = Path("/dev/shm") / f"remusdb-protect-{os.getpid()}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def cfg():
     return Config()
 

@@ -1,31 +1,18 @@
 """The checkpoint engine against the real DB guest: RAM equality at checkpoints under load, kill -9
 of the primary, failover on the standby with PostgreSQL answering and clean logs."""
 
-import os
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from remusdb import dbclient
 from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
 from remusdb.labrun import REMUSDB, Daemon, wait_status, write_config
-from remusdb.vm import DB_PASSWORD
+from tests.vm.workload import pgbench
 
 SCALE = 2
-
-
-@pytest.fixture
-def base():
-    d = Path("/dev/shm") / f"remusdb-protect-{os.getpid()}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def process_alive(pid: int, wait: float) -> bool:
@@ -55,13 +42,6 @@ def guest_clock_offset(agent_socket: Path) -> float:
 def cli(lab, host, *args):
     return subprocess.run(["ip", "netns", "exec", lab.ns(host), *REMUSDB, *args],
                           capture_output=True, text=True, timeout=120)
-
-
-def pgbench(lab, *args, timeout=300):
-    cmd = ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", "10.213.0.10", "-U",
-           "remusdb", *args, "remusdb"]
-    return subprocess.Popen(cmd, env=dict(os.environ, PGPASSWORD=DB_PASSWORD),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_protect_verify_kill_primary_and_fail_over(lab, base):
