@@ -78,8 +78,8 @@ def cmd_protect(args) -> int:
     return protection.protect(cfg, protection.role_dir(cfg, "primary", args.run_dir),
                               verify_every=args.verify_every, verify_count=args.verify_count,
                               trace=Path(args.trace) if args.trace else None,
-                              capture=Path(args.capture) if args.capture else None,
-                              capture_epochs=args.capture_epochs)
+                              record_dir=Path(args.record) if args.record else None,
+                              record_epochs=args.record_epochs)
 
 
 def cmd_standby(args) -> int:
@@ -195,10 +195,10 @@ def parser() -> argparse.ArgumentParser:
                     "epoch, pause ms, dirty pages, zero pages, stream bytes")
     pr.add_argument("--no-compression", action="store_true",
                     help="send pages raw (overrides optimizations.compression)")
-    pr.add_argument("--capture", metavar="FILE", help="benchmarks: append the dirty pages of "
-                    "each epoch to FILE (benchmarks/compression.py reads it)")
-    pr.add_argument("--capture-epochs", type=_count, default=100, metavar="N",
-                    help="epochs to capture (default 100)")
+    pr.add_argument("--record", metavar="DIR", help="benchmarks: on each SIGUSR1, write the "
+                    "dirty pages of the next epochs to DIR/recording-K.rdbc")
+    pr.add_argument("--record-epochs", type=_count, default=100, metavar="N",
+                    help="epochs per recording (default 100)")
     pr.set_defaults(func=cmd_protect)
     sb = sub.add_parser("standby", help="receive checkpoints and fail over (standby daemon)")
     daemon_args(sb)

@@ -37,7 +37,7 @@ def _on_signals(handler) -> threading.Event:
 
 
 def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | None = None,
-            verify_count: int = 0, capture: Path | None = None, capture_epochs: int = 0) -> int:
+            verify_count: int = 0, record_dir: Path | None = None, record_epochs: int = 100) -> int:
     log = logger("primary")
     image = image_for(cfg)
     if cfg.vm.network == "tap":
@@ -46,9 +46,10 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | Non
     log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}); protecting every "
         f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
     daemon = PrimaryDaemon(cfg, guest, run_dir, verify_every=verify_every, log=log,
-                           trace=trace, verify_count=verify_count, capture=capture,
-                           capture_epochs=capture_epochs)
+                           trace=trace, verify_count=verify_count, record_dir=record_dir,
+                           record_epochs=record_epochs)
     done = _on_signals(daemon.stop)
+    signal.signal(signal.SIGUSR1, lambda sig, frame: daemon.start_recording())
     try:
         daemon.protect()
         while not done.wait(0.5) and guest.running:

@@ -33,7 +33,7 @@ fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "deps: installing Python packages into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' >.venv/install.log 2>&1 ||
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,bench]' >.venv/install.log 2>&1 ||
         { tail -20 .venv/install.log >&2; echo "deps: pip install failed (.venv/install.log)" >&2; exit 1; }
     touch "$stamp"
 fi

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remusdb.checkpoint import capture, wire
+from remusdb.checkpoint import recording, wire
 from remusdb.checkpoint.colo import ColoEndpoint
 from remusdb.checkpoint.encode import epoch_frames
 from remusdb.checkpoint.status import StatusFile, Window, page_digests
@@ -47,7 +47,7 @@ class PrimaryDaemon:
     def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path, verify_every: int = 0,
                  queue_depth: int = 4, stall_timeout: float = 10.0, log=print,
                  trace: Path | None = None, verify_count: int = 0,
-                 capture: Path | None = None, capture_epochs: int = 0):
+                 record_dir: Path | None = None, record_epochs: int = 100):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.verify_every = verify_every
         self.verify_left = verify_count or -1  # checks to run; -1: no limit
@@ -67,9 +67,11 @@ class PrimaryDaemon:
         # One line per checkpoint (benchmarks): wall time, epoch, pause, pages, stream bytes.
         self.trace = open(trace, "a", buffering=1) if trace else None  # line-buffered
         self.compressor: Compressor | None = None
-        # Benchmarks: the first `capture_epochs` epochs after the full copy, page for page.
-        self.capture = open(capture, "ab") if capture else None
-        self.capture_left = capture_epochs
+        # Benchmarks: start_recording() writes the next `record_epochs` epochs, page for page.
+        self.record_dir, self.record_epochs = record_dir, record_epochs
+        self.recordings = 0
+        self._recording: tuple | None = None  # (file, path, epochs left)
+        self._record_request = threading.Event()
         self.backpressure = {"waits": 0, "waited_ms": 0.0}  # the VM held for a full queue
 
     # Setup
@@ -227,19 +229,34 @@ class PrimaryDaemon:
             self.sent = item.number
 
     def _send_epoch(self, item: Outgoing) -> None:
-        if self.capture and item.number > 0:
-            rows, (zb, zi, _) = item.pages.latest()
-            block, index, data = item.pages.view()
-            capture.write_epoch(self.capture, item.number, block[rows], index[rows], data[rows],
-                                zb, zi)
-            self.capture_left -= 1
-            if not self.capture_left:
-                self.capture.close()
-                self.capture = None
-                self.log("capture complete")
+        if item.number > 0 and (self._recording or self._record_request.is_set()):
+            self._record(item)
         for parts in epoch_frames(item.number, item.pages, item.devices, item.digests,
                                   self.compressor):
             self.conn.send(parts)
+
+    def start_recording(self) -> None:
+        """Record the next epochs (signal-safe: the sender thread opens the file)."""
+        if self.record_dir is not None:
+            self._record_request.set()
+
+    def _record(self, item: Outgoing) -> None:
+        if self._recording is None:
+            self._record_request.clear()
+            self.recordings += 1
+            path = self.record_dir / f"recording-{self.recordings}.rdbc"
+            self._recording = (open(path, "wb"), path, self.record_epochs)
+            self.log(f"recording {self.record_epochs} epochs to {path}")
+        f, path, left = self._recording
+        rows, (zb, zi, _) = item.pages.latest()
+        block, index, data = item.pages.view()
+        recording.write_epoch(f, item.number, block[rows], index[rows], data[rows], zb, zi)
+        self._recording = (f, path, left - 1)
+        if left == 1:
+            f.close()
+            self._recording = None
+            self.log(f"recording complete: {path}")
+            self._update()
 
     def _receiver(self) -> None:
         while not self._stop.is_set():
@@ -297,4 +314,5 @@ class PrimaryDaemon:
             queue=self.queue.qsize(), backpressure={
                 k: round(v, 1) for k, v in self.backpressure.items()},
             compression=self.compressor.summary() if self.compressor else {"mode": "off"},
+            recordings_done=self.recordings - (1 if self._recording else 0),
             guest_clock=self.clock.summary())

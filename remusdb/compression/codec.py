@@ -26,7 +26,6 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import lz4.block
 import numpy as np
@@ -49,49 +48,38 @@ class Codec(enum.IntEnum):
     XOR_LZ4 = 4
 
 
-@dataclass
-class Workspace:
-    """Scratch buffers reused from batch to batch: fresh 16 MiB arrays cost page faults."""
-
-    base: np.ndarray = field(default_factory=lambda: np.empty((MAX_PAGES, PAGE_SIZE), np.uint8))
-    delta: np.ndarray = field(default_factory=lambda: np.empty((MAX_PAGES, PAGE_SIZE), np.uint8))
-
-
 def _lz4(data) -> bytes:
     return lz4.block.compress(data, mode="default", store_size=False)
 
 
 def encode(block: np.ndarray, index: np.ndarray, pages: np.ndarray, hit: np.ndarray,
-           base: np.ndarray, mode: str, ws: Workspace | None = None) -> bytes:
-    """One batch. pages: (n, 4096) uint8; hit: which pages have a base; base: the bases of the
-    hit pages, in order."""
+           delta: np.ndarray, mode: str) -> bytes:
+    """One batch. pages: (n, 4096) uint8; hit: which pages the standby has the base of;
+    delta: the XORs of the hit pages with their bases, in order (PageCache.exchange)."""
     n = len(pages)
     if n > MAX_PAGES:
         raise ValueError(f"batch of {n} pages, at most {MAX_PAGES}")
     if mode not in MODES:
         raise ValueError(f"unknown compression mode {mode!r}")
-    ws = ws or Workspace()
     codec = np.full(n, Codec.RAW, np.uint8)
     hits = np.flatnonzero(hit)
-    delta = ws.delta[: len(hits)]
-    np.bitwise_xor(pages[hits], base, out=delta)
     runs, xlz4 = rle.Runs(*(np.empty(0, t) for t in (rle.U16, rle.U16, rle.U16, rle.WORD))), b""
-    if len(hits):
+    if len(hits) and mode == "xor-rle":
         covered = rle.covered_words(delta)
         changed = covered.any(axis=1)
         codec[hits[~changed]] = Codec.UNCHANGED
-        if mode == "xor-rle":
-            runs = rle.encode(delta, covered)
-            # A page rewritten all over codes larger than itself: send it whole instead.
-            small = (runs.page_sizes() < PAGE_SIZE) & changed
-            codec[hits[small]] = Codec.XOR_RLE
-            runs = runs.select(small)
-        else:
-            codec[hits[changed]] = Codec.XOR_LZ4
-            if changed.any():
-                xlz4 = _lz4(np.ascontiguousarray(delta[changed]))
+        runs = rle.encode(delta, covered)
+        # A page rewritten all over codes larger than itself: it goes whole instead.
+        small = (runs.page_sizes() < PAGE_SIZE) & changed
+        codec[hits[small]] = Codec.XOR_RLE
+        runs = runs.select(small)
+    elif len(hits):
+        changed = delta.view(np.uint64).reshape(len(hits), -1).any(axis=1)
+        codec[hits] = np.where(changed, Codec.XOR_LZ4, Codec.UNCHANGED)
+        if changed.any():
+            xlz4 = _lz4(delta if changed.all() else np.ascontiguousarray(delta[changed]))
     misses = np.flatnonzero(codec == Codec.RAW)
-    raw = np.ascontiguousarray(pages[misses])
+    raw = pages[misses] if len(misses) < n else pages
     lz = b""
     if len(misses):
         lz = _lz4(raw)

@@ -17,7 +17,7 @@ class Compressor:
             raise ValueError(f"unknown compression mode {mode!r}")
         self.mode = mode
         self.cache = PageCache(block_pages, cache_pages)
-        self.ws = codec.Workspace()
+        self.delta = np.empty((codec.MAX_PAGES, PAGE_SIZE), np.uint8)  # reused: no page faults
         self.pages_in = self.bytes_out = 0
         self.seconds = 0.0
         self.by_codec = np.zeros(len(codec.Codec), np.int64)
@@ -29,10 +29,10 @@ class Compressor:
         ones that do."""
         t0 = time.perf_counter()
         if cache:
-            hit, base = self.cache.exchange(block, index, pages, self.ws.base)
+            hit, delta = self.cache.exchange(block, index, pages, self.delta)
         else:
-            hit, base = np.zeros(len(pages), bool), self.ws.base[:0]
-        out = codec.encode(block, index, pages, hit, base, self.mode, self.ws)
+            hit, delta = np.zeros(len(pages), bool), self.delta[:0]
+        out = codec.encode(block, index, pages, hit, delta, self.mode)
         self.seconds += time.perf_counter() - t0
         self.pages_in += len(pages)
         self.bytes_out += len(out)

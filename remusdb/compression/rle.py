@@ -2,9 +2,8 @@
 
 A database page that changed in a few places XORs to mostly zero 32-bit words. A page's delta
 is coded as its runs of non-zero words — (start word, length) pairs — and the run words
-themselves; zero words cost nothing. One-word zero gaps inside a run are kept as literals (a new
-run would cost as much). The spirit is Remus's and QEMU's XBZRLE; the layout is columnar so that
-a batch encodes and decodes with a handful of numpy passes, not a loop per page:
+themselves; zero words cost nothing. The spirit is Remus's and QEMU's XBZRLE; the layout is
+columnar so that a batch encodes and decodes with a handful of numpy passes, not a loop per page:
 
     counts  u16[pages]   runs per page
     starts  u16[runs]    first word of each run, increasing within a page
@@ -61,10 +60,9 @@ class Runs:
 
 
 def covered_words(delta: np.ndarray) -> np.ndarray:
-    """(n, WORDS) mask of the words runs cover: non-zero ones and one-word gaps between them."""
-    nz = delta.view(WORD).reshape(len(delta), WORDS) != 0
-    nz[:, 1:-1] |= nz[:, :-2] & nz[:, 2:]
-    return nz
+    """(n, WORDS) mask of the words runs cover: the non-zero ones. (Bridging a one-word zero
+    gap would cost a literal word to save a run entry of the same size: nothing gained.)"""
+    return delta.view(WORD).reshape(len(delta), WORDS) != 0
 
 
 def encode(delta: np.ndarray, covered: np.ndarray | None = None) -> Runs:

@@ -104,7 +104,7 @@ def test_sparse_changes_compress_and_unchanged_pages_cost_nothing():
     new[:8] = old[:8]
     blk, idx = np.zeros(64, np.uint16), np.arange(64, dtype=np.uint64)
     for mode in codec.MODES:
-        out = codec.encode(blk, idx, new, np.ones(64, bool), old, mode)
+        out = codec.encode(blk, idx, new, np.ones(64, bool), new ^ old, mode)
         codes = np.frombuffer(out, np.uint8, 64, codec.codes_offset(64))
         assert (codes[:8] == Codec.UNCHANGED).all()
         assert len(out) < 0.05 * new.nbytes, (mode, len(out))
@@ -117,7 +117,7 @@ def test_rewritten_pages_fall_back_to_whole_pages():
     old = rng.integers(0, 256, (4, P), dtype=np.uint8)
     new = rng.integers(0, 256, (4, P), dtype=np.uint8)
     out = codec.encode(np.zeros(4, np.uint16), np.arange(4, dtype=np.uint64), new,
-                       np.ones(4, bool), old, "xor-rle")
+                       np.ones(4, bool), new ^ old, "xor-rle")
     assert (np.frombuffer(out, np.uint8, 4, codec.codes_offset(4)) == Codec.RAW).all()
     assert codec.decode(out, lambda rows: old[rows])[2].tobytes() == new.tobytes()
 
@@ -128,9 +128,9 @@ def test_rle_edges_full_and_empty_pages():
     delta[1, -4:] = 2  # last word
     delta[2] = 0xFF  # every word
     delta[3, 8:12] = 3
-    delta[3, 16:20] = 4  # one-word gap: one run
+    delta[3, 16:20] = 4  # after a one-word gap: a second run
     runs = rle.encode(delta)
-    assert runs.counts.tolist() == [0, 2, 1, 1, 0]
+    assert runs.counts.tolist() == [0, 2, 1, 2, 0]
     back = np.zeros_like(delta)
     rle.apply(back, runs)
     assert np.array_equal(back, delta)
@@ -153,6 +153,65 @@ def test_page_cache_evicts_least_recently_used():
     assert cache.summary()["memory_mib"] >= 0
 
 
+@settings(max_examples=200, deadline=None)
+@given(capacity=st.integers(1, 6),
+       ops=st.lists(st.tuples(st.booleans(), st.integers(0, 11)), max_size=80))
+def test_page_cache_is_exact_lru_and_consistent(capacity, ops):
+    """One page per batch, against an OrderedDict LRU; drops free their slot."""
+    from collections import OrderedDict
+
+    cache, model = PageCache([12], capacity), OrderedDict()
+    b = np.zeros(1, np.uint16)
+    for n, (drop, key) in enumerate(ops):
+        k = np.array([key], np.uint64)
+        if drop:
+            cache.drop(b, k)
+            model.pop(key, None)
+        else:
+            page = np.full((1, P), n % 251, np.uint8)
+            hit, delta = cache.exchange(b, k, page)
+            assert bool(hit[0]) == (key in model)
+            if hit[0]:  # the delta is against the version last sent
+                assert np.array_equal(delta[0] ^ page[0], np.full(P, model[key], np.uint8))
+                model.move_to_end(key)
+            elif len(model) == capacity:
+                model.popitem(last=False)
+            model[key] = n % 251
+        cached = {int(cache.key[s]) for s in range(capacity) if cache.key[s] >= 0}
+        assert cached == set(model)
+        assert all(cache.slot_of[cache.key[s]] == s for s in range(capacity) if cache.key[s] >= 0)
+        assert int((cache.slot_of >= 0).sum()) == len(model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(capacity=st.integers(1, 6), ops=st.lists(st.tuples(
+    st.booleans(), st.sets(st.integers(0, 11), min_size=1, max_size=8)), max_size=40))
+def test_page_cache_batches_keep_slots_consistent(capacity, ops):
+    """Batches of several pages: hits are exactly the cached pages, deltas are against the
+    version last sent, every slot belongs to one page and the cache never overfills."""
+    cache, sent = PageCache([12], capacity), {}
+    for n, (drop, keys) in enumerate(ops):
+        k = np.array(sorted(keys), np.uint64)
+        b = np.zeros(len(k), np.uint16)
+        before = {int(cache.key[s]) for s in range(capacity) if cache.key[s] >= 0}
+        if drop:
+            cache.drop(b, k)
+            for key in keys:
+                sent.pop(key, None)
+            continue
+        pages = np.stack([np.full(P, (n * 13 + key) % 251, np.uint8) for key in sorted(keys)])
+        hit, delta = cache.exchange(b, k, pages)
+        assert [bool(h) for h in hit] == [key in before for key in sorted(keys)]
+        for d, key, page in zip(delta, k[hit], pages[hit], strict=True):
+            assert np.array_equal(d ^ page, np.full(P, sent[int(key)], np.uint8))
+        for key, page in zip(sorted(keys), pages, strict=True):
+            sent[key] = int(page[0])
+        owners = cache.key[cache.key >= 0]
+        assert len(set(owners.tolist())) == len(owners) <= capacity
+        assert all(cache.slot_of[cache.key[s]] == s for s in range(capacity) if cache.key[s] >= 0)
+        assert int((cache.slot_of >= 0).sum()) == len(owners)
+
+
 # Malformed batches: a clear error, and nothing written anywhere.
 
 def good_batch():
@@ -161,7 +220,7 @@ def good_batch():
     new = np.stack([sparse_edit(rng, p) for p in old])
     new[5] = rng.integers(0, 256, P, dtype=np.uint8)  # a whole page too
     out = codec.encode(np.zeros(6, np.uint16), np.arange(6, dtype=np.uint64), new,
-                       np.array([1, 1, 1, 1, 1, 0], bool), old[:5], "xor-rle")
+                       np.array([1, 1, 1, 1, 1, 0], bool), new[:5] ^ old[:5], "xor-rle")
     return bytearray(out), old
 
 

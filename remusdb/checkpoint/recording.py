@@ -1,6 +1,6 @@
-"""Captured page streams: every epoch's page records as the sender saw them, for benchmarks.
+"""Recorded page streams: each epoch's page records as the sender saw them, for benchmarks.
 
-Compression and read tracking are measured offline on streams captured from the real guest, so
+Compression and read tracking are measured offline on streams recorded from the real guest, so
 that every codec and cache size sees the same pages. Format, little-endian, one record per epoch:
 
     "RDBC" | epoch u64 | pages u32 | zeros u32 | block u16[pages] | index u64[pages]
@@ -23,7 +23,7 @@ PAGE_SIZE = 4096
 
 
 @dataclass
-class CapturedEpoch:
+class RecordedEpoch:
     number: int
     block: np.ndarray
     index: np.ndarray
@@ -42,18 +42,18 @@ def write_epoch(f, number: int, block, index, data, zero_block, zero_index) -> i
     return sum(len(memoryview(p).cast("B")) for p in parts)
 
 
-def read_epochs(path: Path) -> Iterator[CapturedEpoch]:
+def read_epochs(path: Path) -> Iterator[RecordedEpoch]:
     with open(path, "rb") as f:
         while True:
             head = f.read(_HEAD.size)
             if not head:
                 return
             if len(head) < _HEAD.size or head[:4] != b"RDBC":
-                raise RemusError(f"{path}: not a remusdb capture (or truncated)")
+                raise RemusError(f"{path}: not a remusdb page recording (or truncated)")
             _, number, n, z = _HEAD.unpack(head)
             body = f.read(n * (10 + PAGE_SIZE) + z * 10)
             if len(body) < n * (10 + PAGE_SIZE) + z * 10:
-                return  # the capture was cut off mid-epoch: what came before is whole
+                return  # the recording was cut off mid-epoch: what came before is whole
             at = 0
 
             def take(dtype, count, _body=body):
@@ -61,6 +61,6 @@ def read_epochs(path: Path) -> Iterator[CapturedEpoch]:
                 a = np.frombuffer(_body, dtype, count, at)
                 at += a.nbytes
                 return a
-            yield CapturedEpoch(number, take("<u2", n), take("<u8", n),
+            yield RecordedEpoch(number, take("<u2", n), take("<u8", n),
                                 take(np.uint8, n * PAGE_SIZE).reshape(n, PAGE_SIZE),
                                 take("<u2", z), take("<u8", z))
