@@ -206,7 +206,7 @@ class CheckpointConfig:
 
 @dataclass
 class OptimizationsConfig:
-    compression: str = field(default="xor-rle",
+    compression: str = field(default="xor-lz4",
                              metadata={"check": _check_choice(COMPRESSION_CODECS)})
     rt: bool = field(default=True, metadata={"check": _check_bool})
     cp: bool = field(default=True, metadata={"check": _check_bool})
@@ -289,7 +289,7 @@ gateway = "10.213.0.1"
 interval_ms = 100
 
 [optimizations]
-compression = "xor-rle"  # off | xor-rle | xor-lz4
+compression = "xor-lz4"  # xor-lz4 | xor-rle | off  (benchmarks/compression.py)
 rt = true                # disk read tracking
 cp = true                # commit protection
 page_cache = 0.10        # fraction of guest RAM for the compression page cache

@@ -19,7 +19,7 @@ class Compressor:
         self.cache = PageCache(block_pages, cache_pages)
         self.delta = np.empty((codec.MAX_PAGES, PAGE_SIZE), np.uint8)  # reused: no page faults
         self.pages_in = self.bytes_out = 0
-        self.seconds = 0.0
+        self.seconds = self.cache_seconds = 0.0
         self.by_codec = np.zeros(len(codec.Codec), np.int64)
 
     def batch(self, block: np.ndarray, index: np.ndarray, pages: np.ndarray,
@@ -32,8 +32,10 @@ class Compressor:
             hit, delta = self.cache.exchange(block, index, pages, self.delta)
         else:
             hit, delta = np.zeros(len(pages), bool), self.delta[:0]
+        t1 = time.perf_counter()
         out = codec.encode(block, index, pages, hit, delta, self.mode)
         self.seconds += time.perf_counter() - t0
+        self.cache_seconds += t1 - t0
         self.pages_in += len(pages)
         self.bytes_out += len(out)
         n = len(pages)
@@ -51,5 +53,7 @@ class Compressor:
                 "sent_mib": round(self.bytes_out / 2**20, 1),
                 "ratio": round(self.bytes_out / raw, 4) if raw else None,
                 "encode_mb_s": round(raw / self.seconds / 1e6, 1) if self.seconds else None,
+                "cache_share": round(self.cache_seconds / self.seconds, 3) if self.seconds
+                else None,
                 "pages_by_codec": {c.name.lower(): int(self.by_codec[c]) for c in codec.Codec},
                 "cache": self.cache.summary()}

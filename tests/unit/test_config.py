@@ -15,7 +15,7 @@ def test_defaults_and_example_are_valid(tmp_path):
     assert cfg.vm.name == "pg1"
     assert cfg.vm.memory == 1 << 30
     assert cfg.checkpoint.interval_ms == 100
-    assert cfg.optimizations.compression == "xor-rle"
+    assert cfg.optimizations.compression == "xor-lz4"
     assert config.Config().vm.address == "10.213.0.10"
 
 
