@@ -20,6 +20,7 @@ from remusdb import paths
 from remusdb.config import Config
 from remusdb.errors import RemusError
 from remusdb.hypervisor import qemubuild
+from remusdb.hypervisor.agent import AgentError
 from remusdb.hypervisor.qemu import QEMU_BINARY, GuestSpec, QemuGuest, resolve_accel
 from remusdb.image import builder
 from remusdb.image.builder import GuestImage
@@ -93,8 +94,11 @@ def wait_databases(guest: QemuGuest, timeout: float, which=("postgresql", "maria
     pending = list(which)
     while pending:
         name = pending[0]
-        r = guest.agent.exec(READY_CHECKS[name], timeout=30)
-        if r.exitcode == 0:
+        try:
+            r = guest.agent.exec(READY_CHECKS[name], timeout=30)
+        except (AgentError, TimeoutError, OSError):
+            r = None  # a guest busy booting under TCG can keep the agent from answering
+        if r is not None and r.exitcode == 0:
             pending.pop(0)
             continue
         if not guest.running:

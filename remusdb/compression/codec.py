@@ -61,37 +61,37 @@ def encode(block: np.ndarray, index: np.ndarray, pages: np.ndarray, hit: np.ndar
         raise ValueError(f"batch of {n} pages, at most {MAX_PAGES}")
     if mode not in MODES:
         raise ValueError(f"unknown compression mode {mode!r}")
-    codec = np.full(n, Codec.RAW, np.uint8)
+    codes = np.full(n, Codec.RAW, np.uint8)
     hits = np.flatnonzero(hit)
     runs, xlz4 = rle.Runs(*(np.empty(0, t) for t in (rle.U16, rle.U16, rle.U16, rle.WORD))), b""
     if len(hits) and mode == "xor-rle":
         covered = rle.covered_words(delta)
         changed = covered.any(axis=1)
-        codec[hits[~changed]] = Codec.UNCHANGED
+        codes[hits[~changed]] = Codec.UNCHANGED
         runs = rle.encode(delta, covered)
         # A page rewritten all over codes larger than itself: it goes whole instead.
         small = (runs.page_sizes() < PAGE_SIZE) & changed
-        codec[hits[small]] = Codec.XOR_RLE
+        codes[hits[small]] = Codec.XOR_RLE
         runs = runs.select(small)
     elif len(hits):
         changed = delta.view(np.uint64).reshape(len(hits), -1).any(axis=1)
-        codec[hits] = np.where(changed, Codec.XOR_LZ4, Codec.UNCHANGED)
+        codes[hits] = np.where(changed, Codec.XOR_LZ4, Codec.UNCHANGED)
         if changed.any():
             xlz4 = _lz4(delta if changed.all() else np.ascontiguousarray(delta[changed]))
-    misses = np.flatnonzero(codec == Codec.RAW)
+    misses = np.flatnonzero(codes == Codec.RAW)
     raw = pages[misses] if len(misses) < n else pages
     lz = b""
     if len(misses):
         lz = _lz4(raw)
         if len(lz) <= LZ4_WORTH * raw.nbytes:
-            codec[misses] = Codec.LZ4
+            codes[misses] = Codec.LZ4
             raw = raw[:0]
         else:
             lz = b""
     head = _HEAD.pack(n, len(runs.starts), len(runs.words), len(lz), len(xlz4),
                       xxhash.xxh3_64_intdigest(np.ascontiguousarray(pages)))
     return b"".join([head, block.astype("<u2").tobytes(), index.astype("<u8").tobytes(),
-                     codec.tobytes(), raw.tobytes(), lz, runs.counts.tobytes(),
+                     codes.tobytes(), raw.tobytes(), lz, runs.counts.tobytes(),
                      runs.starts.tobytes(), runs.lengths.tobytes(), runs.words.tobytes(),
                      xlz4])
 
@@ -136,16 +136,18 @@ def _unlz4(data, pages: int, what: str) -> np.ndarray:
 
 def decode(payload, base: Callable[[np.ndarray], np.ndarray]):
     """(block, index, pages) of a batch. base(rows) returns the standby's current copies of the
-    pages at those rows; it is called only after the whole layout has been checked."""
+    pages at those rows; it is called once lengths, codec ids and LZ4 blocks have been checked,
+    and the runs are checked before they are applied. Nothing outside the returned array is
+    written, so a refused batch changes nothing."""
     n, nruns, nwords, nlz, nxlz, digest = _header(payload)
     mv = memoryview(payload)
     block, index = page_keys(payload)
     at = codes_offset(n)
-    codec = np.frombuffer(mv, np.uint8, n, at)
+    codes = np.frombuffer(mv, np.uint8, n, at)
     at += n
-    if n and int(codec.max()) > max(Codec):
-        raise CodecError(f"unknown page codec {int(codec.max())}")
-    count = np.bincount(codec, minlength=len(Codec))
+    if n and int(codes.max()) > max(Codec):
+        raise CodecError(f"unknown page codec {int(codes.max())}")
+    count = np.bincount(codes, minlength=len(Codec))
     sizes = [count[Codec.RAW] * PAGE_SIZE, nlz,
              2 * (count[Codec.XOR_RLE] + 2 * nruns) + 4 * nwords, nxlz]
     if len(payload) != at + sum(sizes):
@@ -163,15 +165,15 @@ def decode(payload, base: Callable[[np.ndarray], np.ndarray]):
     at += sizes[2]
     xlz = _unlz4(mv[at : at + nxlz], int(count[Codec.XOR_LZ4]), "XOR LZ4")
     out = np.empty((n, PAGE_SIZE), np.uint8)
-    xor_rows = np.flatnonzero(codec >= Codec.UNCHANGED)
+    xor_rows = np.flatnonzero(codes >= Codec.UNCHANGED)
     if len(xor_rows):
         out[xor_rows] = base(xor_rows)
-    out[codec == Codec.RAW] = raw
-    out[codec == Codec.LZ4] = lz
-    xl = codec == Codec.XOR_LZ4
+    out[codes == Codec.RAW] = raw
+    out[codes == Codec.LZ4] = lz
+    xl = codes == Codec.XOR_LZ4
     out[xl] ^= xlz
     if k:
-        rows = codec == Codec.XOR_RLE
+        rows = codes == Codec.XOR_RLE
         part = out[rows]
         rle.apply(part, runs)  # checks every run before it writes
         out[rows] = part
