@@ -32,3 +32,29 @@ def test_negative_counts_are_rejected():
     r = subprocess.run([sys.executable, "-m", "remusdb.cli", "protect", "x.toml",
                         "--verify-every", "-5"], capture_output=True, text=True)
     assert r.returncode == 2 and "expected a whole number >= 0, got '-5'" in r.stderr
+
+
+def test_status_reports_compression_and_back_pressure(tmp_path, capsys):
+    import json
+
+    cfgfile = tmp_path / "vm.toml"
+    cfgfile.write_text(config.EXAMPLE)
+    d = tmp_path / "pg1" / "primary"
+    d.mkdir(parents=True)
+    (d / "primary.status.json").write_text(json.dumps({
+        "state": "protected", "pid": 1, "updated_at": 0, "epoch_captured": 9, "epoch_acked": 8,
+        "lag_epochs": 1, "interval_ms": 100, "pause_ms": {}, "dirty_pages": {},
+        "bytes_per_epoch": {}, "backpressure": {"waits": 3, "waited_ms": 41.5},
+        "compression": {"mode": "xor-lz4", "sent_mib": 1.5, "raw_mib": 40.0, "ratio": 0.0375,
+                        "encode_mb_s": 900.0, "cache": {"used_pages": 10, "capacity_pages": 26214,
+                                                        "memory_mib": 103.4, "hit_rate": 0.9}}}))
+    assert cli.main(["status", str(cfgfile), "--run-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "compression xor-lz4: sent 1.5 of 40.0 MiB (0.0375)" in out
+    assert "page cache 10/26214 pages, 103.4 MiB" in out
+    assert "the VM waited 3 times for the link, 41.5 ms in all" in out
+
+
+def test_protect_takes_no_compression():
+    args = cli.parser().parse_args(["protect", "vm.toml", "--no-compression"])
+    assert args.no_compression and args.func is cli.cmd_protect
