@@ -5,7 +5,7 @@ import pytest
 
 from remusdb.checkpoint.status import read_status
 from remusdb.labrun import Daemon, wait_status, write_config
-from tests.vm.workload import pgbench
+from tests.vm.workload import pgbench, stop
 
 CHECKS = 8
 
@@ -40,9 +40,4 @@ def test_ram_equality_with_compression_under_write_load(lab, base, mode):
         assert xor > 0 and comp["ratio"] < 0.8, comp
         print(f"{mode}: {comp}")
     finally:
-        if load:
-            load.kill()
-            load.wait()
-        if primary:
-            primary.kill()
-        standby.kill()
+        stop(load, primary, standby)

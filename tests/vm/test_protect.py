@@ -10,7 +10,7 @@ from remusdb import dbclient
 from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
 from remusdb.labrun import REMUSDB, Daemon, wait_status, write_config
-from tests.vm.workload import pgbench
+from tests.vm.workload import pgbench, stop
 
 SCALE = 2
 
@@ -104,12 +104,7 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         print(f"failover: {fo}; PostgreSQL answered {answered:.2f} s after kill -9; "
               f"primary guest clock {pst['guest_clock']}, verify {st['verify']}")
     finally:
-        if load:
-            load.kill()
-            load.wait()
-        if primary:
-            primary.kill()
-        standby.kill()
+        stop(load, primary, standby)
 
 
 def test_standby_lost_the_vm_runs_on_unprotected(lab, base):

@@ -14,3 +14,13 @@ def pgbench(lab, *args):
            "remusdb", *args, "remusdb"]
     return subprocess.Popen(cmd, env=dict(os.environ, PGPASSWORD=DB_PASSWORD),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(*procs) -> None:
+    """Kill what a test started (client processes and daemons), skipping what never started."""
+    for p in procs:
+        if p is None:
+            continue
+        p.kill()
+        if isinstance(p, subprocess.Popen):
+            p.wait()
