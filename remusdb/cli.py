@@ -85,9 +85,7 @@ def cmd_protect(args) -> int:
 def cmd_standby(args) -> int:
     from remusdb import protection
     cfg = configmod.load(args.config)
-    disk = Path(args.disk) if args.disk else protection.role_dir(
-        cfg, "primary", args.run_dir) / "disk.qcow2"
-    return protection.standby(cfg, protection.role_dir(cfg, "standby", args.run_dir), disk)
+    return protection.standby(cfg, protection.role_dir(cfg, "standby", args.run_dir))
 
 
 def cmd_status(args) -> int:
@@ -202,7 +200,6 @@ def parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_protect)
     sb = sub.add_parser("standby", help="receive checkpoints and fail over (standby daemon)")
     daemon_args(sb)
-    sb.add_argument("--disk", help="disk image for the failed-over VM")
     sb.set_defaults(func=cmd_standby)
     st = sub.add_parser("status", help="protection state of a VM")
     daemon_args(st)

@@ -12,7 +12,7 @@ from remusdb.checkpoint.primary import PrimaryDaemon
 from remusdb.checkpoint.standby import StandbyDaemon
 from remusdb.config import Config
 from remusdb.hostnet import ensure_tap
-from remusdb.vm import image_for, launch, make_spec
+from remusdb.vm import image_for, launch_served, make_spec
 
 
 def role_dir(cfg: Config, role: str, base: str | None = None) -> Path:
@@ -42,10 +42,11 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | Non
     image = image_for(cfg)
     if cfg.vm.network == "tap":
         ensure_tap(cfg.vm.tap, cfg.vm.bridge)
-    guest = launch(cfg, image, run_dir, tap=cfg.vm.tap, log=sys.stderr)
-    log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}); protecting every "
-        f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
-    daemon = PrimaryDaemon(cfg, guest, run_dir, verify_every=verify_every, log=log,
+    guest, disk = launch_served(cfg, image, run_dir, tap=cfg.vm.tap, log=sys.stderr)
+    log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}), disk served from {disk.image}; "
+        f"protecting every {cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:"
+        f"{cfg.standby.port}")
+    daemon = PrimaryDaemon(cfg, guest, run_dir, disk=disk, verify_every=verify_every, log=log,
                            trace=trace, verify_count=verify_count, record_dir=record_dir,
                            record_epochs=record_epochs)
     done = _on_signals(daemon.stop)
@@ -56,17 +57,19 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | Non
             pass
     finally:
         guest.stop()
+        disk.close()
     return 0
 
 
-def standby(cfg: Config, run_dir: Path, disk: Path) -> int:
+def standby(cfg: Config, run_dir: Path) -> int:
     log = logger("standby")
     image = image_for(cfg)
 
     def spec():
         if cfg.vm.network == "tap":
             ensure_tap(cfg.vm.tap, cfg.vm.bridge)
-        return make_spec(cfg, image, disk, tap=cfg.vm.tap)
+        # The failed-over VM runs on the standby's own copy of the disk, as of the checkpoint.
+        return make_spec(cfg, image, daemon.store.disk_path, disk_format="raw", tap=cfg.vm.tap)
 
     daemon = StandbyDaemon(cfg, run_dir, spec,
                            heartbeat_timeout=cfg.standby.heartbeat_timeout_ms / 1000,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from remusdb import paths
+from remusdb.checkpoint.diskserver import DiskServer
 from remusdb.config import Config
 from remusdb.errors import RemusError
 from remusdb.hypervisor import qemubuild
@@ -162,10 +163,43 @@ def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = No
     return guest
 
 
+def launch_served(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = None,
+                  log=sys.stderr, **over) -> tuple[QemuGuest, DiskServer]:
+    """The database VM with its disk served by a DiskServer (protection): from the saved
+    snapshot, whose disk becomes a private raw image in run_dir."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sock = run_dir / "disk.sock"
+    spec = make_spec(cfg, image, sock, disk_format="nbd", netns=netns, **over)
+    snap = snapshot_dir(snapshot_key(spec, image))
+    if not (snap / "state").is_file():  # make it once, the ordinary way
+        launch(cfg, image, run_dir / "first-boot", netns=netns, log=log, **over).kill()
+        shutil.rmtree(run_dir / "first-boot", ignore_errors=True)
+    raw = run_dir / "disk.raw"
+    raw.unlink(missing_ok=True)
+    r = subprocess.run(["qemu-img", "convert", "-O", "raw", str(snap / "disk.qcow2"), str(raw)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RemusError(f"qemu-img convert of the snapshot disk failed: {r.stderr.strip()}")
+    server = DiskServer(raw, sock, log=lambda m: print(m, file=log, flush=True))
+    server.start()
+    guest = QemuGuest(spec, run_dir)
+    try:
+        restore_snapshot(guest, snap, log=log)
+    except BaseException:
+        guest.kill()
+        server.close()
+        raise
+    guest.agent.close()
+    return guest, server
+
+
 def restore_snapshot(guest: QemuGuest, snap: Path, log=sys.stderr) -> float:
-    """Start `guest` from a saved snapshot, on a private copy of the snapshot's disk."""
+    """Start `guest` from a saved snapshot, on a private copy of the snapshot's disk (a served
+    disk is prepared by the caller)."""
     t0 = time.monotonic()
-    shutil.copy(snap / "disk.qcow2", guest.spec.disk)
+    if guest.spec.disk_format != "nbd":
+        shutil.copy(snap / "disk.qcow2", guest.spec.disk)
     guest.restore(snap / "state")
     guest.wait_agent(60)
     sync_guest_clock(guest)

@@ -7,11 +7,13 @@ the page cache. The standby's decoding counterpart is `store.add_frame` / `Stand
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from remusdb.checkpoint import wire
+from remusdb.checkpoint.diskserver import DATA, DiskWrite, data_extents
 from remusdb.checkpoint.stream import PageSet
 from remusdb.compression import codec
 from remusdb.compression.compressor import Compressor
@@ -24,10 +26,38 @@ def _chunks(rows: np.ndarray, size: int) -> Iterator[slice | np.ndarray]:
         yield slice(k, min(k + size, len(rows))) if whole else rows[k : k + size]
 
 
+def disk_frames(number: int, writes: Iterable[DiskWrite]) -> Iterator[list]:
+    """DISK frames of an epoch's writes, in order, each within MAX_PAYLOAD."""
+    part, size = [], 4
+    for w in writes:
+        need = 13 + (w.length if w.kind == DATA else 0)
+        if part and size + need > wire.MAX_PAYLOAD:
+            yield _disk_frame(number, part)
+            part, size = [], 4
+        part.append(w)
+        size += need
+    if part:
+        yield _disk_frame(number, part)
+
+
+def _disk_frame(number: int, part: list[DiskWrite]) -> list:
+    return wire.encode(wire.Kind.DISK, number, b"".join(wire.pack_disk(
+        [w.kind for w in part], [w.offset for w in part], [w.length for w in part],
+        [w.data for w in part if w.kind == DATA])))
+
+
+def disk_copy(fd: int, size: int, chunk: int = 4 << 20) -> Iterator[DiskWrite]:
+    """The whole disk as DATA records of at most `chunk` bytes (allocated extents only)."""
+    for off, n in data_extents(fd, size, chunk):
+        yield DiskWrite(DATA, off, n, os.pread(fd, n, off))
+
+
 def epoch_frames(number: int, pages: PageSet, devices: bytes,
                  digests: np.ndarray | None = None,
-                 compressor: Compressor | None = None) -> Iterator[list]:
-    """Frames of one epoch: PAGES or CPAGES, ZEROS, DEVICES, [VERIFY], COMMIT."""
+                 compressor: Compressor | None = None, disk: list[DiskWrite] = (),
+                 disk_sent: int = 0, disk_digests: tuple | None = None) -> Iterator[list]:
+    """Frames of one epoch: PAGES or CPAGES, ZEROS, DISK, DEVICES, [VERIFY], COMMIT.
+    disk_sent: DISK records of this epoch sent before (the full copy of epoch 0)."""
     rows, (zb, zi, zf) = pages.latest()
     block, index, data = pages.view()
     if compressor is None:
@@ -43,8 +73,14 @@ def epoch_frames(number: int, pages: PageSet, devices: bytes,
     for k in range(0, len(zi), step):
         yield wire.encode(wire.Kind.ZEROS, number, wire.pack_zeros(
             zb[k : k + step], zi[k : k + step], zf[k : k + step]))
+    yield from disk_frames(number, disk)
     yield wire.encode(wire.Kind.DEVICES, number, devices)
     if digests is not None:
         yield wire.encode(wire.Kind.VERIFY, number, digests.astype(">u8").tobytes())
+    if disk_digests is not None:
+        chunks, sums = disk_digests
+        yield wire.encode(wire.Kind.VERIFY_DISK, number, np.asarray(chunks, ">u8").tobytes()
+                          + np.asarray(sums, ">u8").tobytes())
     yield wire.encode_json(wire.Kind.COMMIT, number, {
-        "pages": int(len(rows)), "zeros": int(len(zi)), "devices": len(devices)})
+        "pages": int(len(rows)), "zeros": int(len(zi)), "devices": len(devices),
+        "disk_writes": disk_sent + len(disk)})

@@ -15,15 +15,16 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from remusdb.checkpoint import recording, wire
 from remusdb.checkpoint.colo import ColoEndpoint
-from remusdb.checkpoint.encode import epoch_frames
-from remusdb.checkpoint.status import StatusFile, Window, page_digests
+from remusdb.checkpoint.diskserver import DiskServer, DiskWrite
+from remusdb.checkpoint.encode import disk_copy, disk_frames, epoch_frames
+from remusdb.checkpoint.status import StatusFile, Window, disk_digests, page_digests
 from remusdb.checkpoint.store import StreamInfo
 from remusdb.checkpoint.stream import PAGE_SIZE, PageSet, StreamError
 from remusdb.compression.compressor import Compressor
@@ -41,14 +42,20 @@ class Outgoing:
     pages: PageSet
     devices: bytes
     digests: np.ndarray | None = None
+    disk: list[DiskWrite] = field(default_factory=list)
+    disk_sent: int = 0  # DISK records of this epoch already sent (epoch 0's full copy)
+    disk_digests: tuple | None = None  # test mode: (chunks, xxh3) of the disk at this epoch
 
 
 class PrimaryDaemon:
-    def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path, verify_every: int = 0,
+    def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path,
+                 disk: DiskServer | None = None, verify_every: int = 0,
                  queue_depth: int = 4, stall_timeout: float = 10.0, log=print,
                  trace: Path | None = None, verify_count: int = 0,
                  record_dir: Path | None = None, record_epochs: int = 100):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
+        self.disk = disk
+        self.disk_writes_per_epoch = Window()
         self.verify_every = verify_every
         self.verify_left = verify_count or -1  # checks to run; -1: no limit
         self.queue: queue.Queue[Outgoing | None] = queue.Queue(queue_depth)
@@ -131,7 +138,8 @@ class PrimaryDaemon:
         try:
             self.conn.send(wire.encode_json(wire.Kind.HELLO, 0, {
                 "session": session, "vm": self.cfg.vm.name, "stream": info.to_json(),
-                "interval_ms": self.cfg.checkpoint.interval_ms}))
+                "interval_ms": self.cfg.checkpoint.interval_ms,
+                "disk_size": self.disk.size if self.disk else 0}))
             welcome = self.conn.recv()
         except OSError as e:
             self._fail(f"standby link lost before protection started: {e}")
@@ -141,6 +149,7 @@ class PrimaryDaemon:
         self.log(f"initial copy: {endpoint.r.offset / 2**20:.0f} MiB from QEMU in "
                  f"{time.monotonic() - t0:.1f} s ({init.pages.pages} pages, "
                  f"{init.pages.zero_count} zero pages)")
+        disk_sent = self._send_disk_copy() if self.disk else 0
         threads = [threading.Thread(target=self._guard(self._sender), name="sender", daemon=True),
                    threading.Thread(target=self._guard(self._receiver), name="receiver",
                                     daemon=True),
@@ -148,7 +157,7 @@ class PrimaryDaemon:
         for t in threads:
             t.start()
         self.clock.start()
-        self.queue.put(Outgoing(0, init.pages, init.devices))
+        self.queue.put(Outgoing(0, init.pages, init.devices, disk_sent=disk_sent))
         self.captured = 0
         endpoint.ready()
         self._update("protected")
@@ -172,6 +181,25 @@ class PrimaryDaemon:
             if self.trace:
                 self.trace.close()
 
+    def _send_disk_copy(self) -> int:
+        """Epoch 0's disk: the whole image, while the VM is still paused after QEMU's initial
+        copy (so the copy is the disk of that moment; writes before it are in it, writes after
+        it go to epoch 1). Returns the DISK records sent."""
+        t0 = time.monotonic()
+        self.disk.cut()
+        copied = [0, 0]
+
+        def counted():
+            for w in disk_copy(self.disk.fd, self.disk.size):  # streamed, not held
+                copied[0] += 1
+                copied[1] += w.length
+                yield w
+        for parts in disk_frames(0, counted()):
+            self.conn.send(parts)
+        self.log(f"initial disk copy: {copied[1] / 2**20:.0f} MiB in "
+                 f"{time.monotonic() - t0:.1f} s (the VM waits for it once)")
+        return copied[0]
+
     def _capture_loop(self, endpoint: ColoEndpoint) -> None:
         ram_file = self.guest.files.ram
         while not self._stop.is_set():
@@ -183,7 +211,14 @@ class PrimaryDaemon:
                 ram = np.memmap(ram_file, np.uint8, "r").reshape(-1, PAGE_SIZE)
                 digests = page_digests(ram)
                 del ram
-            item = Outgoing(ck.seq, ck.pages, ck.devices, digests)
+            # The VM is paused and QEMU has drained its I/O: every write acknowledged so far
+            # belongs to this epoch.
+            writes = self.disk.cut() if self.disk else []
+            self.disk_writes_per_epoch.add(len(writes))
+            item = Outgoing(ck.seq, ck.pages, ck.devices, digests, writes)
+            if digests is not None and self.disk is not None:
+                chunks = np.array(sorted(self.disk.touched), np.uint64)
+                item.disk_digests = (chunks, disk_digests(self.disk.fd, chunks))
             try:
                 self.queue.put_nowait(item)
             except queue.Full:  # the link is slower than the dirty rate: the VM waits
@@ -232,7 +267,8 @@ class PrimaryDaemon:
         if item.number > 0 and (self._recording or self._record_request.is_set()):
             self._record(item)
         for parts in epoch_frames(item.number, item.pages, item.devices, item.digests,
-                                  self.compressor):
+                                  self.compressor, item.disk, item.disk_sent,
+                                  item.disk_digests):
             self.conn.send(parts)
 
     def start_recording(self) -> None:
@@ -315,4 +351,6 @@ class PrimaryDaemon:
                 k: round(v, 1) for k, v in self.backpressure.items()},
             compression=self.compressor.summary() if self.compressor else {"mode": "off"},
             recordings_done=self.recordings - (1 if self._recording else 0),
+            disk={"writes_per_epoch": self.disk_writes_per_epoch.percentiles(),
+                  **self.disk.stats} if self.disk else None,
             guest_clock=self.clock.summary())

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from remusdb.checkpoint import failover, wire
-from remusdb.checkpoint.status import VERIFY_GROUP, StatusFile, Window, page_digests
+from remusdb.checkpoint.status import (
+    DISK_CHUNK,
+    VERIFY_GROUP,
+    StatusFile,
+    Window,
+    disk_digests,
+    page_digests,
+)
 from remusdb.checkpoint.store import Epoch, StandbyStore, StoreError, StreamInfo, add_frame
 from remusdb.config import Config
 from remusdb.errors import RemusError
@@ -46,7 +53,8 @@ class StandbyDaemon:
         self.last_frame = 0.0
         self.session_open = False
         self.guest: QemuGuest | None = None
-        self.verify = {"checks": 0, "differing_groups": 0, "group_pages": VERIFY_GROUP}
+        self.verify = {"checks": 0, "differing_groups": 0, "group_pages": VERIFY_GROUP,
+                       "disk_checks": 0, "disk_chunks": 0, "differing_disk_chunks": 0}
         self.apply_ms, self.epoch_bytes = Window(), Window()
         self._lock = threading.Lock()
         self._conn: wire.Connection | None = None
@@ -102,7 +110,11 @@ class StandbyDaemon:
             if not isinstance(hello_data, dict) or "stream" not in hello_data:
                 raise wire.WireError("HELLO without a stream description")
             info = StreamInfo.from_json(hello_data["stream"])
-            self._store_op(self.store.create, info, str(hello_data.get("session", "")))
+            disk_size = hello_data.get("disk_size", 0)
+            if not isinstance(disk_size, int) or disk_size < 0 or disk_size % 512:
+                raise wire.WireError(f"HELLO with a bad disk size {disk_size!r}")
+            self._store_op(self.store.create, info, str(hello_data.get("session", "")),
+                           disk_size)
             conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {"committed": -1}))
             self.session_open = True
             self.last_frame = time.monotonic()
@@ -125,16 +137,21 @@ class StandbyDaemon:
             self._primary_failed(reason, closed)
 
     def _receive(self, conn: wire.Connection) -> None:
-        epoch, digests = Epoch(0), None
+        epoch, digests, disk_sums = Epoch(0), None, None
         while True:
             f = conn.recv()
             self.last_frame = time.monotonic()
             epoch.wire_bytes += wire.HEADER_SIZE + len(f.payload)
             if f.kind == wire.Kind.CPAGES:
                 f = self.store.decode(f)
-            if f.kind in (wire.Kind.PAGES, wire.Kind.ZEROS, wire.Kind.DEVICES):
+            if f.kind == wire.Kind.DISK:
+                epoch.disk_writes += self.store.check_disk(f.payload)
+                if epoch.number == 0:  # the full copy: nothing older to protect, no buffering
+                    self._store_op(self.store.apply_disk, f.payload, False)
+                    continue
+            if f.kind in (wire.Kind.PAGES, wire.Kind.ZEROS, wire.Kind.DEVICES, wire.Kind.DISK):
                 add_frame(epoch, f)
-                if f.kind != wire.Kind.DEVICES:
+                if f.kind in (wire.Kind.PAGES, wire.Kind.ZEROS):
                     blk, idx = (epoch.pages if f.kind == wire.Kind.PAGES else epoch.zeros)[-1][:2]
                     self.store.validate(blk, idx)
                 epoch.frames.append([f.header, f.payload])
@@ -142,9 +159,16 @@ class StandbyDaemon:
                 if len(f.payload) % 8:
                     raise wire.WireError(f"VERIFY frame of {len(f.payload)} bytes")
                 digests = np.frombuffer(f.payload, ">u8").astype(np.uint64)
+            elif f.kind == wire.Kind.VERIFY_DISK:
+                if len(f.payload) % 16:
+                    raise wire.WireError(f"VERIFY_DISK frame of {len(f.payload)} bytes")
+                pairs = np.frombuffer(f.payload, ">u8").astype(np.uint64)
+                disk_sums = (pairs[: len(pairs) // 2], pairs[len(pairs) // 2 :])
             elif f.kind == wire.Kind.COMMIT:
                 self._commit(conn, epoch, f, digests)
-                epoch, digests = Epoch(epoch.number + 1), None
+                if disk_sums is not None:
+                    self._verify_disk(epoch.number, *disk_sums)
+                epoch, digests, disk_sums = Epoch(epoch.number + 1), None, None
             elif f.kind == wire.Kind.BYE:
                 return
             elif f.kind != wire.Kind.HEARTBEAT:
@@ -160,6 +184,10 @@ class StandbyDaemon:
                                  f"got {epoch.page_count} pages, {epoch.zero_count} zeros")
         if epoch.devices is None:
             raise wire.WireError(f"epoch {epoch.number} has no device state")
+        if counts.get("disk_writes", 0) != epoch.disk_writes:
+            raise wire.WireError(f"epoch {epoch.number} incomplete: COMMIT says "
+                                 f"{counts.get('disk_writes')} disk writes, got "
+                                 f"{epoch.disk_writes}")
         t0 = time.monotonic()
         with self._lock:  # a failover waits for a commit in progress, never reads half of one
             self._store_op(self.store.journal, epoch)
@@ -185,6 +213,17 @@ class StandbyDaemon:
         self.verify["checks"] += 1
         self.verify["differing_groups"] += max(diff, 0) if diff >= 0 else len(mine)
         self.verify["last"] = {"epoch": n, "differing_groups": diff}
+        self._update()
+
+    def _verify_disk(self, n: int, chunks: np.ndarray, sums: np.ndarray) -> None:
+        if len(chunks) and int(chunks.max()) >= -(-self.store.disk_size // DISK_CHUNK):
+            raise wire.WireError("VERIFY_DISK names a chunk beyond the disk")
+        mine = disk_digests(self.store.disk_fd, chunks)
+        diff = int(np.count_nonzero(mine != sums))
+        self.verify["disk_checks"] += 1
+        self.verify["disk_chunks"] = len(chunks)
+        self.verify["differing_disk_chunks"] += diff
+        self.verify["last_disk"] = {"epoch": n, "chunks": len(chunks), "differing": diff}
         self._update()
 
     def _store_op(self, fn, *args):

@@ -66,3 +66,14 @@ def page_digests(pages: np.ndarray, group: int = VERIFY_GROUP) -> np.ndarray:
     f = xxhash.xxh3_64_intdigest
     return np.fromiter((f(mv[i * size : (i + 1) * size]) for i in range(count)), np.uint64,
                        count)
+
+
+DISK_CHUNK = 1 << 20  # the disk-equality check compares 1 MiB chunks
+
+
+def disk_digests(fd: int, chunks: np.ndarray, chunk: int = DISK_CHUNK) -> np.ndarray:
+    """xxh3-64 of the given chunks of a disk image (the disk-equality check's fingerprint)."""
+    import os
+    f = xxhash.xxh3_64_intdigest
+    return np.fromiter((f(os.pread(fd, chunk, int(c) * chunk)) for c in chunks), np.uint64,
+                       len(chunks))

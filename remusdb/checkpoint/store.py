@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from remusdb.checkpoint import wire
+from remusdb.checkpoint.diskserver import DATA, zero_range
 from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
 from remusdb.compression import codec
 from remusdb.errors import RemusError
@@ -42,6 +43,8 @@ class Epoch:
     pages: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     zeros: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     devices: bytes | None = None
+    disk: list = field(default_factory=list)  # DISK payloads, applied in order
+    disk_writes: int = 0
     frames: list[list] = field(default_factory=list)  # encoded frames, for the journal
     wire_bytes: int = 0  # as received (compressed), for the status
 
@@ -111,6 +114,8 @@ class StandbyStore:
         self.committed = -1
         self.session = ""
         self._images: list[np.memmap] = []
+        self.disk_size = 0
+        self._disk_fd: int | None = None
         self.stall_apply = float(os.environ.get("REMUSDB_TEST_STALL_APPLY", "0"))
 
     # Layout
@@ -120,6 +125,11 @@ class StandbyStore:
     @property
     def devices_path(self) -> Path:
         return self.root / "devices.bin"
+
+    @property
+    def disk_path(self) -> Path:
+        """The guest's disk as of the committed checkpoint (raw, sparse)."""
+        return self.root / "disk.raw"
 
     @property
     def meta_path(self) -> Path:
@@ -134,13 +144,15 @@ class StandbyStore:
         return self.block_path(names.index(self.info.shared_block))
 
     # Lifecycle
-    def create(self, info: StreamInfo, session: str) -> None:
-        """Start a new protection session: empty images sized like the primary's blocks."""
+    def create(self, info: StreamInfo, session: str, disk_size: int = 0) -> None:
+        """Start a new protection session: empty images sized like the primary's blocks and
+        disk (the full copy of epoch 0 fills them)."""
         self.close()
         self.root.mkdir(parents=True, exist_ok=True)
         # First say "no checkpoint" on disk, then wipe: a crash in between leaves a store that
         # claims nothing, never an old epoch number over blank images.
         self.info, self.session, self.committed = info, session, -1
+        self.disk_size = disk_size
         self._write_meta()
         for p in self.journal_dir.glob("*") if self.journal_dir.exists() else []:
             p.unlink()
@@ -152,6 +164,10 @@ class StandbyStore:
             with open(self.block_path(i), "wb") as f:
                 f.truncate(b.length)
         self.devices_path.unlink(missing_ok=True)
+        self.disk_path.unlink(missing_ok=True)
+        if disk_size:
+            with open(self.disk_path, "wb") as f:
+                f.truncate(disk_size)
         self._map()
 
     def open(self) -> None:
@@ -160,6 +176,7 @@ class StandbyStore:
             meta = json.loads(self.meta_path.read_text())
             self.info = StreamInfo.from_json(meta["stream"])
             self.session, self.committed = str(meta["session"]), int(meta["committed"])
+            self.disk_size = int(meta.get("disk_size", 0))
         except FileNotFoundError:
             raise StoreError(f"no standby store at {self.root}") from None
         except (ValueError, KeyError, TypeError):
@@ -184,14 +201,22 @@ class StandbyStore:
         for m in self._images:
             m.flush()
         self._images = []
+        if self._disk_fd is not None:
+            os.close(self._disk_fd)
+            self._disk_fd = None
 
     def _map(self) -> None:
         self._images = [np.memmap(self.block_path(i), np.uint8, "r+",
                                   shape=(b.length // PAGE_SIZE, PAGE_SIZE))
                         for i, b in enumerate(self.info.blocks)]
+        if self.disk_size:
+            self._disk_fd = os.open(self.disk_path, os.O_RDWR)
+            if os.fstat(self._disk_fd).st_size != self.disk_size:
+                raise StoreError(f"{self.disk_path} is not {self.disk_size} bytes")
 
     def _write_meta(self) -> None:
         meta = {"session": self.session, "committed": self.committed,
+                "disk_size": self.disk_size,
                 "stream": self.info.to_json(), "updated_at": time.time()}
         _write_atomic(self.meta_path, json.dumps(meta, indent=1).encode())
 
@@ -269,13 +294,42 @@ class StandbyStore:
                 self._images[b][index[m].astype(np.int64)] = fill[m][:, None]
         for m in self._images:
             m.flush()
+        for payload in epoch.disk:
+            self.apply_disk(payload, sync=False)
+        if self._disk_fd is not None:
+            os.fdatasync(self._disk_fd)  # also epoch 0's full copy, written as it came
         if epoch.devices is not None:
             _write_atomic(self.devices_path, epoch.devices)
         self.committed = epoch.number
         self._write_meta()
         (self.journal_dir / f"{epoch.number}.commit").unlink(missing_ok=True)
 
+    def check_disk(self, payload) -> int:
+        """Records in a DISK payload, which must fit this disk (a lie is refused, not
+        written)."""
+        if not self.disk_size:
+            raise StoreError("disk writes from a primary that announced no disk")
+        return len(wire.unpack_disk(payload, self.disk_size)[0])
+
+    def apply_disk(self, payload, sync: bool = True) -> None:
+        """Write a DISK payload's records in order (idempotent: a replay gives the same
+        disk)."""
+        kinds, offsets, lengths, data = wire.unpack_disk(payload, self.disk_size)
+        at = 0
+        for kind, off, n in zip(kinds.tolist(), offsets.tolist(), lengths.tolist(), strict=True):
+            if kind == DATA:
+                os.pwrite(self._disk_fd, data[at : at + n], off)
+                at += n
+            else:
+                zero_range(self._disk_fd, off, n)
+        if sync:
+            os.fdatasync(self._disk_fd)
+
     # Reads (failover, tests)
+    @property
+    def disk_fd(self) -> int | None:
+        return self._disk_fd
+
     def devices(self) -> bytes:
         return self.devices_path.read_bytes()
 
@@ -293,5 +347,7 @@ def add_frame(epoch: Epoch, frame: wire.Frame) -> None:
         epoch.zeros.append(wire.unpack_zeros(frame.payload))
     elif frame.kind == wire.Kind.DEVICES:
         epoch.devices = bytes(frame.payload)
+    elif frame.kind == wire.Kind.DISK:
+        epoch.disk.append(frame.payload)
     else:
         raise StoreError(f"unexpected {frame.kind.name} frame inside epoch {epoch.number}")

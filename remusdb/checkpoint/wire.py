@@ -43,6 +43,8 @@ class Kind(enum.IntEnum):
     BYE = 9  # p->s: orderly end of protection (no failover)
     VERIFY = 10  # p->s: test mode, xxh3 of every page of the primary's RAM at this epoch
     CPAGES = 11  # p->s: compressed page records of an epoch (compression/codec.py)
+    DISK = 12  # p->s: disk writes of an epoch, in the order the disk server applied them
+    VERIFY_DISK = 13  # p->s: test mode, xxh3 of every disk chunk written since protection began
 
 
 class WireError(RemusError):
@@ -190,3 +192,30 @@ def unpack_zeros(payload):
     return (np.frombuffer(mv, ">u2", n, 4).astype(np.uint16),
             np.frombuffer(mv, ">u8", n, 4 + 2 * n).astype(np.uint64),
             np.frombuffer(mv, np.uint8, n, 4 + 10 * n).copy())
+
+
+def pack_disk(kinds: list[int], offsets: list[int], lengths: list[int], data: list[bytes]) -> list:
+    """DISK payload: count | kind u8[n] | offset u64[n] | length u32[n] | the DATA records'
+    bytes, in order (ZERO records carry none). Parts, for sendmsg without a copy."""
+    head = b"".join([_COUNT.pack(len(kinds)), bytes(kinds), np.array(offsets, ">u8").tobytes(),
+                     np.array(lengths, ">u4").tobytes()])
+    return [head, *data]
+
+
+def unpack_disk(payload, disk_size: int):
+    """(kind, offset, length, data) of a DISK payload, checked against the disk's size."""
+    n = _count(payload, "DISK")
+    if len(payload) < 4 + 13 * n:
+        raise WireError(f"DISK frame of {len(payload)} bytes cannot hold {n} records")
+    mv = memoryview(payload)
+    kinds = np.frombuffer(mv, np.uint8, n, 4)
+    offsets = np.frombuffer(mv, ">u8", n, 4 + n).astype(np.uint64)
+    lengths = np.frombuffer(mv, ">u4", n, 4 + 9 * n).astype(np.uint64)
+    if n and int(kinds.max()) > 1:
+        raise WireError(f"DISK record of unknown kind {int(kinds.max())}")
+    if np.any(offsets + lengths > disk_size) or np.any(offsets + lengths < offsets):
+        raise WireError("DISK record beyond the end of the disk")
+    need = 4 + 13 * n + int(lengths[kinds == 0].sum())
+    if len(payload) != need:
+        raise WireError(f"DISK frame of {len(payload)} bytes, its records need {need}")
+    return kinds, offsets, lengths, mv[4 + 13 * n :]

@@ -75,7 +75,7 @@ class GuestSpec:
     kernel: Path
     initrd: Path
     disk: Path
-    disk_format: str  # raw | qcow2
+    disk_format: str  # raw | qcow2 | nbd (disk: the disk server's unix socket)
     mac: str
     ip: str  # with prefix
     gateway: str
@@ -146,6 +146,11 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
                   f"addr.path={spec.stream_socket}")
     else:
         netdev = None
+    if spec.disk_format == "nbd":  # served by remusdb's disk server (checkpoint/diskserver.py)
+        drive = (f"file.driver=nbd,file.server.type=unix,file.server.path={spec.disk},"
+                 f"file.export=disk,format=raw")
+    else:
+        drive = f"file={spec.disk},format={spec.disk_format}"
     cmd = [
         spec.binary, "-name", spec.name, "-nodefaults", "-no-user-config", "-display", "none",
         "-machine", f"pc,memory-backend={RAM_BACKEND}", *accel, "-cpu", spec.cpu,
@@ -154,7 +159,7 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
                     f"mem-path={spec.ram_file or files.ram},share=on"),
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
         "-append", spec.kernel_cmdline(),
-        "-drive", f"file={spec.disk},format={spec.disk_format},if=none,id=disk0,cache=writeback",
+        "-drive", f"{drive},if=none,id=disk0,cache=writeback",
         "-device", "virtio-blk-pci,drive=disk0",
         "-chardev", f"socket,id=qga0,path={files.agent},server=on,wait=off",
         "-device", "virtio-serial-pci",
