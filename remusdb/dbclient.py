@@ -24,6 +24,11 @@ def mariadb(host: str, timeout: float = 10.0, **kw):
 def query_one(connect, host: str, sql: str, timeout: float = 30.0):
     """Connect (retrying until the deadline: the guest may still be bringing its NIC up) and
     return the first column of the first row."""
+    return query_row(connect, host, sql, timeout)[0]
+
+
+def query_row(connect, host: str, sql: str, timeout: float = 30.0) -> tuple:
+    """The first row of `sql`, connecting as query_one does."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -31,7 +36,7 @@ def query_one(connect, host: str, sql: str, timeout: float = 30.0):
             try:
                 with conn.cursor() as cur:
                     cur.execute(sql)
-                    return cur.fetchone()[0]
+                    return tuple(cur.fetchone())
             finally:
                 conn.close()
         except (psycopg2.OperationalError, pymysql.err.OperationalError) as e:
