@@ -189,7 +189,7 @@ def run_asc(stream, mode: str, cache_pages: int, ram_pages: int, check: bool) ->
     bin_ = bout = 0
     for block, index, data, zeros in batches(stream):
         if data is None:
-            comp.zeros(*zeros)
+            comp.forget(*zeros)
             image[zeros[1].astype(np.int64)] = 0
             continue
         t0 = time.perf_counter()

@@ -86,6 +86,7 @@ class DiskServer:
                       "flushes": 0, "zeroes": 0, "errors": 0}
         self._srv: socket.socket | None = None
         self._closed = threading.Event()
+        self.index = None  # RT's BlockIndex, when read tracking is on
 
     # The epoch log
     def cut(self) -> list[DiskWrite]:
@@ -189,9 +190,14 @@ class DiskServer:
                 if not conn.ready(req.length):
                     conn.flush()
                 data = conn.take(req.length)  # read even when refused: stay in step
+                index = self.index
+                if not err and index is not None:
+                    index.written(req.offset, req.length)  # before the data changes
                 if not err:
                     err = self._io(os.pwrite, fd, data, req.offset)
                 if not err:
+                    if index is not None:
+                        index.saw(req.offset, data)
                     self._record(DiskWrite(DATA, req.offset, len(data), data))
                     stats["writes"] += 1
                     stats["written_bytes"] += len(data)
@@ -217,6 +223,8 @@ class DiskServer:
                     continue
                 stats["reads"] += 1
                 stats["read_bytes"] += len(data)
+                if self.index is not None:
+                    self.index.saw(req.offset, data)
                 conn.reply(req.handle, 0, data)
                 if isinstance(data, memoryview):
                     conn.flush()  # before the buffer is reused
@@ -225,6 +233,8 @@ class DiskServer:
                 conn.reply(req.handle, err or self._io(os.fdatasync, fd))
             elif req.type in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
                 if not err and req.length:
+                    if self.index is not None:
+                        self.index.written(req.offset, req.length)
                     err = self._io(zero_range, fd, req.offset, req.length)
                     if not err:
                         self._record(DiskWrite(ZERO, req.offset, req.length))

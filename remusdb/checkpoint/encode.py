@@ -1,14 +1,16 @@
 """The stage boundary of the epoch pipeline: raw pages in, encoded frames out.
 
-Runs in the sender thread, after the VM has resumed: compression (ASC) costs the guest no pause
-time. Without a compressor pages go out raw (PAGES); with one, as CPAGES batches XORed against
-the page cache. The standby's decoding counterpart is `store.add_frame` / `StandbyStore.decode`.
+Runs in the sender thread, after the VM has resumed: compression (ASC) and read tracking (RT)
+cost the guest no pause time. RT first turns pages that equal unchanged disk blocks into
+BLOCKREF records; the rest go out raw (PAGES) or, with a compressor, as CPAGES batches XORed
+against the page cache. The standby's counterparts: `store.add_frame`, `StandbyStore.decode`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from remusdb.checkpoint.diskserver import DATA, DiskWrite, data_extents
 from remusdb.checkpoint.stream import PageSet
 from remusdb.compression import codec
 from remusdb.compression.compressor import Compressor
+from remusdb.readtrack.tracker import ReadTracker
 
 
 def _chunks(rows: np.ndarray, size: int) -> Iterator[slice | np.ndarray]:
@@ -52,14 +55,33 @@ def disk_copy(fd: int, size: int, chunk: int = 4 << 20) -> Iterator[DiskWrite]:
         yield DiskWrite(DATA, off, n, os.pread(fd, n, off))
 
 
-def epoch_frames(number: int, pages: PageSet, devices: bytes,
-                 digests: np.ndarray | None = None,
-                 compressor: Compressor | None = None, disk: list[DiskWrite] = (),
-                 disk_sent: int = 0, disk_digests: tuple | None = None) -> Iterator[list]:
-    """Frames of one epoch: PAGES or CPAGES, ZEROS, DISK, DEVICES, [VERIFY], COMMIT.
-    disk_sent: DISK records of this epoch sent before (the full copy of epoch 0)."""
-    rows, (zb, zi, zf) = pages.latest()
-    block, index, data = pages.view()
+@dataclass
+class EpochOut:
+    """One captured epoch, as the sender thread gets it from the capture thread."""
+
+    number: int
+    pages: PageSet
+    devices: bytes
+    digests: np.ndarray | None = None  # test mode: the primary's RAM fingerprint
+    disk: list[DiskWrite] = field(default_factory=list)
+    disk_sent: int = 0  # DISK records of this epoch already sent (epoch 0's full copy)
+    disk_digests: tuple | None = None  # test mode: (chunks, xxh3) of the disk at this epoch
+    disk_generation: int = 0  # the block index's write generation at the cut (RT)
+
+
+def epoch_frames(e: EpochOut, compressor: Compressor | None = None,
+                 tracker: ReadTracker | None = None) -> Iterator[list]:
+    """Frames of one epoch: PAGES or CPAGES, ZEROS, DISK, BLOCKREF, DEVICES, [VERIFY,
+    VERIFY_DISK], COMMIT."""
+    number = e.number
+    rows, (zb, zi, zf) = e.pages.latest()
+    block, index, data = e.pages.view()
+    refs = np.empty(0, np.int64)
+    if tracker is not None and number > 0:
+        disk_block = tracker.references(data, rows, e.disk_generation)
+        refs = rows[disk_block >= 0]
+        ref_blocks = disk_block[disk_block >= 0]
+        rows = rows[disk_block < 0]
     if compressor is None:
         for r in _chunks(rows, wire.PAGES_PER_FRAME):
             yield wire.encode(wire.Kind.PAGES, number,
@@ -68,19 +90,24 @@ def epoch_frames(number: int, pages: PageSet, devices: bytes,
         for r in _chunks(rows, codec.MAX_PAGES):
             yield wire.encode(wire.Kind.CPAGES, number, compressor.batch(
                 block[r], index[r], data[r], cache=number > 0))
-        compressor.zeros(zb, zi)
+        compressor.forget(zb, zi)
+        compressor.forget(block[refs], index[refs])
     step = wire.MAX_PAYLOAD // 16
     for k in range(0, len(zi), step):
         yield wire.encode(wire.Kind.ZEROS, number, wire.pack_zeros(
             zb[k : k + step], zi[k : k + step], zf[k : k + step]))
-    yield from disk_frames(number, disk)
-    yield wire.encode(wire.Kind.DEVICES, number, devices)
-    if digests is not None:
-        yield wire.encode(wire.Kind.VERIFY, number, digests.astype(">u8").tobytes())
-    if disk_digests is not None:
-        chunks, sums = disk_digests
+    yield from disk_frames(number, e.disk)
+    for k in range(0, len(refs), step):
+        r = refs[k : k + step]
+        yield wire.encode(wire.Kind.BLOCKREF, number, wire.pack_refs(
+            block[r], index[r], ref_blocks[k : k + step]))
+    yield wire.encode(wire.Kind.DEVICES, number, e.devices)
+    if e.digests is not None:
+        yield wire.encode(wire.Kind.VERIFY, number, e.digests.astype(">u8").tobytes())
+    if e.disk_digests is not None:
+        chunks, sums = e.disk_digests
         yield wire.encode(wire.Kind.VERIFY_DISK, number, np.asarray(chunks, ">u8").tobytes()
                           + np.asarray(sums, ">u8").tobytes())
     yield wire.encode_json(wire.Kind.COMMIT, number, {
-        "pages": int(len(rows)), "zeros": int(len(zi)), "devices": len(devices),
-        "disk_writes": disk_sent + len(disk)})
+        "pages": int(len(rows)), "zeros": int(len(zi)), "devices": len(e.devices),
+        "disk_writes": e.disk_sent + len(e.disk), "refs": int(len(refs))})

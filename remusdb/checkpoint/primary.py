@@ -15,36 +15,26 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from remusdb.checkpoint import recording, wire
 from remusdb.checkpoint.colo import ColoEndpoint
-from remusdb.checkpoint.diskserver import DiskServer, DiskWrite
-from remusdb.checkpoint.encode import disk_copy, disk_frames, epoch_frames
+from remusdb.checkpoint.diskserver import DiskServer
+from remusdb.checkpoint.encode import EpochOut, disk_copy, disk_frames, epoch_frames
 from remusdb.checkpoint.status import StatusFile, Window, disk_digests, page_digests
 from remusdb.checkpoint.store import StreamInfo
-from remusdb.checkpoint.stream import PAGE_SIZE, PageSet, StreamError
+from remusdb.checkpoint.stream import PAGE_SIZE, StreamError
 from remusdb.compression.compressor import Compressor
 from remusdb.config import Config
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest
+from remusdb.readtrack.index import BlockIndex
+from remusdb.readtrack.tracker import ReadTracker
 
 HEARTBEAT_S = 0.1
-
-
-@dataclass
-class Outgoing:
-    number: int
-    pages: PageSet
-    devices: bytes
-    digests: np.ndarray | None = None
-    disk: list[DiskWrite] = field(default_factory=list)
-    disk_sent: int = 0  # DISK records of this epoch already sent (epoch 0's full copy)
-    disk_digests: tuple | None = None  # test mode: (chunks, xxh3) of the disk at this epoch
 
 
 class PrimaryDaemon:
@@ -56,9 +46,16 @@ class PrimaryDaemon:
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.disk = disk
         self.disk_writes_per_epoch = Window()
+        self.totals = {"epochs": 0, "dirty_pages": 0, "sent_bytes": 0}  # after epoch 0
+        self.tracker: ReadTracker | None = None
+        if disk is not None and cfg.optimizations.rt:
+            # RT: the disk server indexes what it reads and writes from now on.
+            index = BlockIndex(disk.size, cfg.vm.memory // PAGE_SIZE)
+            self.tracker = ReadTracker(index, disk.fd)
+            disk.index = index
         self.verify_every = verify_every
         self.verify_left = verify_count or -1  # checks to run; -1: no limit
-        self.queue: queue.Queue[Outgoing | None] = queue.Queue(queue_depth)
+        self.queue: queue.Queue[EpochOut | None] = queue.Queue(queue_depth)
         self.stall_timeout = stall_timeout
         self.log = log
         self.status = StatusFile(self.run_dir / "primary.status.json")
@@ -157,7 +154,7 @@ class PrimaryDaemon:
         for t in threads:
             t.start()
         self.clock.start()
-        self.queue.put(Outgoing(0, init.pages, init.devices, disk_sent=disk_sent))
+        self.queue.put(EpochOut(0, init.pages, init.devices, disk_sent=disk_sent))
         self.captured = 0
         endpoint.ready()
         self._update("protected")
@@ -215,7 +212,9 @@ class PrimaryDaemon:
             # belongs to this epoch.
             writes = self.disk.cut() if self.disk else []
             self.disk_writes_per_epoch.add(len(writes))
-            item = Outgoing(ck.seq, ck.pages, ck.devices, digests, writes)
+            item = EpochOut(ck.seq, ck.pages, ck.devices, digests, writes)
+            if self.tracker is not None:
+                item.disk_generation = self.tracker.index.generation
             if digests is not None and self.disk is not None:
                 chunks = np.array(sorted(self.disk.touched), np.uint64)
                 item.disk_digests = (chunks, disk_digests(self.disk.fd, chunks))
@@ -263,20 +262,24 @@ class PrimaryDaemon:
             self._send_epoch(item)
             self.sent = item.number
 
-    def _send_epoch(self, item: Outgoing) -> None:
+    def _send_epoch(self, item: EpochOut) -> None:
         if item.number > 0 and (self._recording or self._record_request.is_set()):
             self._record(item)
-        for parts in epoch_frames(item.number, item.pages, item.devices, item.digests,
-                                  self.compressor, item.disk, item.disk_sent,
-                                  item.disk_digests):
+        sent = 0
+        for parts in epoch_frames(item, self.compressor, self.tracker):
             self.conn.send(parts)
+            sent += sum(len(p) for p in parts)
+        if item.number > 0:  # the full copy is not a checkpoint's worth
+            self.totals["sent_bytes"] += sent
+            self.totals["dirty_pages"] += item.pages.pages + item.pages.zero_count
+            self.totals["epochs"] += 1
 
     def start_recording(self) -> None:
         """Record the next epochs (signal-safe: the sender thread opens the file)."""
         if self.record_dir is not None:
             self._record_request.set()
 
-    def _record(self, item: Outgoing) -> None:
+    def _record(self, item: EpochOut) -> None:
         if self._recording is None:
             self._record_request.clear()
             self.recordings += 1
@@ -353,4 +356,6 @@ class PrimaryDaemon:
             recordings_done=self.recordings - (1 if self._recording else 0),
             disk={"writes_per_epoch": self.disk_writes_per_epoch.percentiles(),
                   **self.disk.stats} if self.disk else None,
+            read_tracking=self.tracker.summary() if self.tracker else {"enabled": False},
+            totals=dict(self.totals),
             guest_clock=self.clock.summary())

@@ -149,11 +149,14 @@ class StandbyDaemon:
                 if epoch.number == 0:  # the full copy: nothing older to protect, no buffering
                     self._store_op(self.store.apply_disk, f.payload, False)
                     continue
-            if f.kind in (wire.Kind.PAGES, wire.Kind.ZEROS, wire.Kind.DEVICES, wire.Kind.DISK):
+            if f.kind in (wire.Kind.PAGES, wire.Kind.ZEROS, wire.Kind.DEVICES, wire.Kind.DISK,
+                          wire.Kind.BLOCKREF):
                 add_frame(epoch, f)
                 if f.kind in (wire.Kind.PAGES, wire.Kind.ZEROS):
                     blk, idx = (epoch.pages if f.kind == wire.Kind.PAGES else epoch.zeros)[-1][:2]
                     self.store.validate(blk, idx)
+                elif f.kind == wire.Kind.BLOCKREF:
+                    self.store.check_refs(*epoch.refs[-1])
                 epoch.frames.append([f.header, f.payload])
             elif f.kind == wire.Kind.VERIFY:
                 if len(f.payload) % 8:
@@ -184,6 +187,9 @@ class StandbyDaemon:
                                  f"got {epoch.page_count} pages, {epoch.zero_count} zeros")
         if epoch.devices is None:
             raise wire.WireError(f"epoch {epoch.number} has no device state")
+        if counts.get("refs", 0) != epoch.ref_count:
+            raise wire.WireError(f"epoch {epoch.number} incomplete: COMMIT says "
+                                 f"{counts.get('refs')} page references, got {epoch.ref_count}")
         if counts.get("disk_writes", 0) != epoch.disk_writes:
             raise wire.WireError(f"epoch {epoch.number} incomplete: COMMIT says "
                                  f"{counts.get('disk_writes')} disk writes, got "

@@ -45,6 +45,7 @@ class Epoch:
     devices: bytes | None = None
     disk: list = field(default_factory=list)  # DISK payloads, applied in order
     disk_writes: int = 0
+    refs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     frames: list[list] = field(default_factory=list)  # encoded frames, for the journal
     wire_bytes: int = 0  # as received (compressed), for the status
 
@@ -55,6 +56,10 @@ class Epoch:
     @property
     def zero_count(self) -> int:
         return sum(len(i) for _, i, _ in self.zeros)
+
+    @property
+    def ref_count(self) -> int:
+        return sum(len(i) for _, i, _ in self.refs)
 
 
 @dataclass
@@ -298,11 +303,26 @@ class StandbyStore:
             self.apply_disk(payload, sync=False)
         if self._disk_fd is not None:
             os.fdatasync(self._disk_fd)  # also epoch 0's full copy, written as it came
+        # RT: pages equal to disk blocks as of this checkpoint, i.e. after its disk writes.
+        for block, index, disk_block in epoch.refs:
+            self.check_refs(block, index, disk_block)
+            for b, i, d in zip(block.tolist(), index.tolist(), disk_block.tolist(),
+                               strict=True):
+                self._images[b][i] = np.frombuffer(
+                    os.pread(self._disk_fd, PAGE_SIZE, d * PAGE_SIZE), np.uint8)
+        if epoch.refs:
+            for m in self._images:
+                m.flush()
         if epoch.devices is not None:
             _write_atomic(self.devices_path, epoch.devices)
         self.committed = epoch.number
         self._write_meta()
         (self.journal_dir / f"{epoch.number}.commit").unlink(missing_ok=True)
+
+    def check_refs(self, block: np.ndarray, index: np.ndarray, disk_block: np.ndarray) -> None:
+        self.validate(block, index)
+        if len(disk_block) and int(disk_block.max()) >= self.disk_size // PAGE_SIZE:
+            raise StoreError("page reference to a block beyond the end of the disk")
 
     def check_disk(self, payload) -> int:
         """Records in a DISK payload, which must fit this disk (a lie is refused, not
@@ -349,5 +369,7 @@ def add_frame(epoch: Epoch, frame: wire.Frame) -> None:
         epoch.devices = bytes(frame.payload)
     elif frame.kind == wire.Kind.DISK:
         epoch.disk.append(frame.payload)
+    elif frame.kind == wire.Kind.BLOCKREF:
+        epoch.refs.append(wire.unpack_refs(frame.payload))
     else:
         raise StoreError(f"unexpected {frame.kind.name} frame inside epoch {epoch.number}")

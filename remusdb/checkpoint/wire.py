@@ -45,6 +45,7 @@ class Kind(enum.IntEnum):
     CPAGES = 11  # p->s: compressed page records of an epoch (compression/codec.py)
     DISK = 12  # p->s: disk writes of an epoch, in the order the disk server applied them
     VERIFY_DISK = 13  # p->s: test mode, xxh3 of every disk chunk written since protection began
+    BLOCKREF = 14  # p->s: RT, pages to fill from the standby's disk at this checkpoint
 
 
 class WireError(RemusError):
@@ -219,3 +220,19 @@ def unpack_disk(payload, disk_size: int):
     if len(payload) != need:
         raise WireError(f"DISK frame of {len(payload)} bytes, its records need {need}")
     return kinds, offsets, lengths, mv[4 + 13 * n :]
+
+
+def pack_refs(block: np.ndarray, index: np.ndarray, disk_block: np.ndarray) -> bytes:
+    """BLOCKREF payload: count | RAM block u16[n] | page index u64[n] | disk block u64[n]."""
+    return b"".join([_COUNT.pack(len(index)), block.astype(">u2").tobytes(),
+                     index.astype(">u8").tobytes(), disk_block.astype(">u8").tobytes()])
+
+
+def unpack_refs(payload):
+    n = _count(payload, "BLOCKREF")
+    if len(payload) != 4 + 18 * n:
+        raise WireError(f"BLOCKREF frame of {len(payload)} bytes does not hold {n} records")
+    mv = memoryview(payload)
+    return (np.frombuffer(mv, ">u2", n, 4).astype(np.uint16),
+            np.frombuffer(mv, ">u8", n, 4 + 2 * n).astype(np.uint64),
+            np.frombuffer(mv, ">u8", n, 4 + 10 * n).astype(np.uint64))

@@ -43,8 +43,9 @@ class Compressor:
                                      minlength=len(codec.Codec))
         return out
 
-    def zeros(self, block: np.ndarray, index: np.ndarray) -> None:
-        """Pages sent as zero: the standby now holds zeros there, not the cached version."""
+    def forget(self, block: np.ndarray, index: np.ndarray) -> None:
+        """Pages sent otherwise (zero pages, RT references): the standby no longer holds the
+        cached version."""
         self.cache.drop(block, index)
 
     def summary(self) -> dict:

@@ -88,7 +88,7 @@ def test_encode_decode_identity_across_epochs(seed, cache_pages, mode, epochs, b
             data = np.stack([ram[b][i] for b, i in part])
             standby.apply(comp.batch(blk, idx, data))
         if zeros:
-            comp.zeros(np.array([b for b, _ in zeros], np.uint16),
+            comp.forget(np.array([b for b, _ in zeros], np.uint16),
                        np.array([i for _, i in zeros], np.uint64))
             for b, i in zeros:
                 standby.images[b][i] = 0

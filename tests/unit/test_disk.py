@@ -165,3 +165,20 @@ def test_disk_records_that_lie_are_refused(tmp_path):
     with pytest.raises(StoreError, match="announced no disk"):
         nodisk.check_disk(beyond)
     assert np.all(np.frombuffer(os.pread(st.disk_fd, 4096, SIZE - 4096), np.uint8) == 0)
+
+
+def test_page_references_resolve_against_the_disk_of_the_same_checkpoint(tmp_path):
+    st = StandbyStore(tmp_path / "s")
+    st.create(INFO, "sess", disk_size=SIZE)
+    st.apply(disk_epoch(0, [DiskWrite(DATA, 3 * PAGE_SIZE, PAGE_SIZE, b"o" * PAGE_SIZE)]))
+    e1 = disk_epoch(1, [DiskWrite(DATA, 3 * PAGE_SIZE, PAGE_SIZE, b"n" * PAGE_SIZE)])
+    hdr, payload = wire.encode(wire.Kind.BLOCKREF, 1, wire.pack_refs(
+        np.array([0], np.uint16), np.array([5], np.uint64), np.array([3], np.uint64)))
+    add_frame(e1, wire.Frame(wire.Kind.BLOCKREF, 1, payload, 0, hdr))
+    e1.frames.append([hdr, payload])
+    st.journal(e1)
+    st.apply(e1)
+    assert bytes(st.image(0)[5]) == b"n" * PAGE_SIZE  # the block as of epoch 1, not epoch 0
+    with pytest.raises(StoreError, match="beyond the end of the disk"):
+        st.check_refs(np.array([0], np.uint16), np.array([1], np.uint64),
+                      np.array([SIZE // PAGE_SIZE], np.uint64))

@@ -149,7 +149,7 @@ def test_standby_killed_mid_apply_keeps_a_whole_checkpoint(tmp_path, stage, comm
 def test_compressed_epochs_journal_whole_pages_and_replay_after_a_partial_apply(tmp_path):
     """CPAGES decode against the committed image; the journal holds the decoded pages, so a
     crash halfway through applying them replays to the right image (XOR twice would not)."""
-    from remusdb.checkpoint.encode import epoch_frames
+    from remusdb.checkpoint.encode import EpochOut, epoch_frames
     from remusdb.checkpoint.stream import PageSet
     from remusdb.compression.compressor import Compressor
 
@@ -163,7 +163,7 @@ def test_compressed_epochs_journal_whole_pages_and_replay_after_a_partial_apply(
         ps = PageSet()
         ps.add_pages(0, np.array(idx, np.uint64), ram[idx].copy())
         epoch = Epoch(n)
-        for hdr, payload in epoch_frames(n, ps, b"dev", compressor=comp):
+        for hdr, payload in epoch_frames(EpochOut(n, ps, b"dev"), compressor=comp):
             f = wire.Frame(*wire.decode_header(hdr)[:1], n, payload, 0, hdr)
             if f.kind == wire.Kind.CPAGES:
                 f = st.decode(f)

@@ -6,6 +6,7 @@ import signal
 import time
 
 from remusdb import dbclient
+from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
 from remusdb.labrun import Daemon, wait_status, write_config
 from tests.vm.workload import pgbench, stop
@@ -40,6 +41,7 @@ def test_disk_follows_checkpoints_and_survives_kill_under_write_load(lab, base):
         assert v["differing_groups"] == 0 and v["differing_disk_chunks"] == 0, v
         assert v["disk_chunks"] > 0, v
 
+        rt = read_status(base / "pg1/primary/primary.status.json")["read_tracking"]
         time.sleep(2)  # a random point: the kill lands wherever the epoch is
         primary.kill(signal.SIGKILL)
         st = wait_status(sb_status, lambda s: s["state"] == "active", 60, "failover", [standby])
@@ -73,6 +75,7 @@ def test_disk_follows_checkpoints_and_survives_kill_under_write_load(lab, base):
         dmesg = agent.exec(["dmesg"]).stdout
         for bad in ("I/O error", "EXT4-fs error", "BUG:", "Call Trace"):
             assert bad not in dmesg, dmesg[-3000:]
-        print(f"verify {v}; failover {st['failover']}; balances {acc} over {n} transactions")
+        print(f"verify {v}; failover {st['failover']}; balances {acc} over {n} transactions; "
+              f"read tracking {rt}")
     finally:
         stop(load, primary, standby)
