@@ -77,3 +77,46 @@ def wait_status(path: Path, pred, timeout: float, what: str, daemons=()) -> dict
             logs = "\n".join(d.text()[-2000:] for d in daemons)
             raise RemusError(f"timed out waiting for {what}; last status {st}\n{logs}")
         time.sleep(0.2)
+
+
+class Protected:
+    """A protected VM in a lab: standby daemon, then `remusdb protect`, until the first
+    checkpoint commits; stopped (both killed) on exit. For tests and benchmarks."""
+
+    def __init__(self, lab, run: Path, interval_ms: int = 100, optimizations: dict | None = None,
+                 protect_args: tuple = ()):
+        self.lab, self.run = lab, Path(run)
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.cfg = write_config(self.run / "vm.toml", lab, interval_ms=interval_ms,
+                                optimizations=optimizations)
+        self.protect_args = list(protect_args)
+        self.standby = self.primary = None
+        self.standby_status = self.run / "pg1/standby/standby.status.json"
+        self.primary_status = self.run / "pg1/primary/primary.status.json"
+
+    def __enter__(self) -> Protected:
+        self.standby = Daemon(self.lab, "standby", ["standby", str(self.cfg)],
+                              self.run / "standby.log")
+        try:
+            wait_status(self.standby_status, lambda s: True, 60, "standby start", [self.standby])
+            self.primary = Daemon(self.lab, "primary",
+                                  ["protect", str(self.cfg), *self.protect_args],
+                                  self.run / "primary.log")
+            wait_status(self.standby_status, lambda s: s["epoch_committed"] >= 1, 300,
+                        "first checkpoint", self.daemons)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    @property
+    def daemons(self) -> list[Daemon]:
+        return [d for d in (self.standby, self.primary) if d is not None]
+
+    def status(self, role: str) -> dict:
+        return read_status(self.primary_status if role == "primary" else self.standby_status)
+
+    def __exit__(self, *exc) -> None:
+        for d in (self.primary, self.standby):
+            if d is not None:
+                d.kill()

@@ -4,8 +4,9 @@ equals the primary's at checkpoints, and the pages really went out compressed.""
 import pytest
 
 from remusdb.checkpoint.status import read_status
+from remusdb.labload import pgbench
 from remusdb.labrun import Daemon, wait_status, write_config
-from tests.vm.workload import pgbench, stop
+from tests.vm.workload import stop
 
 CHECKS = 8
 

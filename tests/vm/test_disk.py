@@ -8,8 +8,9 @@ import time
 from remusdb import dbclient
 from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
+from remusdb.labload import pgbench
 from remusdb.labrun import Daemon, wait_status, write_config
-from tests.vm.workload import pgbench, stop
+from tests.vm.workload import stop
 
 CHECKS = 6
 BALANCES = ("SELECT (SELECT sum(abalance) FROM pgbench_accounts), "

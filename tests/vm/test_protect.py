@@ -9,8 +9,9 @@ from pathlib import Path
 from remusdb import dbclient
 from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
+from remusdb.labload import pgbench
 from remusdb.labrun import REMUSDB, Daemon, wait_status, write_config
-from tests.vm.workload import pgbench, stop
+from tests.vm.workload import stop
 
 SCALE = 2
 
