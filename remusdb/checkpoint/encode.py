@@ -2,8 +2,9 @@
 
 Runs in the sender thread, after the VM has resumed: compression (ASC) and read tracking (RT)
 cost the guest no pause time. RT first turns pages that equal unchanged disk blocks into
-BLOCKREF records; the rest go out raw (PAGES) or, with a compressor, as CPAGES batches XORed
-against the page cache. The standby's counterparts: `store.add_frame`, `StandbyStore.decode`.
+BLOCKREF records (the page cache still learns their content); the rest go out raw (PAGES) or,
+with a compressor, as CPAGES batches XORed against the page cache. The standby's counterparts:
+`store.add_frame`, `StandbyStore.decode`.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def epoch_frames(e: EpochOut, compressor: Compressor | None = None,
             yield wire.encode(wire.Kind.CPAGES, number, compressor.batch(
                 block[r], index[r], data[r], cache=number > 0))
         compressor.forget(zb, zi)
-        compressor.forget(block[refs], index[refs])
+        if len(refs):
+            compressor.sent_otherwise(block[refs], index[refs], data[refs])
     step = wire.MAX_PAYLOAD // 16
     for k in range(0, len(zi), step):
         yield wire.encode(wire.Kind.ZEROS, number, wire.pack_zeros(

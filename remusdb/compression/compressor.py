@@ -43,6 +43,13 @@ class Compressor:
                                      minlength=len(codec.Codec))
         return out
 
+    def sent_otherwise(self, block: np.ndarray, index: np.ndarray, pages: np.ndarray) -> None:
+        """Pages the standby gets another way (RT references): they are its copies now, so they
+        are the cache's, and next epoch's changes to them XOR against them."""
+        for k in range(0, len(index), codec.MAX_PAGES):
+            self.cache.exchange(block[k : k + codec.MAX_PAGES], index[k : k + codec.MAX_PAGES],
+                                pages[k : k + codec.MAX_PAGES], self.delta)
+
     def forget(self, block: np.ndarray, index: np.ndarray) -> None:
         """Pages sent otherwise (zero pages, RT references): the standby no longer holds the
         cached version."""

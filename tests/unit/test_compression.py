@@ -58,10 +58,10 @@ def test_encode_decode_identity_across_epochs(seed, cache_pages, mode, epochs, b
     for _ in range(epochs):
         keys = [(b, i) for b in range(2) for i in range(block_pages[b])]
         chosen = rng.choice(len(keys), int(rng.integers(0, len(keys) + 1)), replace=False)
-        pages, zeros = [], []
+        pages, zeros, refs = [], [], []
         for k in chosen:
             b, i = keys[k]
-            kind = rng.integers(0, 6)
+            kind = rng.integers(0, 7)
             if kind == 0:
                 new = sparse_edit(rng, ram[b][i])
             elif kind == 1:
@@ -74,6 +74,11 @@ def test_encode_decode_identity_across_epochs(seed, cache_pages, mode, epochs, b
                 zeros.append((b, i))
                 ram[b][i] = 0
                 history[b][i].append(ram[b][i].copy())
+                continue
+            elif kind == 5:  # sent another way (an RT reference): the standby gets it whole
+                ram[b][i] = sparse_edit(rng, ram[b][i])
+                history[b][i].append(ram[b][i].copy())
+                refs.append((b, i))
                 continue
             else:
                 new = np.zeros(P, np.uint8)
@@ -89,9 +94,15 @@ def test_encode_decode_identity_across_epochs(seed, cache_pages, mode, epochs, b
             standby.apply(comp.batch(blk, idx, data))
         if zeros:
             comp.forget(np.array([b for b, _ in zeros], np.uint16),
-                       np.array([i for _, i in zeros], np.uint64))
+                        np.array([i for _, i in zeros], np.uint64))
             for b, i in zeros:
                 standby.images[b][i] = 0
+        if refs:
+            comp.sent_otherwise(np.array([b for b, _ in refs], np.uint16),
+                                np.array([i for _, i in refs], np.uint64),
+                                np.stack([ram[b][i] for b, i in refs]))
+            for b, i in refs:
+                standby.images[b][i] = ram[b][i]
         for b in range(2):
             assert np.array_equal(standby.images[b], ram[b])
     assert comp.cache.used <= comp.cache.capacity

@@ -6,10 +6,9 @@ import signal
 import time
 
 from remusdb import dbclient
-from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
 from remusdb.labload import pgbench
-from remusdb.labrun import Daemon, wait_status, write_config
+from remusdb.labrun import Protected, wait_status
 from tests.vm.workload import stop
 
 CHECKS = 6
@@ -20,52 +19,51 @@ BALANCES = ("SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
 
 
 def test_disk_follows_checkpoints_and_survives_kill_under_write_load(lab, base):
-    cfg = write_config(base / "vm.toml", lab, interval_ms=100)
-    standby = Daemon(lab, "standby", ["standby", str(cfg)], base / "standby.log")
-    primary = load = None
-    sb_status = base / "pg1/standby/standby.status.json"
-    try:
-        wait_status(sb_status, lambda s: True, 60, "standby start", [standby])
-        primary = Daemon(lab, "primary", ["protect", str(cfg), "--verify-every", "4"],
-                         base / "primary.log")
-        wait_status(sb_status, lambda s: s["epoch_committed"] >= 1, 300, "first checkpoint",
-                    [standby, primary])
-        init = pgbench(lab, "-i", "-s", "1", "-q")
-        assert init.wait(300) == 0, init.stdout.read()
-        load = pgbench(lab, "-c", "4", "-T", "600", "-n")
-        start = wait_status(sb_status, lambda s: True, 5, "status", [])["verify"]
-        st = wait_status(sb_status,
-                         lambda s: s["verify"]["disk_checks"] >= start["disk_checks"] + CHECKS,
-                         400, f"{CHECKS} disk and RAM checks under write load",
-                         [standby, primary])
-        v = st["verify"]
-        assert v["differing_groups"] == 0 and v["differing_disk_chunks"] == 0, v
-        assert v["disk_chunks"] > 0, v
+    load = None
+    with Protected(lab, base, protect_args=("--verify-every", "4")) as p:
+        try:
+            init = pgbench(lab, "-i", "-s", "1", "-q")
+            assert init.wait(300) == 0, init.stdout.read()
+            load = pgbench(lab, "-c", "4", "-T", "600", "-n")
+            start = p.status("standby")["verify"]
+            st = wait_status(p.standby_status, lambda s: s["verify"]["disk_checks"]
+                             >= start["disk_checks"] + CHECKS, 400,
+                             f"{CHECKS} disk and RAM checks under write load", p.daemons)
+            v = st["verify"]
+            assert v["differing_groups"] == 0 and v["differing_disk_chunks"] == 0, v
+            assert v["disk_chunks"] > 0, v
+            rt = p.status("primary")["read_tracking"]
+            time.sleep(2)  # a random point: the kill lands wherever the epoch is
+            p.primary.kill(signal.SIGKILL)
+            st = wait_status(p.standby_status, lambda s: s["state"] == "active", 60,
+                             "failover", [p.standby])
+        finally:
+            stop(load)  # its open transactions abort with their connections
+        failed_over(lab, base)
+    print(f"verify {v}; failover {st['failover']}; read tracking {rt}")
 
-        rt = read_status(base / "pg1/primary/primary.status.json")["read_tracking"]
-        time.sleep(2)  # a random point: the kill lands wherever the epoch is
-        primary.kill(signal.SIGKILL)
-        st = wait_status(sb_status, lambda s: s["state"] == "active", 60, "failover", [standby])
-        load.kill()  # its open transactions abort with their connections
-        load.wait()
-        with lab.inside("client"):
-            acc, tel, br, hist, n = dbclient.query_row(dbclient.postgres, "10.213.0.10",
-                                                       BALANCES, timeout=60)
-        # Each TPC-B transaction adds the same delta to one account, teller, branch and the
-        # history: a torn transaction or a disk from another moment breaks the equality.
-        assert acc == tel == br == hist and n > 0, (acc, tel, br, hist, n)
-        # Without output commit (the net relay's issue) the killed clients' connections are
-        # out of step with the resumed VM and their backends can hold row locks for minutes:
-        # end them, as the failover recovery of commit protection will, then write.
-        with lab.inside("client"):
-            dbclient.query_one(dbclient.postgres, "10.213.0.10",
-                               "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                               "WHERE datname = 'remusdb' AND pid <> pg_backend_pid()")
-        again = pgbench(lab, "-c", "2", "-t", "20", "-n")
-        out = again.communicate(timeout=300)[0]
-        assert again.returncode == 0, out
-        agent = GuestAgent(base / "pg1/standby/vm/qga.sock")
-        agent.wait_ready(30)
+
+def failed_over(lab, base):
+    """The database on the standby: consistent, writable, readable end to end, clean logs."""
+    with lab.inside("client"):
+        acc, tel, br, hist, n = dbclient.query_row(dbclient.postgres, "10.213.0.10", BALANCES,
+                                                   timeout=60)
+    # Each TPC-B transaction adds the same delta to one account, teller, branch and the
+    # history: a torn transaction or a disk from another moment breaks the equality.
+    assert acc == tel == br == hist and n > 0, (acc, tel, br, hist, n)
+    # Without output commit (the net relay's issue) the killed clients' connections are out of
+    # step with the resumed VM and their backends can hold row locks for minutes: end them, as
+    # the failover recovery of commit protection will, then write.
+    with lab.inside("client"):
+        dbclient.query_one(dbclient.postgres, "10.213.0.10",
+                           "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = 'remusdb' AND pid <> pg_backend_pid()")
+    again = pgbench(lab, "-c", "2", "-t", "20", "-n")
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out
+    agent = GuestAgent(base / "pg1/standby/vm/qga.sock")
+    agent.wait_ready(30)
+    try:
         r = agent.exec(["su", "postgres", "-c",
                         "psql -d remusdb -Atc 'SELECT count(*) FROM pgbench_accounts'"])
         assert r.exitcode == 0 and int(r.stdout) == 100_000, r
@@ -76,7 +74,6 @@ def test_disk_follows_checkpoints_and_survives_kill_under_write_load(lab, base):
         dmesg = agent.exec(["dmesg"]).stdout
         for bad in ("I/O error", "EXT4-fs error", "BUG:", "Call Trace"):
             assert bad not in dmesg, dmesg[-3000:]
-        print(f"verify {v}; failover {st['failover']}; balances {acc} over {n} transactions; "
-              f"read tracking {rt}")
     finally:
-        stop(load, primary, standby)
+        agent.close()
+    print(f"balances {acc} over {n} transactions")
