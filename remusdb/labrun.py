@@ -120,3 +120,8 @@ class Protected:
         for d in (self.primary, self.standby):
             if d is not None:
                 d.kill()
+        # Guest RAM and disk images are GiBs in /dev/shm: keep only logs and status files.
+        for pattern in ("**/ram", "**/ram/*.img", "**/disk.raw", "**/disk.qcow2"):
+            for f in self.run.glob(pattern):
+                if f.is_file():
+                    f.unlink()
