@@ -84,5 +84,5 @@ def _drill(lab, base: Path, daemons, say) -> int:
     say(f"client: PostgreSQL answers again {time.monotonic() - killed:.2f} s after the kill, "
         f"same server (up since {after}: {'yes' if after == before else 'NO'}); "
         f"MariaDB answers: {my == 1}")
-    say("not yet: disk replication, output commit and commit protection (next issues)")
+    say("not yet: output commit and commit protection (next issues)")
     return 0 if after == before else 1
