@@ -146,7 +146,18 @@ class PrimaryDaemon:
         self.log(f"initial copy: {endpoint.r.offset / 2**20:.0f} MiB from QEMU in "
                  f"{time.monotonic() - t0:.1f} s ({init.pages.pages} pages, "
                  f"{init.pages.zero_count} zero pages)")
+        # The full copy (disk, then RAM and devices) goes out before the VM resumes: one
+        # seeding pause, instead of the first checkpoints stalling behind epoch 0 in the queue.
         disk_sent = self._send_disk_copy() if self.disk else 0
+        t1 = time.monotonic()
+        try:
+            self._send_epoch(EpochOut(0, init.pages, init.devices, disk_sent=disk_sent))
+        except OSError as e:
+            self._fail(f"standby link lost during the full copy: {e}")
+            raise RemusError(f"the standby dropped the connection: {e}") from None
+        self.sent = 0
+        self.log(f"full copy sent; the VM resumes ({time.monotonic() - t1:.1f} s for RAM and "
+                 "devices)")
         threads = [threading.Thread(target=self._guard(self._sender), name="sender", daemon=True),
                    threading.Thread(target=self._guard(self._receiver), name="receiver",
                                     daemon=True),
@@ -154,10 +165,9 @@ class PrimaryDaemon:
         for t in threads:
             t.start()
         self.clock.start()
-        self.queue.put(EpochOut(0, init.pages, init.devices, disk_sent=disk_sent))
         self.captured = 0
         endpoint.ready()
-        self._update("protected")
+        self._update()  # "seeding" until the standby acknowledges the full copy
         try:
             self._capture_loop(endpoint)
         except (StreamError, OSError) as e:
@@ -302,6 +312,8 @@ class PrimaryDaemon:
             f = self.conn.recv()
             if f.kind == wire.Kind.ACK:
                 self.acked = f.epoch
+                if self.state == "seeding":
+                    self._update("protected")
             elif f.kind != wire.Kind.HEARTBEAT:
                 raise RemusError(f"unexpected {f.kind.name} from the standby")
 
