@@ -81,6 +81,7 @@ class DiskServer:
         self.size = os.fstat(self.fd).st_size
         self._lock = threading.Lock()
         self._writes: list[DiskWrite] = []
+        self.logging = True
         self.touched: set[int] = set()  # 1 MiB chunks written since start (the disk check)
         self.stats = {"reads": 0, "writes": 0, "read_bytes": 0, "written_bytes": 0,
                       "flushes": 0, "zeroes": 0, "errors": 0}
@@ -95,8 +96,16 @@ class DiskServer:
             writes, self._writes = self._writes, []
         return writes
 
+    def stop_log(self) -> None:
+        """Protection ended: nobody cuts the log any more, so stop keeping writes."""
+        with self._lock:
+            self.logging = False
+            self._writes = []
+
     def _record(self, w: DiskWrite) -> None:
         with self._lock:
+            if not self.logging:
+                return
             self._writes.append(w)
             self.touched.update(range(w.offset >> 20, ((w.offset + w.length - 1) >> 20) + 1))
 
@@ -133,6 +142,9 @@ class DiskServer:
             self.log(f"disk server: client dropped: {e}")
         except OSError as e:
             self.log(f"disk server: {e}")
+        except Exception as e:  # a bug here must not pass silently: the guest's disk is gone
+            self.log(f"disk server: internal error, connection closed: {type(e).__name__}: {e}")
+            raise
         finally:
             sock.close()
 

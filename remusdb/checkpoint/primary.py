@@ -335,6 +335,8 @@ class PrimaryDaemon:
             self.failure = reason
             self.log(f"protection lost: {reason}; the VM continues unprotected")
             self._stop.set()
+            if self.disk is not None:
+                self.disk.stop_log()
             try:
                 self.guest.monitor.execute("x-colo-lost-heartbeat")
             except Exception:

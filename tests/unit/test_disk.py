@@ -182,3 +182,9 @@ def test_page_references_resolve_against_the_disk_of_the_same_checkpoint(tmp_pat
     with pytest.raises(StoreError, match="beyond the end of the disk"):
         st.check_refs(np.array([0], np.uint16), np.array([1], np.uint64),
                       np.array([SIZE // PAGE_SIZE], np.uint64))
+
+
+def test_after_protection_ends_writes_are_not_kept(server):
+    server.stop_log()
+    qemu_io(server, "write -P 0x11 0 65536")
+    assert server.cut() == [] and server.stats["writes"] == 1
