@@ -37,6 +37,40 @@ from remusdb.readtrack.tracker import ReadTracker
 HEARTBEAT_S = 0.1
 
 
+class _Copier(threading.Thread):
+    """Epoch 0's disk: the whole image (allocated extents), sent while the VM runs."""
+
+    def __init__(self, daemon: PrimaryDaemon):
+        super().__init__(name="disk-copy", daemon=True)
+        self.d = daemon
+        self.records = self.bytes = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        try:
+            disk, conn = self.d.disk, self.d.conn
+
+            def counted():
+                for w in disk_copy(disk.fd, disk.size):  # streamed, not held
+                    self.records += 1
+                    self.bytes += w.length
+                    yield w
+            for parts in disk_frames(0, counted()):
+                conn.send(parts)
+        except BaseException as e:
+            self.error = e
+            return
+        self.d.log(f"disk copy: {self.bytes / 2**20:.0f} MiB in {time.monotonic() - t0:.1f} s")
+
+    def finish(self) -> int:
+        """Wait for the copy; the DISK records it sent."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.records
+
+
 class PrimaryDaemon:
     def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path,
                  disk: DiskServer | None = None, verify_every: int = 0,
@@ -117,24 +151,11 @@ class PrimaryDaemon:
     def protect(self) -> None:
         """Run until protection ends (standby lost, QEMU gone, or stop())."""
         self.conn = self._connect_standby()
-        endpoint = self.endpoint = ColoEndpoint(self._start_colo())
         self._update("seeding")
-        t0 = time.monotonic()
-        init = endpoint.read_initial()
-        if not init.colo:
-            raise RemusError("QEMU did not enable COLO on the migration stream")
-        info = StreamInfo(init.config, init.blocks, init.ram_section.section_id,
-                          init.ram_section.version_id, RAM_BACKEND)
         session = uuid.uuid4().hex
-        opts = self.cfg.optimizations
-        if opts.compression != "off":  # a new cache per session: the standby starts afresh
-            ram = next(b.length for b in init.blocks if b.name == RAM_BACKEND) // PAGE_SIZE
-            self.compressor = Compressor(opts.compression, [b.length // PAGE_SIZE
-                                                            for b in init.blocks],
-                                         int(ram * opts.page_cache))
         try:
             self.conn.send(wire.encode_json(wire.Kind.HELLO, 0, {
-                "session": session, "vm": self.cfg.vm.name, "stream": info.to_json(),
+                "session": session, "vm": self.cfg.vm.name,
                 "interval_ms": self.cfg.checkpoint.interval_ms,
                 "disk_size": self.disk.size if self.disk else 0}))
             welcome = self.conn.recv()
@@ -143,21 +164,44 @@ class PrimaryDaemon:
             raise RemusError(f"the standby dropped the connection: {e}") from None
         if welcome.kind != wire.Kind.WELCOME:
             raise RemusError(f"standby answered {welcome.kind.name} to HELLO")
+        # The disk's full copy goes out while QEMU copies RAM with the VM running; writes from
+        # the copy's start on are logged and replayed after it, with the VM paused.
+        copier = None
+        if self.disk is not None:
+            self.disk.cut()
+            copier = _Copier(self)
+            copier.start()
+        endpoint = self.endpoint = ColoEndpoint(self._start_colo())
+        t0 = time.monotonic()
+        init = endpoint.read_initial()  # the VM is paused at its end, until endpoint.ready()
+        if not init.colo:
+            raise RemusError("QEMU did not enable COLO on the migration stream")
+        info = StreamInfo(init.config, init.blocks, init.ram_section.section_id,
+                          init.ram_section.version_id, RAM_BACKEND)
+        opts = self.cfg.optimizations
+        if opts.compression != "off":  # a new cache per session: the standby starts afresh
+            ram = next(b.length for b in init.blocks if b.name == RAM_BACKEND) // PAGE_SIZE
+            self.compressor = Compressor(opts.compression, [b.length // PAGE_SIZE
+                                                            for b in init.blocks],
+                                         int(ram * opts.page_cache))
         self.log(f"initial copy: {endpoint.r.offset / 2**20:.0f} MiB from QEMU in "
                  f"{time.monotonic() - t0:.1f} s ({init.pages.pages} pages, "
                  f"{init.pages.zero_count} zero pages)")
-        # The full copy (disk, then RAM and devices) goes out before the VM resumes: one
-        # seeding pause, instead of the first checkpoints stalling behind epoch 0 in the queue.
-        disk_sent = self._send_disk_copy() if self.disk else 0
+        # The rest of epoch 0 goes out before the VM resumes: one seeding pause, instead of
+        # the first checkpoints stalling behind it in the queue.
         t1 = time.monotonic()
         try:
-            self._send_epoch(EpochOut(0, init.pages, init.devices, disk_sent=disk_sent))
+            disk_sent = copier.finish() if copier else 0
+            replay = self.disk.cut() if self.disk else []
+            self.conn.send(wire.encode_json(wire.Kind.STREAM, 0, info.to_json()))
+            self._send_epoch(EpochOut(0, init.pages, init.devices, disk=replay,
+                                      disk_sent=disk_sent))
         except OSError as e:
             self._fail(f"standby link lost during the full copy: {e}")
             raise RemusError(f"the standby dropped the connection: {e}") from None
         self.sent = 0
-        self.log(f"full copy sent; the VM resumes ({time.monotonic() - t1:.1f} s for RAM and "
-                 "devices)")
+        self.log(f"full copy sent; the VM waited {time.monotonic() - t1:.1f} s for it "
+                 f"({len(replay)} disk writes replayed)")
         threads = [threading.Thread(target=self._guard(self._sender), name="sender", daemon=True),
                    threading.Thread(target=self._guard(self._receiver), name="receiver",
                                     daemon=True),
@@ -187,25 +231,6 @@ class PrimaryDaemon:
             endpoint.conn.close()
             if self.trace:
                 self.trace.close()
-
-    def _send_disk_copy(self) -> int:
-        """Epoch 0's disk: the whole image, while the VM is still paused after QEMU's initial
-        copy (so the copy is the disk of that moment; writes before it are in it, writes after
-        it go to epoch 1). Returns the DISK records sent."""
-        t0 = time.monotonic()
-        self.disk.cut()
-        copied = [0, 0]
-
-        def counted():
-            for w in disk_copy(self.disk.fd, self.disk.size):  # streamed, not held
-                copied[0] += 1
-                copied[1] += w.length
-                yield w
-        for parts in disk_frames(0, counted()):
-            self.conn.send(parts)
-        self.log(f"initial disk copy: {copied[1] / 2**20:.0f} MiB in "
-                 f"{time.monotonic() - t0:.1f} s (the VM waits for it once)")
-        return copied[0]
 
     def _capture_loop(self, endpoint: ColoEndpoint) -> None:
         ram_file = self.guest.files.ram

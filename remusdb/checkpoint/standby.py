@@ -107,14 +107,12 @@ class StandbyDaemon:
             if hello.kind != wire.Kind.HELLO:
                 raise wire.WireError(f"expected HELLO, got {hello.kind.name}")
             hello_data = hello.json()
-            if not isinstance(hello_data, dict) or "stream" not in hello_data:
-                raise wire.WireError("HELLO without a stream description")
-            info = StreamInfo.from_json(hello_data["stream"])
+            if not isinstance(hello_data, dict) or "session" not in hello_data:
+                raise wire.WireError("HELLO without a session")
             disk_size = hello_data.get("disk_size", 0)
             if not isinstance(disk_size, int) or disk_size < 0 or disk_size % 512:
                 raise wire.WireError(f"HELLO with a bad disk size {disk_size!r}")
-            self._store_op(self.store.create, info, str(hello_data.get("session", "")),
-                           disk_size)
+            self._store_op(self.store.create, None, str(hello_data["session"]), disk_size)
             conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {"committed": -1}))
             self.session_open = True
             self.last_frame = time.monotonic()
@@ -158,6 +156,10 @@ class StandbyDaemon:
                 elif f.kind == wire.Kind.BLOCKREF:
                     self.store.check_refs(*epoch.refs[-1])
                 epoch.frames.append([f.header, f.payload])
+            elif f.kind == wire.Kind.STREAM:
+                if epoch.number != 0:
+                    raise wire.WireError(f"stream description in epoch {epoch.number}")
+                self._store_op(self.store.set_stream, StreamInfo.from_json(f.json()))
             elif f.kind == wire.Kind.VERIFY:
                 if len(f.payload) % 8:
                     raise wire.WireError(f"VERIFY frame of {len(f.payload)} bytes")

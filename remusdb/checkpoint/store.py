@@ -149,14 +149,15 @@ class StandbyStore:
         return self.block_path(names.index(self.info.shared_block))
 
     # Lifecycle
-    def create(self, info: StreamInfo, session: str, disk_size: int = 0) -> None:
-        """Start a new protection session: empty images sized like the primary's blocks and
-        disk (the full copy of epoch 0 fills them)."""
+    def create(self, info: StreamInfo | None, session: str, disk_size: int = 0) -> None:
+        """Start a new protection session: an empty disk, and empty RAM images once the stream
+        is known (`set_stream`; the primary learns it only at the end of QEMU's initial copy,
+        while the disk's full copy is already on its way)."""
         self.close()
         self.root.mkdir(parents=True, exist_ok=True)
         # First say "no checkpoint" on disk, then wipe: a crash in between leaves a store that
         # claims nothing, never an old epoch number over blank images.
-        self.info, self.session, self.committed = info, session, -1
+        self.info, self.session, self.committed = None, session, -1
         self.disk_size = disk_size
         self._write_meta()
         for p in self.journal_dir.glob("*") if self.journal_dir.exists() else []:
@@ -165,20 +166,32 @@ class StandbyStore:
         (self.root / "ram").mkdir(exist_ok=True)
         for old in (self.root / "ram").glob("*.img"):
             old.unlink()
-        for i, b in enumerate(info.blocks):
-            with open(self.block_path(i), "wb") as f:
-                f.truncate(b.length)
         self.devices_path.unlink(missing_ok=True)
         self.disk_path.unlink(missing_ok=True)
         if disk_size:
             with open(self.disk_path, "wb") as f:
                 f.truncate(disk_size)
-        self._map()
+            self._disk_fd = os.open(self.disk_path, os.O_RDWR)
+        if info is not None:
+            self.set_stream(info)
+
+    def set_stream(self, info: StreamInfo) -> None:
+        """The VM's RAM blocks: empty images sized like the primary's (epoch 0 fills them)."""
+        if self.info is not None:
+            raise StoreError("the stream description came twice")
+        self.info = info
+        for i, b in enumerate(info.blocks):
+            with open(self.block_path(i), "wb") as f:
+                f.truncate(b.length)
+        self._write_meta()
+        self._map_ram()
 
     def open(self) -> None:
         """Load an existing store, finishing a committed epoch a crash interrupted."""
         try:
             meta = json.loads(self.meta_path.read_text())
+            if meta.get("stream") is None:
+                raise StoreError(f"the store at {self.root} never received a checkpoint")
             self.info = StreamInfo.from_json(meta["stream"])
             self.session, self.committed = str(meta["session"]), int(meta["committed"])
             self.disk_size = int(meta.get("disk_size", 0))
@@ -211,23 +224,29 @@ class StandbyStore:
             self._disk_fd = None
 
     def _map(self) -> None:
-        self._images = [np.memmap(self.block_path(i), np.uint8, "r+",
-                                  shape=(b.length // PAGE_SIZE, PAGE_SIZE))
-                        for i, b in enumerate(self.info.blocks)]
+        self._map_ram()
         if self.disk_size:
             self._disk_fd = os.open(self.disk_path, os.O_RDWR)
             if os.fstat(self._disk_fd).st_size != self.disk_size:
                 raise StoreError(f"{self.disk_path} is not {self.disk_size} bytes")
 
+    def _map_ram(self) -> None:
+        self._images = [np.memmap(self.block_path(i), np.uint8, "r+",
+                                  shape=(b.length // PAGE_SIZE, PAGE_SIZE))
+                        for i, b in enumerate(self.info.blocks)]
+
     def _write_meta(self) -> None:
         meta = {"session": self.session, "committed": self.committed,
                 "disk_size": self.disk_size,
-                "stream": self.info.to_json(), "updated_at": time.time()}
+                "stream": self.info.to_json() if self.info else None,
+                "updated_at": time.time()}
         _write_atomic(self.meta_path, json.dumps(meta, indent=1).encode())
 
     # Epochs
     def validate(self, block: np.ndarray, index: np.ndarray) -> None:
         """A peer that lies about a page's place is rejected before anything is written."""
+        if self.info is None:
+            raise StoreError("pages before the stream description")
         if len(block) == 0:
             return
         nblocks = len(self.info.blocks)

@@ -32,7 +32,7 @@ PAGES_PER_FRAME = 4096  # 16 MiB of page data
 
 
 class Kind(enum.IntEnum):
-    HELLO = 1  # p->s: JSON description of the VM and stream
+    HELLO = 1  # p->s: JSON: session, VM, disk size
     WELCOME = 2  # s->p: JSON, the standby's committed epoch
     PAGES = 3  # p->s: page records of an epoch
     ZEROS = 4  # p->s: zero-filled pages of an epoch
@@ -46,6 +46,7 @@ class Kind(enum.IntEnum):
     DISK = 12  # p->s: disk writes of an epoch, in the order the disk server applied them
     VERIFY_DISK = 13  # p->s: test mode, xxh3 of every disk chunk written since protection began
     BLOCKREF = 14  # p->s: RT, pages to fill from the standby's disk at this checkpoint
+    STREAM = 15  # p->s: JSON description of the VM's RAM blocks (after the disk copy started)
 
 
 class WireError(RemusError):

@@ -64,8 +64,9 @@ def test_failover_refused_while_the_primary_sends(daemon, tmp_path, monkeypatch)
     monkeypatch.setattr(sbmod, "SEEDING_TIMEOUT", 5.0)
     start(d)
     conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
-    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x", "stream": INFO.to_json()}))
+    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x"}))
     assert conn.recv().kind == wire.Kind.WELCOME
+    conn.send(wire.encode_json(wire.Kind.STREAM, 0, INFO.to_json()))
     with pytest.raises(RemusError, match="refusing: the primary is still sending"):
         request_failover(tmp_path)
     with pytest.raises(RemusError, match="no committed checkpoint"):
@@ -80,8 +81,9 @@ def test_a_lying_peer_is_cut_off_without_failover(daemon, tmp_path):
     d, cfg = daemon
     start(d)
     conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
-    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x", "stream": INFO.to_json()}))
+    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x"}))
     assert conn.recv().kind == wire.Kind.WELCOME
+    conn.send(wire.encode_json(wire.Kind.STREAM, 0, INFO.to_json()))
     bad = wire.pack_pages(np.array([0], np.uint16), np.array([10**6], np.uint64),
                           np.zeros((1, 4096), np.uint8))  # a page far beyond the VM's RAM
     conn.send(wire.encode(wire.Kind.PAGES, 0, bad))
@@ -97,8 +99,9 @@ def test_a_lying_peer_is_cut_off_without_failover(daemon, tmp_path):
 def seed(cfg):
     """Connect as a primary and commit epoch 0 (a tiny full copy)."""
     conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
-    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x", "stream": INFO.to_json()}))
+    conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x"}))
     assert conn.recv().kind == wire.Kind.WELCOME
+    conn.send(wire.encode_json(wire.Kind.STREAM, 0, INFO.to_json()))
     e0 = epoch_with(0, {(0, 1): 7})
     for parts in e0.frames:
         conn.send(parts)
