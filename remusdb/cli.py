@@ -117,6 +117,15 @@ def cmd_status(args) -> int:
                       f"{comp['raw_mib']} MiB ({comp['ratio']}), {comp['encode_mb_s']} MB/s; "
                       f"page cache {cache.get('used_pages')}/{cache.get('capacity_pages')} "
                       f"pages, {cache.get('memory_mib')} MiB, hit rate {cache.get('hit_rate')}")
+            rt = st.get("read_tracking") or {}
+            if rt.get("references") is not None:
+                print(f"  read tracking: {rt['references']} pages sent as disk references "
+                      f"({rt['saved_mib']} MiB), index {rt['index']['entries']} blocks, "
+                      f"{rt['index']['memory_mib']} MiB")
+            disk = st.get("disk") or {}
+            if disk:
+                print(f"  disk: {disk.get('writes', 0)} writes, {disk.get('reads', 0)} reads, "
+                      f"writes per epoch {disk.get('writes_per_epoch')}")
             bp = st.get("backpressure") or {}
             if bp.get("waits"):
                 print(f"  back-pressure: the VM waited {bp['waits']} times for the link, "

@@ -45,6 +45,9 @@ def test_status_reports_compression_and_back_pressure(tmp_path, capsys):
         "state": "protected", "pid": 1, "updated_at": 0, "epoch_captured": 9, "epoch_acked": 8,
         "lag_epochs": 1, "interval_ms": 100, "pause_ms": {}, "dirty_pages": {},
         "bytes_per_epoch": {}, "backpressure": {"waits": 3, "waited_ms": 41.5},
+        "read_tracking": {"references": 12, "saved_mib": 0.1,
+                          "index": {"entries": 40, "memory_mib": 17.2}},
+        "disk": {"writes": 7, "reads": 9, "writes_per_epoch": {"p50": 1.0}},
         "compression": {"mode": "xor-lz4", "sent_mib": 1.5, "raw_mib": 40.0, "ratio": 0.0375,
                         "encode_mb_s": 900.0, "cache": {"used_pages": 10, "capacity_pages": 26214,
                                                         "memory_mib": 103.4, "hit_rate": 0.9}}}))
@@ -53,6 +56,8 @@ def test_status_reports_compression_and_back_pressure(tmp_path, capsys):
     assert "compression xor-lz4: sent 1.5 of 40.0 MiB (0.0375)" in out
     assert "page cache 10/26214 pages, 103.4 MiB" in out
     assert "the VM waited 3 times for the link, 41.5 ms in all" in out
+    assert "read tracking: 12 pages sent as disk references (0.1 MiB)" in out
+    assert "disk: 7 writes, 9 reads" in out
 
 
 def test_protect_takes_no_compression():
