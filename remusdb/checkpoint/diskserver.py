@@ -42,6 +42,17 @@ class DiskWrite:
     data: bytes = b""
 
 
+def pwrite_all(fd: int, data, offset: int) -> None:
+    """pwrite that either writes every byte or raises (a short write is ENOSPC in the making)."""
+    mv = memoryview(data)
+    done = 0
+    while done < len(mv):
+        n = os.pwrite(fd, mv[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        done += n
+
+
 def zero_range(fd: int, offset: int, length: int) -> None:
     """Make a range read as zeros: punch a hole (the image stays sparse), else write zeros."""
     if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
@@ -50,7 +61,7 @@ def zero_range(fd: int, offset: int, length: int) -> None:
     done = 0
     while done < length:
         n = min(len(chunk), length - done)
-        os.pwrite(fd, chunk[:n], offset + done)
+        pwrite_all(fd, chunk[:n], offset + done)
         done += n
 
 
@@ -80,6 +91,7 @@ class DiskServer:
             raise RemusError(f"cannot open disk image {self.image}: {e.strerror}") from None
         self.size = os.fstat(self.fd).st_size
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._writes: list[DiskWrite] = []
         self.logging = True
         self.touched: set[int] = set()  # 1 MiB chunks written since start (the disk check)
@@ -201,16 +213,19 @@ class DiskServer:
             if req.type == nbd.CMD_WRITE:
                 if not conn.ready(req.length):
                     conn.flush()
+                if req.length > nbd.MAX_REQUEST:  # would have to be read to stay in step
+                    raise nbd.ProtocolError(f"write of {req.length} bytes")
                 data = conn.take(req.length)  # read even when refused: stay in step
                 index = self.index
-                if not err and index is not None:
-                    index.written(req.offset, req.length)  # before the data changes
-                if not err:
-                    err = self._io(os.pwrite, fd, data, req.offset)
-                if not err:
-                    if index is not None:
-                        index.saw(req.offset, data)
-                    self._record(DiskWrite(DATA, req.offset, len(data), data))
+                with self._write_lock:  # image and log in the same order, whatever the client
+                    if not err and index is not None:
+                        index.written(req.offset, req.length)  # before the data changes
+                    if not err:
+                        err = self._io(pwrite_all, fd, data, req.offset)
+                    if not err:
+                        if index is not None:
+                            index.saw(req.offset, data)
+                        self._record(DiskWrite(DATA, req.offset, len(data), data))
                     stats["writes"] += 1
                     stats["written_bytes"] += len(data)
                     if req.flags & nbd.CMD_FLAG_FUA:
@@ -245,11 +260,12 @@ class DiskServer:
                 conn.reply(req.handle, err or self._io(os.fdatasync, fd))
             elif req.type in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
                 if not err and req.length:
-                    if self.index is not None:
-                        self.index.written(req.offset, req.length)
-                    err = self._io(zero_range, fd, req.offset, req.length)
-                    if not err:
-                        self._record(DiskWrite(ZERO, req.offset, req.length))
+                    with self._write_lock:
+                        if self.index is not None:
+                            self.index.written(req.offset, req.length)
+                        err = self._io(zero_range, fd, req.offset, req.length)
+                        if not err:
+                            self._record(DiskWrite(ZERO, req.offset, req.length))
                         stats["zeroes"] += 1
                         if req.flags & nbd.CMD_FLAG_FUA:
                             err = self._io(os.fdatasync, fd)

@@ -164,13 +164,19 @@ class PrimaryDaemon:
             raise RemusError(f"the standby dropped the connection: {e}") from None
         if welcome.kind != wire.Kind.WELCOME:
             raise RemusError(f"standby answered {welcome.kind.name} to HELLO")
-        # The disk's full copy goes out while QEMU copies RAM with the VM running; writes from
-        # the copy's start on are logged and replayed after it, with the VM paused.
-        copier = None
+        # The disk's full copy goes out with the VM running (its length must not become a
+        # pause: a big disk on a slow link takes minutes); writes from the copy's start on are
+        # logged and replayed after QEMU's initial RAM copy, with the VM paused.
+        disk_sent = 0
         if self.disk is not None:
             self.disk.cut()
             copier = _Copier(self)
             copier.start()
+            try:
+                disk_sent = copier.finish()
+            except (OSError, RemusError) as e:
+                self._fail(f"standby link lost during the disk copy: {e}")
+                raise RemusError(f"the standby dropped the connection: {e}") from None
         endpoint = self.endpoint = ColoEndpoint(self._start_colo())
         t0 = time.monotonic()
         init = endpoint.read_initial()  # the VM is paused at its end, until endpoint.ready()
@@ -191,12 +197,11 @@ class PrimaryDaemon:
         # the first checkpoints stalling behind it in the queue.
         t1 = time.monotonic()
         try:
-            disk_sent = copier.finish() if copier else 0
             replay = self.disk.cut() if self.disk else []
             self.conn.send(wire.encode_json(wire.Kind.STREAM, 0, info.to_json()))
             self._send_epoch(EpochOut(0, init.pages, init.devices, disk=replay,
                                       disk_sent=disk_sent))
-        except OSError as e:
+        except (OSError, RemusError) as e:
             self._fail(f"standby link lost during the full copy: {e}")
             raise RemusError(f"the standby dropped the connection: {e}") from None
         self.sent = 0
@@ -337,8 +342,9 @@ class PrimaryDaemon:
             f = self.conn.recv()
             if f.kind == wire.Kind.ACK:
                 self.acked = f.epoch
-                if self.state == "seeding":
-                    self._update("protected")
+                with self._qmp_lock:  # not over a failure _fail has just recorded
+                    if self.state == "seeding" and self.failure is None:
+                        self._update("protected")
             elif f.kind != wire.Kind.HEARTBEAT:
                 raise RemusError(f"unexpected {f.kind.name} from the standby")
 

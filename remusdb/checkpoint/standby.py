@@ -144,6 +144,8 @@ class StandbyDaemon:
                 f = self.store.decode(f)
             if f.kind == wire.Kind.DISK:
                 epoch.disk_writes += self.store.check_disk(f.payload)
+                if f.epoch != epoch.number:
+                    raise wire.WireError(f"DISK frame of epoch {f.epoch} inside {epoch.number}")
                 if epoch.number == 0:  # the full copy: nothing older to protect, no buffering
                     self._store_op(self.store.apply_disk, f.payload, False)
                     continue

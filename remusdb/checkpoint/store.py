@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.diskserver import DATA, zero_range
+from remusdb.checkpoint.diskserver import DATA, pwrite_all, zero_range
 from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
 from remusdb.compression import codec
 from remusdb.errors import RemusError
@@ -357,7 +357,7 @@ class StandbyStore:
         at = 0
         for kind, off, n in zip(kinds.tolist(), offsets.tolist(), lengths.tolist(), strict=True):
             if kind == DATA:
-                os.pwrite(self._disk_fd, data[at : at + n], off)
+                pwrite_all(self._disk_fd, data[at : at + n], off)
                 at += n
             else:
                 zero_range(self._disk_fd, off, n)

@@ -104,6 +104,8 @@ def codes_offset(n: int) -> int:
 def page_keys(payload) -> tuple[np.ndarray, np.ndarray]:
     """(block, index) of a batch, to validate before any base is read."""
     n = _header(payload)[0]
+    if len(payload) < codes_offset(n) + n:
+        raise CodecError(f"compressed batch of {len(payload)} bytes cannot name {n} pages")
     mv = memoryview(payload)
     return (np.frombuffer(mv, "<u2", n, _HEAD.size).astype(np.uint16),
             np.frombuffer(mv, "<u8", n, _HEAD.size + 2 * n).astype(np.uint64))
