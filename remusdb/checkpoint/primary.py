@@ -151,6 +151,9 @@ class PrimaryDaemon:
     def protect(self) -> None:
         """Run until protection ends (standby lost, QEMU gone, or stop())."""
         self.conn = self._connect_standby()
+        # Seeding has no watchdog yet and holds the VM paused at its end: a standby that stops
+        # reading must end it, not keep the VM waiting until TCP gives up.
+        self.conn.sock.settimeout(max(30.0, self.stall_timeout))
         self._update("seeding")
         session = uuid.uuid4().hex
         try:
@@ -205,6 +208,7 @@ class PrimaryDaemon:
             self._fail(f"standby link lost during the full copy: {e}")
             raise RemusError(f"the standby dropped the connection: {e}") from None
         self.sent = 0
+        self.conn.sock.settimeout(None)  # from here the watchdog and heartbeats watch the link
         self.log(f"full copy sent; the VM waited {time.monotonic() - t1:.1f} s for it "
                  f"({len(replay)} disk writes replayed)")
         threads = [threading.Thread(target=self._guard(self._sender), name="sender", daemon=True),
