@@ -107,7 +107,7 @@ def record(epochs: int, out: Path, scale: int) -> None:
 
 # Streams
 
-def recorded(path: Path, ram_pages: int):
+def recorded(path: Path):
     for e in read_epochs(path):
         yield e.block.astype(np.uint16), e.index.astype(np.uint64), e.data, \
             (e.zero_block.astype(np.uint16), e.zero_index.astype(np.uint64))
@@ -277,7 +277,7 @@ def main() -> None:
                                            ram_pages, args.check)
         else:
             path = RECORDINGS / f"{s}.rdbc"
-            result["streams"][s] = measure(s, lambda p=path: recorded(p, ram_pages), ram_pages,
+            result["streams"][s] = measure(s, lambda p=path: recorded(p), ram_pages,
                                            args.check)
     save("compression", result)
 

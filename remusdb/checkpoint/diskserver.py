@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remusdb.checkpoint import nbd
+from remusdb.checkpoint.wire import recv_into_all
 from remusdb.errors import RemusError
 
 EXPORT = "disk"
@@ -311,12 +312,7 @@ class _Conn:
             out = bytearray(n)
             out[:have] = memoryview(self.buf)[self.start : self.end]
             self.start = self.end = 0
-            view = memoryview(out)
-            while have < n:
-                k = self.sock.recv_into(view[have:])
-                if k == 0:
-                    raise ConnectionError("client closed the connection")
-                have += k
+            recv_into_all(self.sock, memoryview(out), have)
             return out
         if have < n:
             self._fill(n)
@@ -329,10 +325,10 @@ class _Conn:
         self.buf[:have] = self.buf[self.start : self.end]
         self.start, self.end = 0, have
         view = memoryview(self.buf)
-        while self.end < n:
+        while self.end < n:  # at least n, as much as is there
             k = self.sock.recv_into(view[self.end :])
             if k == 0:
-                raise ConnectionError("client closed the connection")
+                raise ConnectionError("peer closed the connection")
             self.end += k
 
     def reply(self, handle: int, error: int, data: bytes = b"") -> None:

@@ -99,10 +99,11 @@ def epoch_frames(e: EpochOut, compressor: Compressor | None = None,
         yield wire.encode(wire.Kind.ZEROS, number, wire.pack_zeros(
             zb[k : k + step], zi[k : k + step], zf[k : k + step]))
     yield from disk_frames(number, e.disk)
-    for k in range(0, len(refs), step):
-        r = refs[k : k + step]
+    ref_step = (wire.MAX_PAYLOAD - 4) // wire.REF_SIZE
+    for k in range(0, len(refs), ref_step):
+        r = refs[k : k + ref_step]
         yield wire.encode(wire.Kind.BLOCKREF, number, wire.pack_refs(
-            block[r], index[r], ref_blocks[k : k + step]))
+            block[r], index[r], ref_blocks[k : k + ref_step]))
     yield wire.encode(wire.Kind.DEVICES, number, e.devices)
     if e.digests is not None:
         yield wire.encode(wire.Kind.VERIFY, number, e.digests.astype(">u8").tobytes())

@@ -104,6 +104,15 @@ def verify(hdr: bytes, payload: bytes | memoryview, checksum: int) -> None:
         raise WireError("frame checksum mismatch (corrupt frame)")
 
 
+def recv_into_all(sock: socket.socket, view: memoryview, got: int = 0) -> None:
+    """Fill `view` from `sock` (its first `got` bytes are already there)."""
+    while got < len(view):
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise ConnectionError("peer closed the connection")
+        got += k
+
+
 class Connection:
     """A framed TCP connection: one receiving thread, any number of sending threads (a lock
     keeps each frame whole)."""
@@ -131,13 +140,7 @@ class Connection:
 
     def _recv_exact(self, n: int) -> bytearray:
         buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self.sock.recv_into(view[got:])
-            if k == 0:
-                raise ConnectionError("peer closed the connection")
-            got += k
+        recv_into_all(self.sock, memoryview(buf))
         return buf
 
     def recv(self) -> Frame:
@@ -186,14 +189,22 @@ def pack_zeros(block: np.ndarray, index: np.ndarray, fill: np.ndarray) -> bytes:
                      index.astype(">u8").tobytes(), fill.astype(np.uint8).tobytes()])
 
 
+def _columns(payload, kind: str, *dtypes: str) -> list[np.ndarray]:
+    """count | column of each dtype: the fixed-size record layouts (ZEROS, BLOCKREF)."""
+    n = _count(payload, kind)
+    sizes = [np.dtype(d).itemsize for d in dtypes]
+    if len(payload) != 4 + sum(sizes) * n:
+        raise WireError(f"{kind} frame of {len(payload)} bytes does not hold {n} records")
+    mv, at, out = memoryview(payload), 4, []
+    for d, size in zip(dtypes, sizes, strict=True):
+        out.append(np.frombuffer(mv, d, n, at))
+        at += size * n
+    return out
+
+
 def unpack_zeros(payload):
-    n = _count(payload, "ZEROS")
-    if len(payload) != 4 + 11 * n:
-        raise WireError(f"ZEROS frame of {len(payload)} bytes does not hold {n} records")
-    mv = memoryview(payload)
-    return (np.frombuffer(mv, ">u2", n, 4).astype(np.uint16),
-            np.frombuffer(mv, ">u8", n, 4 + 2 * n).astype(np.uint64),
-            np.frombuffer(mv, np.uint8, n, 4 + 10 * n).copy())
+    b, i, f = _columns(payload, "ZEROS", ">u2", ">u8", "u1")
+    return b.astype(np.uint16), i.astype(np.uint64), f.copy()
 
 
 def pack_disk(kinds: list[int], offsets: list[int], lengths: list[int], data: list[bytes]) -> list:
@@ -229,11 +240,9 @@ def pack_refs(block: np.ndarray, index: np.ndarray, disk_block: np.ndarray) -> b
                      index.astype(">u8").tobytes(), disk_block.astype(">u8").tobytes()])
 
 
+REF_SIZE = 18  # bytes per BLOCKREF record
+
+
 def unpack_refs(payload):
-    n = _count(payload, "BLOCKREF")
-    if len(payload) != 4 + 18 * n:
-        raise WireError(f"BLOCKREF frame of {len(payload)} bytes does not hold {n} records")
-    mv = memoryview(payload)
-    return (np.frombuffer(mv, ">u2", n, 4).astype(np.uint16),
-            np.frombuffer(mv, ">u8", n, 4 + 2 * n).astype(np.uint64),
-            np.frombuffer(mv, ">u8", n, 4 + 10 * n).astype(np.uint64))
+    b, i, d = _columns(payload, "BLOCKREF", ">u2", ">u8", ">u8")
+    return b.astype(np.uint16), i.astype(np.uint64), d.astype(np.uint64)

@@ -128,12 +128,6 @@ class PageCache:
             self._lru_at = len(self._lru)  # free slots come first: sort again
 
 
-    def clear(self) -> None:
-        self.slot_of[:] = -1
-        self.key[:] = -1
-        self.stamp[:] = -1
-        self._lru_at = len(self._lru)
-
     @property
     def used(self) -> int:
         return int(np.count_nonzero(self.key >= 0))

@@ -33,8 +33,8 @@ class ReadTracker:
         self.stats["candidates"] += len(hits)
         same = np.array([os.pread(self.fd, BLOCK, int(cand[k]) * BLOCK)
                          == data[rows[k]].tobytes() for k in hits.tolist()], bool)
-        self.stats["mismatched"] += int((~same).sum()) if len(hits) else 0
-        hits = hits[same] if len(hits) else hits
+        self.stats["mismatched"] += int((~same).sum())
+        hits = hits[same]
         if len(hits):
             fresh = self.index.unchanged_since(cand[hits], generation)
             self.stats["rewritten"] += int((~fresh).sum())
