@@ -1,0 +1,218 @@
+"""The net relay: the guest NIC's stream socket on one side, the host's tap on the other.
+
+QEMU is the stream server (`-netdev stream,server=on`), so the relay can reconnect without
+touching the VM. World→guest frames pass at once, batched into one send; guest→world frames go
+through the OutputBuffer. `mark()` is called by the capture thread while the VM is paused: it
+first drains what the guest sent before the pause, so those frames belong to the closing epoch
+(a frame read later only waits for a later ack: safe). `release()` is called on each ack.
+
+One thread, one epoll; the lock is held while a batch is handled, so mark and release (other
+threads) see the buffer between batches. The buffer and socket are reused: no per-frame
+allocation except a held frame's copy.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+from remusdb.commitprotect.frames import LENGTH, MAX_FRAME, FramingError, split
+from remusdb.commitprotect.outbuf import OutputBuffer
+from remusdb.errors import RemusError
+
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
+RX_BATCH = 64  # tap frames gathered into one send to QEMU
+TO_GUEST_MAX = 4 << 20  # queued towards a guest that is not reading (paused): beyond, drop
+
+
+class RelayError(RemusError):
+    pass
+
+
+def open_tap(name: str) -> int:
+    """The tap's fd (a persistent tap made by hostnet.ensure_tap), frames without extra header."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+    except OSError as e:
+        os.close(fd)
+        raise RelayError(f"cannot attach to tap {name}: {e.strerror}") from None
+    return fd
+
+
+def connect_stream(path: Path, timeout: float = 30.0) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+            s.setblocking(False)
+            return s
+        except OSError as e:
+            s.close()
+            if time.monotonic() > deadline:
+                raise RelayError(f"cannot connect to the guest NIC's stream {path}: "
+                                 f"{e.strerror or e}") from None
+            time.sleep(0.05)
+
+
+class NetRelay:
+    def __init__(self, stream: socket.socket, tap_fd: int, buffer: OutputBuffer, log=print,
+                 trace=None):
+        self.sock, self.tap, self.buffer, self.log = stream, tap_fd, buffer, log
+        self.trace = trace  # callable(event, epoch, frames): tests check release against acks
+        self.lock = threading.Lock()
+        self.rx = bytearray(1 << 20)  # from the guest
+        self.rx_view = memoryview(self.rx)
+        self.rx_end = 0
+        self.to_guest = bytearray()  # not yet accepted by QEMU
+        self.tap_buf = bytearray(MAX_FRAME)
+        self.tap_view = memoryview(self.tap_buf)
+        self.stats = {"to_world": 0, "to_guest": 0, "dropped_to_guest": 0,
+                      "dropped_to_world": 0}
+        self.error: BaseException | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, name="net-relay", daemon=True)
+
+    @classmethod
+    def open(cls, stream_path: Path, tap: str, buffer: OutputBuffer, **kw) -> NetRelay:
+        fd = open_tap(tap)
+        try:
+            return cls(connect_stream(stream_path), fd, buffer, **kw)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def start(self) -> NetRelay:
+        self.thread.start()
+        return self
+
+    # Called from other threads
+    def mark(self, epoch: int) -> None:
+        with self.lock:
+            self._from_guest(drain=True)
+            self.buffer.mark(epoch)
+
+    def release(self, acked: int) -> None:
+        with self.lock:
+            frames = self.buffer.release(acked)
+            if self.trace and frames:
+                self.trace("release", acked, frames)
+            self._to_world(frames)
+
+    def stop_protection(self) -> None:
+        with self.lock:
+            self._to_world(self.buffer.stop())
+
+    def summary(self) -> dict:
+        with self.lock:
+            return {**self.buffer.summary(), **self.stats}
+
+    def close(self) -> None:
+        self._stop = True
+        os.write(self._wake_w, b"x")
+        if self.thread.is_alive():
+            self.thread.join(5)
+        for fd in (self._wake_r, self._wake_w, self.tap):
+            os.close(fd)
+        self.sock.close()
+
+    # The relay thread
+    def _run(self) -> None:
+        ep = select.epoll()
+        sock_fd = self.sock.fileno()
+        ep.register(sock_fd, select.EPOLLIN)
+        ep.register(self.tap, select.EPOLLIN)
+        ep.register(self._wake_r, select.EPOLLIN)
+        want_out = False
+        try:
+            while not self._stop:
+                for fd, ev in ep.poll():
+                    with self.lock:
+                        if fd == sock_fd:
+                            if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                                if not self._from_guest():
+                                    raise RelayError("QEMU closed the guest NIC's stream")
+                            if ev & select.EPOLLOUT:
+                                self._flush_to_guest()
+                        elif fd == self.tap:
+                            self._from_tap()
+                    if (self.to_guest != b"") != want_out:
+                        want_out = not want_out
+                        ep.modify(sock_fd, select.EPOLLIN | (select.EPOLLOUT if want_out else 0))
+        except BaseException as e:  # the daemon reads it: the VM's network is down
+            if not self._stop:
+                self.error = e
+                self.log(f"net relay stopped: {e}")
+        finally:
+            ep.close()
+
+    def _from_guest(self, drain: bool = False) -> bool:
+        """Read what the guest sent (all of it when draining); False when QEMU hung up."""
+        while True:
+            try:
+                got = self.sock.recv_into(self.rx_view[self.rx_end:])
+            except BlockingIOError:
+                return True
+            if got == 0:
+                return False
+            end = self.rx_end + got
+            try:
+                frames, rest = split(self.rx, 0, end)
+            except FramingError as e:
+                raise RelayError(str(e)) from None
+            buffer, view = self.buffer, self.rx_view
+            out = []
+            for off, n in frames:
+                if buffer.add(view, off, n):
+                    out.append(view[off:off + n])
+            self._to_world(out)
+            if rest < end:  # an incomplete frame: keep it at the front
+                self.rx[:end - rest] = self.rx[rest:end]
+            self.rx_end = end - rest
+            if not drain and got < len(self.rx) // 2:
+                return True  # let the other side have a turn
+
+    def _to_world(self, frames) -> None:
+        tap = self.tap
+        for f in frames:
+            try:
+                os.write(tap, f)
+            except OSError as e:  # the tap's queue is full or it is down: a lost frame
+                if e.errno not in (errno.EAGAIN, errno.EIO, errno.ENOBUFS):
+                    raise
+                self.stats["dropped_to_world"] += 1
+        self.stats["to_world"] += len(frames)
+
+    def _from_tap(self) -> None:
+        out = self.to_guest
+        for _ in range(RX_BATCH):
+            try:
+                n = os.readv(self.tap, [self.tap_view])
+            except BlockingIOError:
+                break
+            if len(out) > TO_GUEST_MAX:  # the guest is paused and the queue is long
+                self.stats["dropped_to_guest"] += 1
+                continue
+            out += LENGTH.pack(n)
+            out += self.tap_view[:n]
+            self.stats["to_guest"] += 1
+        self._flush_to_guest()
+
+    def _flush_to_guest(self) -> None:
+        if not self.to_guest:
+            return
+        try:
+            sent = self.sock.send(self.to_guest)
+        except BlockingIOError:
+            return
+        del self.to_guest[:sent]
