@@ -79,13 +79,15 @@ def cmd_protect(args) -> int:
                               verify_every=args.verify_every, verify_count=args.verify_count,
                               trace=Path(args.trace) if args.trace else None,
                               record_dir=Path(args.record) if args.record else None,
-                              record_epochs=args.record_epochs)
+                              record_epochs=args.record_epochs,
+                              net_trace=Path(args.net_trace) if args.net_trace else None)
 
 
 def cmd_standby(args) -> int:
     from remusdb import protection
     cfg = configmod.load(args.config)
-    return protection.standby(cfg, protection.role_dir(cfg, "standby", args.run_dir))
+    return protection.standby(cfg, protection.role_dir(cfg, "standby", args.run_dir),
+                              trace=Path(args.trace) if args.trace else None)
 
 
 def cmd_status(args) -> int:
@@ -206,9 +208,14 @@ def parser() -> argparse.ArgumentParser:
                     "dirty pages of the next epochs to DIR/recording-K.rdbc")
     pr.add_argument("--record-epochs", type=_count, default=100, metavar="N",
                     help="epochs per recording (default 100)")
+    pr.add_argument("--net-trace", metavar="CSV", help="tests: append one line per frame the "
+                    "guest sends: time, how it went (p passed, u unprotected, h held, r released),"
+                    " epoch, xxh3 of the frame")
     pr.set_defaults(func=cmd_protect)
     sb = sub.add_parser("standby", help="receive checkpoints and fail over (standby daemon)")
     daemon_args(sb)
+    sb.add_argument("--trace", metavar="CSV", help="tests: append one line per committed epoch "
+                    "(time, epoch), written before its acknowledgement is sent")
     sb.set_defaults(func=cmd_standby)
     st = sub.add_parser("status", help="protection state of a VM")
     daemon_args(st)

@@ -5,7 +5,7 @@ Sections and keys (all optional; defaults make a working single-machine setup):
     [vm]            name, memory, vcpus, image, accel, cpu, init, ip, gateway, mac, network,
                     tap, bridge, qemu, ram_dir, run_dir
     [checkpoint]    interval_ms
-    [optimizations] compression, rt, cp, page_cache
+    [optimizations] compression, rt, cp, cp_dscp, page_cache
     [standby]       address, port, heartbeat_timeout_ms, fence_command
 """
 
@@ -210,6 +210,8 @@ class OptimizationsConfig:
                              metadata={"check": _check_choice(COMPRESSION_CODECS)})
     rt: bool = field(default=True, metadata={"check": _check_bool})
     cp: bool = field(default=True, metadata={"check": _check_bool})
+    # The DSCP the DBMS puts on unprotected output: the guest's remusdb_cp.dscp must match.
+    cp_dscp: int = field(default=11, metadata={"check": _check_int(1, 63)})
     page_cache: float = field(default=0.10, metadata={"check": _check_fraction})
 
 
@@ -291,7 +293,8 @@ interval_ms = 100
 [optimizations]
 compression = "xor-lz4"  # xor-lz4 | xor-rle | off  (benchmarks/compression.py)
 rt = true                # disk read tracking
-cp = true                # commit protection
+cp = true                # commit protection: only commit acknowledgements wait
+cp_dscp = 11             # the DSCP of unprotected output (the guest's remusdb_cp.dscp)
 page_cache = 0.10        # fraction of guest RAM for the compression page cache
 
 [standby]

@@ -84,18 +84,19 @@ class Protected:
     checkpoint commits; stopped (both killed) on exit. For tests and benchmarks."""
 
     def __init__(self, lab, run: Path, interval_ms: int = 100, optimizations: dict | None = None,
-                 protect_args: tuple = ()):
+                 protect_args: tuple = (), standby_args: tuple = ()):
         self.lab, self.run = lab, Path(run)
         self.run.mkdir(parents=True, exist_ok=True)
         self.cfg = write_config(self.run / "vm.toml", lab, interval_ms=interval_ms,
                                 optimizations=optimizations)
-        self.protect_args = list(protect_args)
+        self.protect_args, self.standby_args = list(protect_args), list(standby_args)
         self.standby = self.primary = None
         self.standby_status = self.run / "pg1/standby/standby.status.json"
         self.primary_status = self.run / "pg1/primary/primary.status.json"
 
     def __enter__(self) -> Protected:
-        self.standby = Daemon(self.lab, "standby", ["standby", str(self.cfg)],
+        self.standby = Daemon(self.lab, "standby", ["standby", str(self.cfg),
+                                                    *self.standby_args],
                               self.run / "standby.log")
         try:
             wait_status(self.standby_status, lambda s: True, 60, "standby start", [self.standby])

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from remusdb.checkpoint.primary import PrimaryDaemon
 from remusdb.checkpoint.standby import StandbyDaemon
+from remusdb.commitprotect.outbuf import OutputBuffer
+from remusdb.commitprotect.relay import NetRelay
 from remusdb.config import Config
 from remusdb.hostnet import ensure_tap
 from remusdb.vm import image_for, launch_served, make_spec
@@ -37,18 +39,31 @@ def _on_signals(handler) -> threading.Event:
 
 
 def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | None = None,
-            verify_count: int = 0, record_dir: Path | None = None, record_epochs: int = 100) -> int:
+            verify_count: int = 0, record_dir: Path | None = None, record_epochs: int = 100,
+            net_trace: Path | None = None) -> int:
     log = logger("primary")
     image = image_for(cfg)
-    if cfg.vm.network == "tap":
-        ensure_tap(cfg.vm.tap, cfg.vm.bridge)
-    guest, disk = launch_served(cfg, image, run_dir, tap=cfg.vm.tap, log=sys.stderr)
-    log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}), disk served from {disk.image}; "
-        f"protecting every {cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:"
-        f"{cfg.standby.port}")
+    ensure_tap(cfg.vm.tap, cfg.vm.bridge)
+    # The protected VM's NIC is a stream socket to the net relay, which owns the tap: its
+    # output waits for the standby (output commit).
+    net_sock = Path(run_dir) / "net.sock"
+    guest, disk = launch_served(cfg, image, run_dir, network="stream", stream_socket=net_sock,
+                                log=sys.stderr)
+    opts = cfg.optimizations
+    try:
+        relay = NetRelay.open(net_sock, cfg.vm.tap, OutputBuffer(opts.cp, opts.cp_dscp),
+                              log=log, trace=net_trace).start()
+    except BaseException:
+        guest.kill()
+        disk.close()
+        raise
+    log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}), disk served from {disk.image}, "
+        f"network through the relay on {cfg.vm.tap} (commit protection "
+        f"{'on, DSCP ' + str(opts.cp_dscp) if opts.cp else 'off'}); protecting every "
+        f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
     daemon = PrimaryDaemon(cfg, guest, run_dir, disk=disk, verify_every=verify_every, log=log,
                            trace=trace, verify_count=verify_count, record_dir=record_dir,
-                           record_epochs=record_epochs)
+                           record_epochs=record_epochs, relay=relay)
     done = _on_signals(daemon.stop)
     signal.signal(signal.SIGUSR1, lambda sig, frame: daemon.start_recording())
     try:
@@ -57,23 +72,25 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | Non
             pass
     finally:
         guest.stop()
+        relay.close()
         disk.close()
     return 0
 
 
-def standby(cfg: Config, run_dir: Path) -> int:
+def standby(cfg: Config, run_dir: Path, trace: Path | None = None) -> int:
     log = logger("standby")
     image = image_for(cfg)
 
     def spec():
-        if cfg.vm.network == "tap":
-            ensure_tap(cfg.vm.tap, cfg.vm.bridge)
-        # The failed-over VM runs on the standby's own copy of the disk, as of the checkpoint.
-        return make_spec(cfg, image, daemon.store.disk_path, disk_format="raw", tap=cfg.vm.tap)
+        ensure_tap(cfg.vm.tap, cfg.vm.bridge)
+        # The failed-over VM runs on the standby's own copy of the disk, as of the checkpoint,
+        # and on the tap: unprotected now, nothing to hold its output for.
+        return make_spec(cfg, image, daemon.store.disk_path, disk_format="raw", network="tap",
+                         tap=cfg.vm.tap)
 
     daemon = StandbyDaemon(cfg, run_dir, spec,
                            heartbeat_timeout=cfg.standby.heartbeat_timeout_ms / 1000,
-                           fence_command=cfg.standby.fence_command, log=log)
+                           fence_command=cfg.standby.fence_command, log=log, trace=trace)
     def stop_now():
         # A blocking receive would not notice a flag: leave through the stack, the store is
         # crash-consistent at any point, and the finally below stops a failed-over VM.

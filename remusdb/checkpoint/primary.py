@@ -26,6 +26,7 @@ from remusdb.checkpoint.encode import EpochOut, disk_copy, disk_frames, epoch_fr
 from remusdb.checkpoint.status import StatusFile, Window, disk_digests, page_digests
 from remusdb.checkpoint.store import StreamInfo
 from remusdb.checkpoint.stream import PAGE_SIZE, StreamError
+from remusdb.commitprotect.relay import NetRelay
 from remusdb.compression.compressor import Compressor
 from remusdb.config import Config
 from remusdb.errors import RemusError
@@ -76,9 +77,11 @@ class PrimaryDaemon:
                  disk: DiskServer | None = None, verify_every: int = 0,
                  queue_depth: int = 4, stall_timeout: float = 10.0, log=print,
                  trace: Path | None = None, verify_count: int = 0,
-                 record_dir: Path | None = None, record_epochs: int = 100):
+                 record_dir: Path | None = None, record_epochs: int = 100,
+                 relay: NetRelay | None = None):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.disk = disk
+        self.relay = relay  # output commit: the VM's frames wait for their epoch's ack
         self.disk_writes_per_epoch = Window()
         self.totals = {"epochs": 0, "dirty_pages": 0, "sent_bytes": 0}  # after epoch 0
         self.tracker: ReadTracker | None = None
@@ -199,6 +202,8 @@ class PrimaryDaemon:
         # The rest of epoch 0 goes out before the VM resumes: one seeding pause, instead of
         # the first checkpoints stalling behind it in the queue.
         t1 = time.monotonic()
+        if self.relay is not None:  # output from here on waits for the standby's acks
+            self.relay.mark(0)
         try:
             replay = self.disk.cut() if self.disk else []
             self.conn.send(wire.encode_json(wire.Kind.STREAM, 0, info.to_json()))
@@ -255,6 +260,8 @@ class PrimaryDaemon:
             # The VM is paused and QEMU has drained its I/O: every write acknowledged so far
             # belongs to this epoch.
             writes = self.disk.cut() if self.disk else []
+            if self.relay is not None:  # and what the guest sent so far is this epoch's
+                self.relay.mark(ck.seq)
             self.disk_writes_per_epoch.add(len(writes))
             item = EpochOut(ck.seq, ck.pages, ck.devices, digests, writes)
             if self.tracker is not None:
@@ -346,6 +353,8 @@ class PrimaryDaemon:
             f = self.conn.recv()
             if f.kind == wire.Kind.ACK:
                 self.acked = f.epoch
+                if self.relay is not None:
+                    self.relay.release(f.epoch)
                 with self._qmp_lock:  # not over a failure _fail has just recorded
                     if self.state == "seeding" and self.failure is None:
                         self._update("protected")
@@ -372,6 +381,8 @@ class PrimaryDaemon:
             self._stop.set()
             if self.disk is not None:
                 self.disk.stop_log()
+            if self.relay is not None:  # like Remus: unprotected, the held output goes out
+                self.relay.stop_protection()
             try:
                 self.guest.monitor.execute("x-colo-lost-heartbeat")
             except Exception:
@@ -406,5 +417,6 @@ class PrimaryDaemon:
             disk={"writes_per_epoch": self.disk_writes_per_epoch.percentiles(),
                   **self.disk.stats} if self.disk else None,
             read_tracking=self.tracker.summary() if self.tracker else {"enabled": False},
+            net=self.relay.summary() if self.relay else None,
             totals=dict(self.totals),
             guest_clock=self.clock.summary())

@@ -39,9 +39,11 @@ class OutputBuffer:
     def __init__(self, cp: bool, codepoint: int):
         self.cp, self.codepoint = cp, codepoint
         self.protecting = False
+        self.ended = False  # stop() is final: a late mark must not start protecting again
         self.open: _Epoch | None = None  # the epoch the guest is running in
         self.closed: deque[_Epoch] = deque()  # checkpointed, waiting for the standby's ack
         self.acked = -1
+        self.last_epoch = -1  # where the last frame add() kept went
         self.flows: dict[bytes, list] = {}  # flow -> [frames held, the last one's _Epoch]
         self.held_bytes = 0
         self.count = Counters()
@@ -69,6 +71,7 @@ class OutputBuffer:
         return False
 
     def _keep(self, epoch: _Epoch, frame: bytes, key: bytes | None) -> None:
+        self.last_epoch = epoch.number
         epoch.frames.append(frame)
         epoch.flows.append(key)
         if key is not None:
@@ -84,6 +87,8 @@ class OutputBuffer:
     def mark(self, epoch: int) -> None:
         """The VM is paused for checkpoint `epoch`: what it sent so far belongs to that epoch.
         The first mark (epoch 0, the full copy) starts protection."""
+        if self.ended:
+            return
         if not self.protecting:
             self.protecting = True
         else:
@@ -108,7 +113,7 @@ class OutputBuffer:
             out.extend(self._drop(self.closed.popleft()))
         if self.open is not None:
             out.extend(self._drop(self.open))
-        self.open, self.protecting = None, False
+        self.open, self.protecting, self.ended = None, False, True
         return out
 
     def _drop(self, epoch: _Epoch) -> list[bytes]:

@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from xxhash import xxh3_64_hexdigest
+
 from remusdb.commitprotect.frames import LENGTH, MAX_FRAME, FramingError, split
 from remusdb.commitprotect.outbuf import OutputBuffer
 from remusdb.errors import RemusError
@@ -66,10 +68,13 @@ def connect_stream(path: Path, timeout: float = 30.0) -> socket.socket:
 
 class NetRelay:
     def __init__(self, stream: socket.socket, tap_fd: int, buffer: OutputBuffer, log=print,
-                 trace=None):
+                 trace: Path | None = None):
         self.sock, self.tap, self.buffer, self.log = stream, tap_fd, buffer, log
-        self.trace = trace  # callable(event, epoch, frames): tests check release against acks
-        self.lock = threading.Lock()
+        # Tests: a line per guest frame (time, p|u|h|r, epoch, xxh3): matched with what a
+        # client captured and when the standby committed that epoch.
+        self.trace = open(trace, "a", buffering=1 << 16) if trace else None
+        # Re-entrant: a signal handler ending protection may interrupt a mark on its thread.
+        self.lock = threading.RLock()
         self.rx = bytearray(1 << 20)  # from the guest
         self.rx_view = memoryview(self.rx)
         self.rx_end = 0
@@ -105,13 +110,16 @@ class NetRelay:
     def release(self, acked: int) -> None:
         with self.lock:
             frames = self.buffer.release(acked)
-            if self.trace and frames:
-                self.trace("release", acked, frames)
+            if self.trace:
+                self._trace("r", acked, frames)
             self._to_world(frames)
 
     def stop_protection(self) -> None:
         with self.lock:
-            self._to_world(self.buffer.stop())
+            frames = self.buffer.stop()
+            if self.trace:
+                self._trace("r", -1, frames)
+            self._to_world(frames)
 
     def summary(self) -> dict:
         with self.lock:
@@ -125,6 +133,13 @@ class NetRelay:
         for fd in (self._wake_r, self._wake_w, self.tap):
             os.close(fd)
         self.sock.close()
+        if self.trace:
+            self.trace.close()
+
+    def _trace(self, how: str, epoch: int, frames) -> None:
+        t = f"{time.time():.6f},{how},{epoch},"
+        self.trace.writelines(f"{t}{xxh3_64_hexdigest(f)}\n" for f in frames)
+        self.trace.flush()
 
     # The relay thread
     def _run(self) -> None:
@@ -175,6 +190,11 @@ class NetRelay:
             for off, n in frames:
                 if buffer.add(view, off, n):
                     out.append(view[off:off + n])
+                elif self.trace:
+                    self._trace("h", buffer.last_epoch, (view[off:off + n],))
+            if self.trace and out:
+                self._trace("u" if buffer.protecting else "p", buffer.open.number
+                            if buffer.open else -1, out)
             self._to_world(out)
             if rest < end:  # an incomplete frame: keep it at the front
                 self.rx[:end - rest] = self.rx[rest:end]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,13 +120,18 @@ def install_dbpatches(rootfs: Path, dbpatches: Path, log: Path, progress: Progre
     Each dbpatches/<name>/Makefile gets `make install DESTDIR=<root>` (PGXS honours DESTDIR);
     an optional image-hook.sh then runs with the root as its argument (config edits and such).
     """
-    for d in dbpatch_dirs(dbpatches):
-        progress.note(f"dbpatches/{d.name}")
-        run_logged(["make", "-C", str(d), "install", f"DESTDIR={rootfs}"], log,
-                    f"dbpatches/{d.name} install", progress)
-        hook = d / "image-hook.sh"
-        if hook.is_file():
-            run_logged(["sh", str(hook), str(rootfs)], log, f"dbpatches/{d.name} hook", progress)
+    for src in dbpatch_dirs(dbpatches):
+        progress.note(f"dbpatches/{src.name}")
+        # Built in a copy: objects in the source tree would change the image's key.
+        with tempfile.TemporaryDirectory(prefix="dbpatch-") as tmp:
+            d = Path(tmp) / src.name
+            shutil.copytree(src, d)
+            run_logged(["make", "-C", str(d), "install", f"DESTDIR={rootfs}"], log,
+                        f"dbpatches/{d.name} install", progress)
+            hook = d / "image-hook.sh"
+            if hook.is_file():
+                run_logged(["sh", str(hook), str(rootfs)], log, f"dbpatches/{d.name} hook",
+                           progress)
 
 
 def build(rebuild: bool = False, dbpatches: Path | None = None) -> GuestImage:

@@ -78,6 +78,8 @@ def test_remus_mode_holds_everything_until_its_epoch_is_acked():
     b.mark(2)
     assert [tag_of(f) for f in b.stop()] == [2]  # protection over: the rest goes out
     assert b.add(ipv4(1, 0, 3)) and b.held_frames == 0
+    b.mark(3)  # a checkpoint that was under way when protection ended
+    assert b.add(ipv4(1, 0, 4)) and not b.protecting
 
 
 def test_cp_unprotected_waits_only_behind_its_own_flow():
@@ -153,6 +155,6 @@ def test_output_buffer_against_the_rules(script, cp):
 
 
 def _restart(b: OutputBuffer) -> OutputBuffer:
-    """A new protection session after stop keeps the same buffer (the relay's)."""
+    """A new protection session gets a new buffer; the old one holds nothing."""
     assert b.held_frames == 0 and not b.protecting and b.flows == {}
-    return b
+    return OutputBuffer(cp=b.cp, codepoint=b.codepoint)
