@@ -128,6 +128,13 @@ def cmd_status(args) -> int:
             if disk:
                 print(f"  disk: {disk.get('writes', 0)} writes, {disk.get('reads', 0)} reads, "
                       f"writes per epoch {disk.get('writes_per_epoch')}")
+            net = st.get("net") or {}
+            if net:
+                cp = f"commit protection on (DSCP {net['codepoint']})" if net["cp"] else \
+                    "commit protection off"
+                print(f"  net: {cp}; out at once {net['unprotected']}, held {net['held']} "
+                      f"(+{net['queued_behind']} behind their flow), released {net['released']},"
+                      f" holding {net['held_frames']} frames; to guest {net['to_guest']}")
             bp = st.get("backpressure") or {}
             if bp.get("waits"):
                 print(f"  back-pressure: the VM waited {bp['waits']} times for the link, "

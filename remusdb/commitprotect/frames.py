@@ -25,12 +25,12 @@ def dscp(buf, off: int, n: int) -> int:
     its flow's held frames)."""
     if n < 34:
         return -1
-    ethertype = buf[off + 12:off + 14]
-    if ethertype == _IPV4:
+    hi, lo = buf[off + 12], buf[off + 13]  # the ethertype, without making a slice
+    if hi == 0x08 and lo == 0x00:
         if (buf[off + 20] & 0x3F) or buf[off + 21] or (buf[off + 14] & 0x0F) < 5:
             return -1  # MF set or an offset: a fragment; or a broken header
         return buf[off + 15] >> 2
-    if ethertype == _IPV6 and n >= 54:
+    if hi == 0x86 and lo == 0xDD and n >= 54:
         return ((buf[off + 14] & 0x0F) << 4 | buf[off + 15] >> 4) >> 2
     return -1
 

@@ -48,6 +48,8 @@ def test_status_reports_compression_and_back_pressure(tmp_path, capsys):
         "read_tracking": {"references": 12, "saved_mib": 0.1,
                           "index": {"entries": 40, "memory_mib": 17.2}},
         "disk": {"writes": 7, "reads": 9, "writes_per_epoch": {"p50": 1.0}},
+        "net": {"cp": True, "codepoint": 11, "unprotected": 70, "held": 20, "queued_behind": 2,
+                "released": 21, "held_frames": 1, "to_guest": 90},
         "compression": {"mode": "xor-lz4", "sent_mib": 1.5, "raw_mib": 40.0, "ratio": 0.0375,
                         "encode_mb_s": 900.0, "cache": {"used_pages": 10, "capacity_pages": 26214,
                                                         "memory_mib": 103.4, "hit_rate": 0.9}}}))
@@ -58,6 +60,8 @@ def test_status_reports_compression_and_back_pressure(tmp_path, capsys):
     assert "the VM waited 3 times for the link, 41.5 ms in all" in out
     assert "read tracking: 12 pages sent as disk references (0.1 MiB)" in out
     assert "disk: 7 writes, 9 reads" in out
+    assert ("net: commit protection on (DSCP 11); out at once 70, held 20 (+2 behind their "
+            "flow), released 21, holding 1 frames") in out
 
 
 def test_protect_takes_no_compression():

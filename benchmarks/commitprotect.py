@@ -1,0 +1,84 @@
+"""Output commit's cost and what commit protection wins back, on the real guest: pgbench TPC-B
+and select-only through the net relay, unprotected (a plain VM on the tap), Remus (output commit,
+cp off) and CP on, at several checkpoint intervals. TPS and latency are normalized to the
+unprotected run of the same invocation. Needs root. Run:
+    .venv/bin/python benchmarks/commitprotect.py [--intervals 25,50,100] [--seconds 20]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import save  # noqa: E402
+from remusdb.config import Config  # noqa: E402
+from remusdb.hostnet import Lab  # noqa: E402
+from remusdb.image import builder  # noqa: E402
+from remusdb.labload import pgbench  # noqa: E402
+from remusdb.labrun import Protected  # noqa: E402
+from remusdb.vm import launch  # noqa: E402
+
+WORKLOADS = {"tpcb": ["-c", "4"], "select-only": ["-S", "-c", "4"]}
+
+
+def run_pgbench(lab, args, extra) -> dict:
+    out = pgbench(lab, "-n", "-T", str(args.seconds), *extra).communicate()[0]
+    tps = re.search(r"tps = ([\d.]+)", out)
+    lat = re.search(r"latency average = ([\d.]+) ms", out)
+    if not (tps and lat):
+        raise SystemExit(f"pgbench failed: {out[-500:]}")
+    return {"tps": float(tps.group(1)), "latency_ms": float(lat.group(1))}
+
+
+def workloads(lab, args) -> dict:
+    init = pgbench(lab, "-i", "-s", "1", "-q").communicate()[0]
+    if "done" not in init:
+        raise SystemExit(f"pgbench -i failed: {init[-500:]}")
+    return {name: run_pgbench(lab, args, extra) for name, extra in WORKLOADS.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--intervals", default="25,50,100")
+    ap.add_argument("--seconds", type=int, default=20)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces, the VM)")
+    base = Path(tempfile.mkdtemp(prefix="remusdb-cpbench-", dir="/dev/shm"))
+    rows = {}
+    try:
+        with Lab() as lab:
+            lab.add_tap("primary")
+            guest = launch(Config(), builder.build(), base / "plain", netns=lab.ns("primary"))
+            try:
+                rows["unprotected"] = workloads(lab, args)
+            finally:
+                guest.kill()
+            print(f"unprotected: {rows['unprotected']}", flush=True)
+            for interval in (int(x) for x in args.intervals.split(",")):
+                for mode, cp in (("remus", False), ("cp", True)):
+                    run = base / f"{mode}-{interval}"
+                    with Protected(lab, run, interval_ms=interval, optimizations={"cp": cp}):
+                        rows[f"{mode}@{interval}ms"] = workloads(lab, args)
+                    shutil.rmtree(run, ignore_errors=True)
+                    print(f"{mode}@{interval}ms: {rows[f'{mode}@{interval}ms']}", flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    ref = rows["unprotected"]
+    print(f"\n{'':16s}" + "".join(f"{w + ' TPS':>22s}{'latency':>10s}" for w in WORKLOADS))
+    for name, r in rows.items():
+        for w in WORKLOADS:
+            r[w]["tps_ratio"] = round(r[w]["tps"] / ref[w]["tps"], 3)
+            r[w]["latency_ratio"] = round(r[w]["latency_ms"] / ref[w]["latency_ms"], 2)
+        print(f"{name:16s}" + "".join(
+            f"{r[w]['tps']:12.1f} ({r[w]['tps_ratio']:.2f}x){r[w]['latency_ratio']:9.2f}x"
+            for w in WORKLOADS))
+    save("commitprotect", {"seconds": args.seconds, "results": rows})
+
+
+if __name__ == "__main__":
+    main()

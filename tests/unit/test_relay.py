@@ -1,0 +1,144 @@
+"""The net relay on real sockets and a real tap (in a namespace of its own; root, no VM): what
+the guest sends is held and released by epoch, a mark takes what the guest sent before it,
+world→guest frames pass with QEMU's framing, and a stream that is not QEMU's stops the relay."""
+
+import os
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+from pyroute2 import netns
+
+from remusdb.commitprotect.outbuf import OutputBuffer
+from remusdb.commitprotect.relay import NetRelay, RelayError, open_tap
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+TAP = "rtest0"
+
+
+def frame(tag: int) -> bytes:
+    # broadcast destination: the tap accepts it whatever its MAC; a local ethertype
+    return b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + struct.pack(">I", tag) + \
+        bytes(46)
+
+
+def framed(f: bytes) -> bytes:
+    return struct.pack(">I", len(f)) + f
+
+
+@pytest.fixture
+def tapns():
+    name = f"rdbt{os.getpid()}-relay"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "tuntap", "add", TAP, "mode", "tap"], check=True)
+        subprocess.run(["ip", "-n", name, "link", "set", TAP, "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name])
+
+
+class Rig:
+    """The relay between a socketpair (QEMU's end is `guest`) and the tap; `world` is a packet
+    socket on the tap: it reads what the relay wrote and sends what the guest should get."""
+
+    def __init__(self, ns: str, cp: bool = False):
+        netns.pushns(ns)
+        try:
+            fd = open_tap(TAP)
+            self.world = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+            self.world.bind((TAP, 0))
+        finally:
+            netns.popns()
+        self.world.settimeout(0.3)
+        self.guest, qemu_side = socket.socketpair()
+        qemu_side.setblocking(False)
+        self.guest.settimeout(2)
+        self.relay = NetRelay(qemu_side, fd, OutputBuffer(cp, 11), log=lambda m: None).start()
+
+    def seen(self) -> list[int]:
+        """Tags of the frames that reached the world (the tap's side) since last asked."""
+        tags = []
+        while True:
+            try:
+                data, addr = self.world.recvfrom(2048)
+            except TimeoutError:
+                return tags
+            if addr[2] != socket.PACKET_OUTGOING:  # written by the relay: incoming on the tap
+                tags.append(struct.unpack_from(">I", data, 14)[0])
+
+    def close(self):
+        self.relay.close()
+        self.world.close()
+        self.guest.close()
+
+
+@pytest.fixture
+def rig(tapns):
+    r = Rig(tapns)
+    yield r
+    r.close()
+
+
+def test_guest_output_waits_for_its_epoch(rig):
+    rig.guest.sendall(framed(frame(1)))
+    assert rig.seen() == [1]  # not protecting yet
+    rig.relay.mark(0)
+    rig.guest.sendall(framed(frame(2)) + framed(frame(3)))
+    assert rig.seen() == []
+    rig.relay.mark(1)
+    rig.guest.sendall(framed(frame(4)))
+    rig.relay.release(0)
+    assert rig.seen() == []
+    rig.relay.release(1)
+    assert rig.seen() == [2, 3]
+    rig.relay.stop_protection()  # the standby is gone: what is held goes out
+    assert rig.seen() == [4]
+    assert rig.relay.error is None
+
+
+def test_frames_split_anywhere_in_the_stream(rig):
+    stream = b"".join(framed(frame(i)) for i in range(10, 20))
+    for cut in (1, 3, 4, 5, 37, 64, 65):
+        rig.guest.sendall(stream[:cut])
+        time.sleep(0.01)
+        rig.guest.sendall(stream[cut:])
+        assert rig.seen() == list(range(10, 20)), cut
+
+
+def test_mark_takes_what_the_guest_sent_before_the_pause(rig):
+    rig.relay.mark(0)
+    # The relay thread cannot run: the frame is still in the socket when the VM pauses.
+    with rig.relay.lock:
+        rig.guest.sendall(framed(frame(7)))
+        time.sleep(0.05)
+        rig.relay.mark(1)
+    rig.guest.sendall(framed(frame(8)))
+    time.sleep(0.05)
+    rig.relay.release(1)
+    assert rig.seen() == [7]  # epoch 1's; frame 8 belongs to epoch 2
+
+
+def test_world_to_guest_in_qemu_framing(rig):
+    for tag in (31, 32, 33):
+        rig.world.send(frame(tag))
+    got, tags, off = b"", [], 0
+    while len(tags) < 3:
+        got += rig.guest.recv(65536)
+        while len(got) - off >= 4 and len(got) - off - 4 >= struct.unpack_from(">I", got, off)[0]:
+            (n,) = struct.unpack_from(">I", got, off)
+            f = got[off + 4:off + 4 + n]
+            if f[12:14] == b"\x88\xb5":  # not the kernel's own (IPv6 router solicitations)
+                tags.append(struct.unpack_from(">I", f, 14)[0])
+            off += 4 + n
+    assert tags == [31, 32, 33]
+
+
+def test_a_stream_that_is_not_qemus_stops_the_relay(rig):
+    rig.guest.sendall(struct.pack(">I", 1 << 24) + bytes(64))
+    deadline = time.monotonic() + 5
+    while rig.relay.error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert isinstance(rig.relay.error, RelayError) and "frame length" in str(rig.relay.error)
