@@ -135,6 +135,8 @@ def cmd_status(args) -> int:
                 print(f"  net: {cp}; out at once {net['unprotected']}, held {net['held']} "
                       f"(+{net['queued_behind']} behind their flow), released {net['released']},"
                       f" holding {net['held_frames']} frames; to guest {net['to_guest']}")
+                if net.get("error"):
+                    print(f"  net relay stopped: {net['error']} (the VM has no network)")
             bp = st.get("backpressure") or {}
             if bp.get("waits"):
                 print(f"  back-pressure: the VM waited {bp['waits']} times for the link, "

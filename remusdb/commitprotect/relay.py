@@ -29,7 +29,7 @@ from remusdb.commitprotect.frames import LENGTH, MAX_FRAME, FramingError, split
 from remusdb.commitprotect.outbuf import OutputBuffer
 from remusdb.errors import RemusError
 
-TUNSETIFF = 0x400454CA
+TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0
 IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
 RX_BATCH = 64  # tap frames gathered into one send to QEMU
 TO_GUEST_MAX = 4 << 20  # queued towards a guest that is not reading (paused): beyond, drop
@@ -44,6 +44,9 @@ def open_tap(name: str) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+        # No offloads: a QEMU that used this tap before may have left checksum offload on,
+        # and without a virtio-net header the guest would get packets with partial checksums.
+        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
     except OSError as e:
         os.close(fd)
         raise RelayError(f"cannot attach to tap {name}: {e.strerror}") from None
@@ -123,7 +126,8 @@ class NetRelay:
 
     def summary(self) -> dict:
         with self.lock:
-            return {**self.buffer.summary(), **self.stats}
+            return {**self.buffer.summary(), **self.stats,
+                    "error": None if self.error is None else str(self.error)}
 
     def close(self) -> None:
         self._stop = True

@@ -2,6 +2,7 @@
 the guest sends is held and released by epoch, a mark takes what the guest sent before it,
 world→guest frames pass with QEMU's framing, and a stream that is not QEMU's stops the relay."""
 
+import fcntl
 import os
 import socket
 import struct
@@ -12,10 +13,19 @@ import pytest
 from pyroute2 import netns
 
 from remusdb.commitprotect.outbuf import OutputBuffer
-from remusdb.commitprotect.relay import NetRelay, RelayError, open_tap
+from remusdb.commitprotect.relay import (
+    IFF_NO_PI,
+    IFF_TAP,
+    TUNSETIFF,
+    TUNSETOFFLOAD,
+    NetRelay,
+    RelayError,
+    open_tap,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 TAP = "rtest0"
+IFF_VNET_HDR, TUN_F_CSUM = 0x4000, 0x01
 
 
 def frame(tag: int) -> bytes:
@@ -134,6 +144,57 @@ def test_world_to_guest_in_qemu_framing(rig):
                 tags.append(struct.unpack_from(">I", f, 14)[0])
             off += 4 + n
     assert tags == [31, 32, 33]
+
+
+def test_checksums_are_whole_even_after_a_qemu_left_offloads_on(tapns):
+    """QEMU's tap netdev turns checksum offload on and a persistent tap keeps it: the relay
+    (no virtio-net header to carry "checksum pending") must turn it off, or the host's packets
+    reach the guest with partial checksums and are dropped there."""
+    netns.pushns(tapns)
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", TAP.encode(),
+                                               IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM)  # what QEMU does
+        os.close(fd)
+    finally:
+        netns.popns()
+    ip = ["ip", "-n", tapns]
+    subprocess.run([*ip, "addr", "add", "10.77.0.1/24", "dev", TAP], check=True)
+    subprocess.run([*ip, "neigh", "add", "10.77.0.2", "lladdr", "02:00:00:00:00:02", "dev", TAP],
+                   check=True)
+    r = Rig(tapns)
+    try:
+        netns.pushns(tapns)
+        try:
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        finally:
+            netns.popns()
+        udp.sendto(b"payload" * 20, ("10.77.0.2", 9999))
+        udp.close()
+        got = b""
+        while True:
+            got += r.guest.recv(65536)
+            (n,) = struct.unpack_from(">I", got)
+            if len(got) >= 4 + n:
+                f = got[4:4 + n]
+                if f[12:14] == b"\x08\x00" and f[23] == 17:
+                    break
+                got = got[4 + n:]
+        ip_hdr, udp_seg = f[14:34], f[34:]
+        pseudo = ip_hdr[12:20] + struct.pack(">BBH", 0, 17, len(udp_seg))
+        assert _csum(pseudo + udp_seg) == 0, "the UDP checksum is not complete"
+    finally:
+        r.close()
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f">{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return 0xFFFF - s
 
 
 def test_a_stream_that_is_not_qemus_stops_the_relay(rig):
