@@ -1,7 +1,9 @@
 """Output commit's cost and what commit protection wins back, on the real guest: pgbench TPC-B
 and select-only through the net relay, unprotected (a plain VM on the tap), Remus (output commit,
-cp off) and CP on, at several checkpoint intervals. TPS and latency are normalized to the
-unprotected run of the same invocation. Needs root. Run:
+cp off), CP on, and checkpoints without output commit (`--unsafe-no-output-commit`: what the
+checkpoints alone cost, the most CP could win back), at several checkpoint intervals. TPS and
+latency are normalized to the unprotected run of the same invocation; "won back" is
+(CP − Remus) / (no output commit − Remus). Needs root. Run:
     .venv/bin/python benchmarks/commitprotect.py [--intervals 25,50,100] [--seconds 20]
 """
 
@@ -60,9 +62,12 @@ def main() -> None:
                 guest.kill()
             print(f"unprotected: {rows['unprotected']}", flush=True)
             for interval in (int(x) for x in args.intervals.split(",")):
-                for mode, cp in (("remus", False), ("cp", True)):
+                for mode, cp, extra in (("remus", False, ()), ("cp", True, ()),
+                                        ("no-output-commit", False,
+                                         ("--unsafe-no-output-commit",))):
                     run = base / f"{mode}-{interval}"
-                    with Protected(lab, run, interval_ms=interval, optimizations={"cp": cp}):
+                    with Protected(lab, run, interval_ms=interval, optimizations={"cp": cp},
+                                   protect_args=extra):
                         rows[f"{mode}@{interval}ms"] = workloads(lab, args)
                     shutil.rmtree(run, ignore_errors=True)
                     print(f"{mode}@{interval}ms: {rows[f'{mode}@{interval}ms']}", flush=True)
@@ -77,6 +82,13 @@ def main() -> None:
         print(f"{name:16s}" + "".join(
             f"{r[w]['tps']:12.1f} ({r[w]['tps_ratio']:.2f}x){r[w]['latency_ratio']:9.2f}x"
             for w in WORKLOADS))
+    for interval in (int(x) for x in args.intervals.split(",")):
+        for w in WORKLOADS:
+            remus, cp, free = (rows[f"{m}@{interval}ms"][w]["tps"]
+                               for m in ("remus", "cp", "no-output-commit"))
+            won = (cp - remus) / (free - remus) if free > remus else float("nan")
+            rows[f"cp@{interval}ms"][w]["won_back"] = round(won, 2)
+            print(f"{w} at {interval} ms: CP wins back {won:.0%} of what output commit costs")
     save("commitprotect", {"seconds": args.seconds, "results": rows})
 
 

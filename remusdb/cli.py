@@ -80,7 +80,8 @@ def cmd_protect(args) -> int:
                               trace=Path(args.trace) if args.trace else None,
                               record_dir=Path(args.record) if args.record else None,
                               record_epochs=args.record_epochs,
-                              net_trace=Path(args.net_trace) if args.net_trace else None)
+                              net_trace=Path(args.net_trace) if args.net_trace else None,
+                              output_commit=not args.unsafe_no_output_commit)
 
 
 def cmd_standby(args) -> int:
@@ -220,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--net-trace", metavar="CSV", help="tests: append one line per frame the "
                     "guest sends: time, how it went (p passed, u unprotected, h held, r released),"
                     " epoch, xxh3 of the frame")
+    pr.add_argument("--unsafe-no-output-commit", action="store_true",
+                    help="benchmarks: checkpoint but hold no output (what the network costs)")
     pr.set_defaults(func=cmd_protect)
     sb = sub.add_parser("standby", help="receive checkpoints and fail over (standby daemon)")
     daemon_args(sb)

@@ -40,7 +40,7 @@ def _on_signals(handler) -> threading.Event:
 
 def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | None = None,
             verify_count: int = 0, record_dir: Path | None = None, record_epochs: int = 100,
-            net_trace: Path | None = None) -> int:
+            net_trace: Path | None = None, output_commit: bool = True) -> int:
     log = logger("primary")
     image = image_for(cfg)
     ensure_tap(cfg.vm.tap, cfg.vm.bridge)
@@ -63,7 +63,11 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | Non
         f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
     daemon = PrimaryDaemon(cfg, guest, run_dir, disk=disk, verify_every=verify_every, log=log,
                            trace=trace, verify_count=verify_count, record_dir=record_dir,
-                           record_epochs=record_epochs, relay=relay)
+                           record_epochs=record_epochs,
+                           relay=relay if output_commit else None)  # None: nothing is held
+    if not output_commit:
+        log("WARNING: output commit off (benchmarks only): the world sees output the standby "
+            "may not have; a failover can contradict it")
     done = _on_signals(daemon.stop)
     signal.signal(signal.SIGUSR1, lambda sig, frame: daemon.start_recording())
     try:
