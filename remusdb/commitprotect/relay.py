@@ -107,7 +107,12 @@ class NetRelay:
     # Called from other threads
     def mark(self, epoch: int) -> None:
         with self.lock:
-            self._from_guest(drain=True)
+            if self.error is None:  # a dead relay reads nothing more; the epochs still turn
+                try:
+                    self._from_guest(drain=True)
+                except (RelayError, OSError) as e:
+                    self.error = e
+                    self.log(f"net relay stopped: {e}")
             self.buffer.mark(epoch)
 
     def release(self, acked: int) -> None:

@@ -203,3 +203,5 @@ def test_a_stream_that_is_not_qemus_stops_the_relay(rig):
     while rig.relay.error is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert isinstance(rig.relay.error, RelayError) and "frame length" in str(rig.relay.error)
+    rig.relay.mark(0)  # checkpoints go on (the VM has no network now; the status says so)
+    assert rig.relay.summary()["error"].startswith("frame length")
