@@ -162,6 +162,12 @@ def cmd_failover(args) -> int:
     return 0
 
 
+def cmd_drill(args) -> int:
+    from remusdb.drill import command
+    return command.failover(args.db, args.interval, args.opts, args.kill_at, args.runs,
+                            args.json)
+
+
 def cmd_demo(args) -> int:
     from remusdb import demo
     return demo.run(interval_ms=args.interval)
@@ -238,6 +244,21 @@ def parser() -> argparse.ArgumentParser:
     fo.add_argument("--force", action="store_true",
                     help="fail over although the primary only went silent (fence it first)")
     fo.set_defaults(func=cmd_failover)
+
+    dr = sub.add_parser("drill", help="failover drills: kill the primary under load, check")
+    drsub = dr.add_subparsers(dest="drill", required=True, metavar="DRILL")
+    df = drsub.add_parser("failover", help="ledger workload, kill -9 of the primary, failover, "
+                          "then every acknowledged commit and the ledger's invariants checked")
+    df.add_argument("--db", choices=("postgres", "mariadb"), default="postgres")
+    df.add_argument("--interval", type=_count, default=100, metavar="MS",
+                    help="checkpoint interval (default 100)")
+    df.add_argument("--opts", default="asc,rt,cp",
+                    help="optimizations: a comma list of asc, rt, cp, or none (default all)")
+    df.add_argument("--kill-at", choices=("random", "mid-epoch", "mid-transfer"),
+                    default="random")
+    df.add_argument("--runs", type=_count, default=1, metavar="N")
+    df.add_argument("--json", action="store_true", help="print the reports as JSON")
+    df.set_defaults(func=cmd_drill)
 
     d = sub.add_parser("demo", help="protect a DB VM, kill its host, fail over (3 namespaces)")
     d.add_argument("--interval", type=_count, default=100, help="checkpoint interval in ms")

@@ -1,0 +1,63 @@
+"""The drill's verdicts without a VM: downtime, connection survival, the ledger checks (which
+must catch a lost acknowledged commit, a half-applied transfer, money made), and bad arguments."""
+
+import pytest
+
+from remusdb.drill import command
+from remusdb.drill.report import Op, connections, downtime, ledger_check
+from remusdb.errors import RemusError
+
+KILL = 100.0
+
+
+def test_downtime_from_first_hit_to_first_commit_after_the_kill():
+    ops = [Op(0, 1, 98.0, 99.0, True, 1),
+           Op(0, 1, 99.5, 101.5, False, 2),  # caught by the kill: the first hit (99.5)
+           Op(1, 1, 99.8, 102.0, True, 3),  # in flight, then committed after failover
+           Op(0, 2, 101.6, 103.0, True, 4)]
+    d = downtime(ops, KILL)
+    assert d == {"downtime_s": 2.5, "first_hit_s": -0.5, "first_success_s": 2.0}
+    assert downtime([Op(0, 1, 90.0, 91.0, True, 1)], KILL)["downtime_s"] is None
+
+
+def test_connections_survived_or_broke():
+    ops = [Op(0, 1, 99.0, 99.5, True, 1), Op(0, 1, 99.6, 103.0, True, 2),  # survived
+           Op(1, 1, 99.0, 99.2, True, 3), Op(1, 1, 99.3, 101.25, False, 4),  # broke
+           Op(1, 2, 102.0, 102.5, True, 5)]
+    assert connections(ops, KILL) == {"survived": 1, "broken": 1, "time_to_error_s": [1.25]}
+
+
+def test_ledger_check_finds_what_a_failover_could_break():
+    balances = {0: 990, 1: 1010, 2: 1000}
+    ledger = [(7, 0, 1, 10)]
+    assert ledger_check({7}, ledger, balances, 1000)["ok"]
+    lost = ledger_check({7, 8}, ledger, balances, 1000)
+    assert not lost["ok"] and lost["lost"] == 1 and lost["lost_ids"] == [8]
+    half = ledger_check({7}, ledger, {0: 990, 1: 1000, 2: 1000}, 1000)  # credit missing
+    assert not half["ok"] and not half["total_ok"] and half["partial_accounts"] == [1]
+    swapped = ledger_check({7}, ledger, {0: 1000, 1: 1010, 2: 990}, 1000)  # wrong accounts
+    assert not swapped["ok"] and swapped["total_ok"] and swapped["partial_accounts"] == [0, 2]
+    extra = ledger_check(set(), ledger, balances, 1000)  # committed, never acknowledged: fine
+    assert extra["ok"] and extra["unacknowledged_present"] == 1
+
+
+def test_bad_arguments_are_one_line_errors():
+    with pytest.raises(RemusError, match="unknown optimization xyz"):
+        command.parse_opts("asc,xyz")
+    assert command.parse_opts("none") == set() and command.parse_opts("cp,rt") == {"cp", "rt"}
+    with pytest.raises(RemusError, match="--runs"):
+        command.failover("postgres", 100, "cp", "random", 0, False)
+    with pytest.raises(RemusError, match="--interval"):
+        command.failover("postgres", 5, "cp", "random", 1, False)
+
+
+def test_summary_counts_losses_and_violations():
+    r = {"downtime_s": 2.0, "connections": {"survived": 3, "broken": 1},
+         "ledger": {"ok": True, "acknowledged": 10, "lost": 0, "total_ok": True,
+                    "partial_accounts": []}}
+    bad = {**r, "downtime_s": 4.0, "ledger": {**r["ledger"], "ok": False, "lost": 2,
+                                              "partial_accounts": [3]}}
+    s = command.summarize([r, bad])
+    assert (s["passed"], s["lost"], s["invariant_violations"]) == (1, 2, 1)
+    assert s["downtime_p50_s"] == 3.0 and s["downtime_max_s"] == 4.0
+    assert s["connection_survival"] == 0.75
