@@ -21,19 +21,20 @@
 #include <linux/sockios.h>
 
 #include "access/xact.h"
-#include "access/xlog.h"
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "libpq/libpq.h"
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "parser/analyze.h"
 #include "storage/backendid.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
+#include "tcop/utility.h"
 #include "utils/guc.h"
 
 PG_MODULE_MAGIC;
@@ -50,11 +51,13 @@ static CpSlot *my_slot = NULL;
 static bool cp_enabled = true;
 static int	cp_dscp = 11;
 static bool cp_protect_read_only = false;
+static bool finishing_prepared = false;	/* COMMIT/ROLLBACK PREPARED: no xid of its own */
 
 static shmem_request_hook_type prev_shmem_request = NULL;
 static shmem_startup_hook_type prev_shmem_startup = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
+static ProcessUtility_hook_type prev_process_utility = NULL;
 
 void		_PG_init(void);
 PG_FUNCTION_INFO_V1(remusdb_cp_sessions);
@@ -160,14 +163,18 @@ cp_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
-			/* A transaction that changed nothing needs no protection unless configured. */
+			/*
+			 * A transaction that changed nothing needs no protection unless configured. WAL
+			 * alone is not a change: a read-only scan that prunes a page writes some.
+			 */
 			if (cp_protect_read_only || TransactionIdIsValid(GetTopTransactionIdIfAny()) ||
-				XactLastRecEnd != 0)
+				finishing_prepared)
 				protect();
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
+			finishing_prepared = false;
 			if (my_slot)
 				my_slot->committing = false;
 			break;
@@ -193,6 +200,25 @@ cp_executor_start(QueryDesc *queryDesc, int eflags)
 		prev_executor_start(queryDesc, eflags);
 	else
 		standard_ExecutorStart(queryDesc, eflags);
+}
+
+static void
+cp_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				   ProcessUtilityContext context, ParamListInfo params,
+				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+
+	if (IsA(stmt, TransactionStmt) &&
+		(((TransactionStmt *) stmt)->kind == TRANS_STMT_COMMIT_PREPARED ||
+		 ((TransactionStmt *) stmt)->kind == TRANS_STMT_ROLLBACK_PREPARED))
+		finishing_prepared = true;
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+							 dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+								dest, qc);
 }
 
 Datum
@@ -247,5 +273,7 @@ _PG_init(void)
 	post_parse_analyze_hook = cp_post_parse_analyze;
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = cp_executor_start;
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = cp_process_utility;
 	RegisterXactCallback(cp_xact_callback, NULL);
 }
