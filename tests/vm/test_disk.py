@@ -25,6 +25,11 @@ def test_disk_follows_checkpoints_and_survives_kill_under_write_load(lab, base):
             init = pgbench(lab, "-i", "-s", "1", "-q")
             assert init.wait(300) == 0, init.stdout.read()
             load = pgbench(lab, "-c", "4", "-T", "600", "-n")
+            # Output commit makes the connections' handshakes wait for checkpoints: be sure
+            # the load commits before the checks count down to the kill.
+            deadline = time.monotonic() + 120
+            while not _history_rows(lab) and time.monotonic() < deadline:
+                time.sleep(0.5)
             start = p.status("standby")["verify"]
             st = wait_status(p.standby_status, lambda s: s["verify"]["disk_checks"]
                              >= start["disk_checks"] + CHECKS, 400,
@@ -41,6 +46,12 @@ def test_disk_follows_checkpoints_and_survives_kill_under_write_load(lab, base):
             stop(load)  # its open transactions abort with their connections
         failed_over(lab, base)
     print(f"verify {v}; failover {st['failover']}; read tracking {rt}")
+
+
+def _history_rows(lab) -> int:
+    with lab.inside("client"):
+        return dbclient.query_one(dbclient.postgres, "10.213.0.10",
+                                  "SELECT count(*) FROM pgbench_history", timeout=30)
 
 
 def failed_over(lab, base):
