@@ -46,9 +46,8 @@ def failover(db: str, interval_ms: int, opts: str, kill_at: str, runs: int, as_j
         raise RemusError(f"--interval: {interval_ms} ms is outside 10..10000")
     chosen = parse_opts(opts)
 
-    def say(msg: str) -> None:
-        if not as_json:
-            print(msg, file=out, flush=True)
+    def say(msg: str) -> None:  # with --json, progress goes to stderr: stdout is the JSON
+        print(msg, file=sys.stderr if as_json else out, flush=True)
     results = []
     for i in range(runs):
         say(f"== drill {i + 1}/{runs}: {db}, kill at {kill_at}")
