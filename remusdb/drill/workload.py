@@ -19,14 +19,16 @@ SCHEMA = ["DROP TABLE IF EXISTS ledger", "DROP TABLE IF EXISTS accounts",
           "CREATE TABLE ledger (id bigint PRIMARY KEY, src int NOT NULL, dst int NOT NULL, "
           "amount int NOT NULL)"]
 ERRORS = (psycopg2.Error, pymysql.err.Error, OSError)
+CLIENT_TIMEOUT_S = 20  # a dead peer noticed after this (libpq tcp_user_timeout, pymysql r/w)
 
 
 def connect(db: str, host: str, timeout: float = 10.0):
     """A client connection that notices a dead peer in ~20 s rather than TCP's 15 minutes."""
     if db == "postgres":
-        return dbclient.postgres(host, timeout=timeout, tcp_user_timeout=20_000,
+        return dbclient.postgres(host, timeout=timeout, tcp_user_timeout=CLIENT_TIMEOUT_S * 1000,
                                  keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
-    return dbclient.mariadb(host, timeout=timeout, read_timeout=20, write_timeout=20)
+    return dbclient.mariadb(host, timeout=timeout, read_timeout=CLIENT_TIMEOUT_S,
+                            write_timeout=CLIENT_TIMEOUT_S)
 
 
 def create(conn) -> None:

@@ -60,4 +60,7 @@ def test_summary_counts_losses_and_violations():
     s = command.summarize([r, bad])
     assert (s["passed"], s["lost"], s["invariant_violations"]) == (1, 2, 1)
     assert s["downtime_p50_s"] == 3.0 and s["downtime_max_s"] == 4.0
+    stuck = {**r, "downtime_s": None, "window_s": 45.0}  # never committed again
+    s = command.summarize([r, stuck, stuck])
+    assert s["unrecovered"] == 2 and s["downtime_p50_s"] == 45.0
     assert s["connection_survival"] == 0.75

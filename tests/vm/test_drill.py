@@ -10,7 +10,7 @@ from remusdb.drill import run as drillrun
                                              ("mariadb", {"asc", "rt"}, "mid-epoch")])
 def test_drill_keeps_every_acknowledged_commit(db, opts, kill_at):
     lines = []
-    r = drillrun.drill(db, 100, opts, kill_at, warmup_s=4, after_s=20, seed=1,
+    r = drillrun.drill(db, 100, opts, kill_at, warmup_s=4, seed=1,
                        say=lines.append)
     print("\n".join(lines + drillrun.describe(r)))
     led = r["ledger"]
