@@ -252,8 +252,9 @@ def parser() -> argparse.ArgumentParser:
     df.add_argument("--db", choices=("postgres", "mariadb"), default="postgres")
     df.add_argument("--interval", type=_count, default=100, metavar="MS",
                     help="checkpoint interval (default 100)")
-    df.add_argument("--opts", default="asc,rt,cp",
-                    help="optimizations: a comma list of asc, rt, cp, or none (default all)")
+    df.add_argument("--opts", default="asc,rt",
+                    help="optimizations: a comma list of asc, rt, cp, or none (default asc,rt:"
+                         " the config's defaults)")
     df.add_argument("--kill-at", choices=("random", "mid-epoch", "mid-transfer"),
                     default="random")
     df.add_argument("--runs", type=_count, default=1, metavar="N")

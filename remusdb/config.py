@@ -209,7 +209,9 @@ class OptimizationsConfig:
     compression: str = field(default="xor-lz4",
                              metadata={"check": _check_choice(COMPRESSION_CODECS)})
     rt: bool = field(default=True, metadata={"check": _check_bool})
-    cp: bool = field(default=True, metadata={"check": _check_bool})
+    # Off by default: with CP a failover keeps every acknowledged commit but breaks the
+    # connections of busy clients (docs/architecture.md, "TCP state"); on, for throughput.
+    cp: bool = field(default=False, metadata={"check": _check_bool})
     # The DSCP the DBMS puts on unprotected output: the guest's remusdb_cp.dscp must match.
     cp_dscp: int = field(default=11, metadata={"check": _check_int(1, 63)})
     page_cache: float = field(default=0.10, metadata={"check": _check_fraction})
@@ -293,7 +295,9 @@ interval_ms = 100
 [optimizations]
 compression = "xor-lz4"  # xor-lz4 | xor-rle | off  (benchmarks/compression.py)
 rt = true                # disk read tracking
-cp = true                # commit protection: only commit acknowledgements wait
+cp = false               # commit protection: only commit acks wait (much faster), but busy
+                         # clients' connections break at failover: they must time out
+                         # (e.g. libpq tcp_user_timeout) and reconnect
 cp_dscp = 11             # the DSCP of unprotected output (the guest's remusdb_cp.dscp)
 page_cache = 0.10        # fraction of guest RAM for the compression page cache
 
