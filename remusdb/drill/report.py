@@ -36,8 +36,8 @@ def downtime(ops: list[Op], killed_at: float) -> dict:
 
 
 def connections(ops: list[Op], killed_at: float) -> dict:
-    """Each client's connection open at the kill: survived (its next operation succeeded on the
-    same connection) or broke (an error, and how long after the kill it came)."""
+    """Each client's connection open at the kill: broke if any operation on it failed after the
+    kill (and when), survived if it carried on committing, unknown if it was not used again."""
     survived, errors = [], []
     for client in sorted({o.client for o in ops}):
         mine = sorted((o for o in ops if o.client == client), key=lambda o: o.start)
@@ -45,13 +45,12 @@ def connections(ops: list[Op], killed_at: float) -> dict:
         if not before:
             continue
         conn = before[-1].conn
-        nxt = next((o for o in mine if o.conn == conn and o.end > killed_at), None)
-        if nxt is None:
-            continue  # it never used the connection again (the drill ended first)
-        if nxt.ok:
+        after = [o for o in mine if o.conn == conn and o.end > killed_at]
+        failed = [o for o in after if not o.ok]
+        if failed:
+            errors.append(round(failed[0].end - killed_at, 3))
+        elif after:
             survived.append(client)
-        else:
-            errors.append(round(nxt.end - killed_at, 3))
     return {"survived": len(survived), "broken": len(errors),
             "time_to_error_s": sorted(errors)}
 

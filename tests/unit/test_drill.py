@@ -25,6 +25,9 @@ def test_connections_survived_or_broke():
            Op(1, 1, 99.0, 99.2, True, 3), Op(1, 1, 99.3, 101.25, False, 4),  # broke
            Op(1, 2, 102.0, 102.5, True, 5)]
     assert connections(ops, KILL) == {"survived": 1, "broken": 1, "time_to_error_s": [1.25]}
+    # an operation in flight at the kill that completes, then the session is aborted: broke
+    later = [Op(0, 1, 99.0, 100.5, True, 1), Op(0, 1, 100.6, 103.8, False, 2)]
+    assert connections(later, KILL) == {"survived": 0, "broken": 1, "time_to_error_s": [3.8]}
 
 
 def test_ledger_check_finds_what_a_failover_could_break():
