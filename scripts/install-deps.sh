@@ -4,7 +4,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 util-linux zstd
-      postgresql-client mariadb-client postgresql-server-dev-15 libkrb5-dev make gcc
+      postgresql-client postgresql-15 mariadb-client postgresql-server-dev-15 libkrb5-dev make gcc
       dpkg-dev patch ninja-build meson pkg-config flex bison libglib2.0-dev libpixman-1-dev
       libfdt-dev libslirp-dev python3-venv fio nbdkit nbdkit-plugin-python"
 # The patched QEMU is built from Debian's source package: apt needs a deb-src entry.
