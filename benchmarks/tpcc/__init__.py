@@ -1,0 +1,72 @@
+"""TPC-C (PostgreSQL and MariaDB): the driver contract the runner calls — prepare, run, check.
+
+Defaults fit a TCG guest (1 warehouse, 4 terminals). The thesis (Table 5.2) ran 20 warehouses
+(TPC-C on PostgreSQL, ~1.9 GB) with 20 clients on real hardware: `--scale 20 --clients 20`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from benchmarks.target import Target
+from benchmarks.tpcc import checks, load, terminal
+from benchmarks.tpcc.gen import Scale
+from remusdb.errors import RemusError
+
+NAME = "tpcc"
+UNIT = "tpmC"
+DBS = ("postgres", "mariadb")
+DEFAULT_SCALE = 1        # warehouses
+PAPER_SCALE = 20
+DEFAULT_CLIENTS = 4
+
+
+def _scale(scale, small: bool = False) -> Scale:
+    try:
+        w = int(scale)
+    except (TypeError, ValueError):
+        raise RemusError(f"tpcc: scale is a number of warehouses, got {scale!r}") from None
+    if w < 1 or w != scale:
+        raise RemusError(f"tpcc: scale must be a whole number of warehouses ≥ 1, got {scale}")
+    if small:  # tests: the spec's rules on a database that loads in a second
+        return Scale(warehouses=w, items=1000, customers=30, orders=30)
+    return Scale(warehouses=w)
+
+
+def prepare(target: Target, scale=DEFAULT_SCALE, say: Callable[[str], None] = print,
+            small: bool = False, seed: int = 1) -> dict:
+    s = _scale(scale, small)
+    return {"scale": s.warehouses, **load.load(target, s, seed=seed, say=say)}
+
+
+def run(target: Target, duration_s: float = 60, clients: int = DEFAULT_CLIENTS,
+        say: Callable[[str], None] = print, seed: int = 1) -> dict:
+    if duration_s <= 0 or clients < 1:
+        raise RemusError(f"tpcc: need a duration > 0 and ≥ 1 client, got {duration_s} s, "
+                         f"{clients} client(s)")
+    return terminal.run(target, loaded_scale(target), duration_s, clients, seed=seed, say=say)
+
+
+def check(target: Target) -> list[str]:
+    return checks.check(target)
+
+
+def loaded_scale(target: Target) -> Scale:
+    """The size of the database that is there, so terminals draw ids that exist."""
+    conn = target.open()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM warehouse), (SELECT max(i_id) FROM item), "
+                        "(SELECT count(*) FROM district WHERE d_w_id = 1), "
+                        "(SELECT max(c_id) FROM customer WHERE c_w_id = 1 AND c_d_id = 1)")
+            w, items, districts, customers = cur.fetchone()
+        conn.rollback()
+    except Exception as e:  # noqa: BLE001 - a missing schema is a user error here
+        raise RemusError(f"tpcc: no TPC-C database at {target.label} (prepare it first): "
+                         f"{str(e).strip().splitlines()[0]}") from None
+    finally:
+        conn.close()
+    if not (w and items and districts and customers):
+        raise RemusError(f"tpcc: the TPC-C database at {target.label} is empty")
+    return Scale(warehouses=w, items=items, districts=districts, customers=customers,
+                 orders=customers)
