@@ -261,6 +261,9 @@ def parser() -> argparse.ArgumentParser:
     df.add_argument("--json", action="store_true", help="print the reports as JSON")
     df.set_defaults(func=cmd_drill)
 
+    from benchmarks import command as benchcmd  # the drivers live in benchmarks/
+    benchcmd.add_parser(sub)
+
     d = sub.add_parser("demo", help="protect a DB VM, kill its host, fail over (3 namespaces)")
     d.add_argument("--interval", type=_count, default=100, help="checkpoint interval in ms")
     d.set_defaults(func=cmd_demo)

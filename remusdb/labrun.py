@@ -84,11 +84,11 @@ class Protected:
     checkpoint commits; stopped (both killed) on exit. For tests and benchmarks."""
 
     def __init__(self, lab, run: Path, interval_ms: int = 100, optimizations: dict | None = None,
-                 protect_args: tuple = (), standby_args: tuple = ()):
+                 protect_args: tuple = (), standby_args: tuple = (), vm: dict | None = None):
         self.lab, self.run = lab, Path(run)
         self.run.mkdir(parents=True, exist_ok=True)
         self.cfg = write_config(self.run / "vm.toml", lab, interval_ms=interval_ms,
-                                optimizations=optimizations)
+                                optimizations=optimizations, **(vm or {}))
         self.protect_args, self.standby_args = list(protect_args), list(standby_args)
         self.standby = self.primary = None
         self.standby_status = self.run / "pg1/standby/standby.status.json"
