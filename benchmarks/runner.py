@@ -84,6 +84,8 @@ def parse_sweep(text: str | None) -> tuple[str, list] | None:
 
 
 def check_scale(drv, scale: float) -> float | int:
+    if hasattr(drv, "check_scale"):
+        return drv.check_scale(scale)
     if scale <= 0:
         raise RemusError(f"{drv.NAME}: scale must be > 0, got {scale:g}")
     if isinstance(drv.DEFAULT_SCALE, int):

@@ -21,22 +21,33 @@ PAPER_SCALE = 20
 DEFAULT_CLIENTS = 4
 
 
-def _scale(scale, small: bool = False) -> Scale:
+def check_scale(scale) -> float | int:
+    """Whole warehouses, or a fraction of one (< 1: items, customers and orders scaled down
+    with every rule kept — for smoke runs and tests; not a spec-sized database)."""
     try:
-        w = int(scale)
+        f = float(scale)
     except (TypeError, ValueError):
         raise RemusError(f"tpcc: scale is a number of warehouses, got {scale!r}") from None
-    if w < 1 or w != scale:
-        raise RemusError(f"tpcc: scale must be a whole number of warehouses ≥ 1, got {scale}")
-    if small:  # tests: the spec's rules on a database that loads in a second
-        return Scale(warehouses=w, items=1000, customers=30, orders=30)
-    return Scale(warehouses=w)
+    if f <= 0 or (f > 1 and f != int(f)):
+        raise RemusError(f"tpcc: scale must be whole warehouses, or a fraction of one "
+                         f"(0 < scale < 1), got {scale:g}")
+    return int(f) if f >= 1 else f
+
+
+def _scale(scale) -> Scale:
+    f = check_scale(scale)
+    if isinstance(f, int):
+        return Scale(warehouses=f)
+    customers = max(10, round(3000 * f))
+    return Scale(warehouses=1, items=max(100, round(100_000 * f)), customers=customers,
+                 orders=customers)
 
 
 def prepare(target: Target, scale=DEFAULT_SCALE, say: Callable[[str], None] = print,
-            small: bool = False, seed: int = 1) -> dict:
-    s = _scale(scale, small)
-    return {"scale": s.warehouses, **load.load(target, s, seed=seed, say=say)}
+            seed: int = 1) -> dict:
+    s = _scale(scale)
+    return {"scale": check_scale(scale), "items": s.items, "customers_per_district": s.customers,
+            **load.load(target, s, seed=seed, say=say)}
 
 
 def run(target: Target, duration_s: float = 60, clients: int = DEFAULT_CLIENTS,
