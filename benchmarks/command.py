@@ -16,7 +16,7 @@ from remusdb.errors import RemusError
 def summary_lines(result: dict) -> list[str]:
     lines = [f"{'mode':<12}{'sweep':>10}{'score':>14}{'vs unprot.':>12}{'MB/s sent':>11}"]
     for p in result["points"]:
-        sweep = "" if p["sweep_value"] is None else str(p["sweep_value"])
+        sweep = runner.value_label((result.get("sweep") or {}).get("kind"), p["sweep_value"])
         if "score" in p:
             norm = f"{p['normalized']:.3f}" if "normalized" in p else ""
             bw = f"{p['sent_mb_per_s']:.2f}" if p.get("sent_mb_per_s") is not None else ""

@@ -11,17 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.runner import SWEEPS  # noqa: E402
-
-
-def _label(value, kind) -> str:
-    if value is None:
-        return "all"
-    if kind == "buffer-pool":
-        return f"{value >> 20} MB"
-    if kind == "interval":
-        return f"{value} ms"
-    return f"{value:g}"
+from benchmarks.runner import SWEEPS, value_label  # noqa: E402
 
 
 def chart(result: dict, path: Path) -> Path:
@@ -66,7 +56,7 @@ def chart(result: dict, path: Path) -> Path:
                 if key == first[0]:
                     ax.text(x, y, f"{y:.2f}" if norm else f"{y:.0f}", ha="center",
                             va="bottom", fontsize=7)
-        ax.set_xticks(range(len(values)), [_label(v, kind) for v in values])
+        ax.set_xticks(range(len(values)), [value_label(kind, v) or "all" for v in values])
         ax.set_ylabel(ylabel)
         if kind:
             ax.set_xlabel(SWEEPS[kind])

@@ -83,6 +83,16 @@ def parse_sweep(text: str | None) -> tuple[str, list] | None:
     return kind, out
 
 
+def value_label(kind: str | None, value) -> str:
+    if value is None:
+        return ""
+    if kind == "buffer-pool":
+        return f"{value >> 20}M"
+    if kind == "interval":
+        return f"{value}ms"
+    return f"{value:g}"
+
+
 def check_scale(drv, scale: float) -> float | int:
     if hasattr(drv, "check_scale"):
         return drv.check_scale(scale)
@@ -184,6 +194,7 @@ def _vm(lab, mode: str, run: Path, plan: Plan, interval_ms: int, buffer_pool: in
 
 
 def _set_buffer_pool(agent, db: str, size: int) -> None:
+    """PostgreSQL restarts with the new shared_buffers; InnoDB resizes its pool online."""
     agent.wait_ready(30)
     mb = size >> 20
     if db == "postgres":
@@ -193,6 +204,21 @@ def _set_buffer_pool(agent, db: str, size: int) -> None:
     r = agent.exec(["sh", "-c", cmd], timeout=300)
     if r.exitcode != 0:
         raise RemusError(f"setting the buffer pool to {mb} MB failed: {r.stderr.strip()}")
+
+
+def buffer_pool_bytes(target: Target) -> int:
+    """What the database says its buffer pool is (a sweep point records it, not the wish)."""
+    conn = target.open()
+    try:
+        with conn.cursor() as cur:
+            if target.kind == "postgres":
+                cur.execute("SELECT setting::bigint * 8192 FROM pg_settings "
+                            "WHERE name = 'shared_buffers'")
+            else:
+                cur.execute("SELECT @@innodb_buffer_pool_size")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
 
 
 def _wait_open(target: Target, timeout: float = 120) -> None:
@@ -251,7 +277,8 @@ def bench(plan: Plan, out: Path, say: Callable[[str], None] = print) -> dict:
                 p_interval = value if kind == "interval" else interval
                 p_scale = check_scale(drv, value) if kind == "scale" else scale
                 pool = value if kind == "buffer-pool" else None
-                label = mode + (f" @ {kind}={value}" if kind and value is not None else "")
+                at = value_label(kind, value)
+                label = mode + (f" @ {kind}={at}" if at else "")
                 point = {"mode": mode, "sweep_value": value, "interval_ms": p_interval,
                          "scale": p_scale}
                 why = unavailable(plan.db, mode)
@@ -265,6 +292,10 @@ def bench(plan: Plan, out: Path, say: Callable[[str], None] = print) -> dict:
                     try:
                         with _vm(lab, mode, run, plan, p_interval, pool) as (target, sent):
                             _wait_open(target)
+                            point["buffer_pool_bytes"] = buffer_pool_bytes(target)
+                            if pool and point["buffer_pool_bytes"] != pool:
+                                raise RemusError(f"asked for a {pool >> 20} MB buffer pool, the"
+                                                 f" database has {point['buffer_pool_bytes']}")
                             point.update(available=True, **measure(drv, target, plan, p_scale,
                                                                    lambda m: say("    " + m),
                                                                    sent))
