@@ -301,6 +301,9 @@ def bench(plan: Plan, out: Path, say: Callable[[str], None] = print) -> dict:
                                                                    sent))
                     except RemusError as e:
                         point.update(available=True, error=str(e))
+                    except Exception as e:  # noqa: BLE001 - one point fails, the rest run
+                        first = (str(e).strip().splitlines() or [""])[0]
+                        point.update(available=True, error=f"{type(e).__name__}: {first}")
                     finally:
                         shutil.rmtree(run, ignore_errors=True)
                     point["wall_s"] = round(time.monotonic() - t0, 1)
