@@ -3,12 +3,11 @@ from here, so the tests can check the rules without a database."""
 
 from __future__ import annotations
 
-import random
-import string
 from dataclasses import dataclass
 
+from benchmarks import rand
+
 SYLLABLES = ("BAR", "OUGHT", "ABLE", "PRI", "PRES", "ESE", "ANTI", "CALLY", "ATION", "EING")
-_ALNUM = string.ascii_letters + string.digits
 
 
 @dataclass(frozen=True)
@@ -41,29 +40,17 @@ def last_name(num: int) -> str:
     return SYLLABLES[num // 100] + SYLLABLES[(num // 10) % 10] + SYLLABLES[num % 10]
 
 
-class Rand:
-    """A seeded source with the spec's generators. `c_*` are the NURand run constants (2.1.6)."""
+class Rand(rand.Rand):
+    """With the spec's NURand; `c_*` are its run constants (2.1.6)."""
 
     def __init__(self, seed: int | None = None):
-        self.r = random.Random(seed)
+        super().__init__(seed)
         self.c_last, self.c_id, self.c_item = (self.r.randint(0, 255), self.r.randint(0, 1023),
                                                self.r.randint(0, 8191))
-        self._pool = "".join(self.r.choices(_ALNUM, k=8192))
-
-    def uniform(self, lo: int, hi: int) -> int:
-        return self.r.randint(lo, hi)
 
     def nurand(self, a: int, lo: int, hi: int) -> int:
         c = {255: self.c_last, 1023: self.c_id, 8191: self.c_item}[a]
         return (((self.r.randint(0, a) | self.r.randint(lo, hi)) + c) % (hi - lo + 1)) + lo
-
-    def astring(self, lo: int, hi: int) -> str:
-        n = self.r.randint(lo, hi)
-        start = self.r.randint(0, len(self._pool) - n)
-        return self._pool[start:start + n]
-
-    def nstring(self, lo: int, hi: int) -> str:
-        return "".join(self.r.choices(string.digits, k=self.r.randint(lo, hi)))
 
     def zip(self) -> str:
         return self.nstring(4, 4) + "11111"
@@ -75,11 +62,6 @@ class Rand:
             at = self.r.randint(0, len(s) - 8)
             s = s[:at] + "ORIGINAL" + s[at + 8:]
         return s
-
-    def money(self, lo: float, hi: float) -> str:
-        """A decimal amount as text (exact in both databases)."""
-        cents = self.r.randint(round(lo * 100), round(hi * 100))
-        return f"{cents // 100}.{cents % 100:02d}"
 
     def customer_last(self, scale: Scale) -> str:
         return last_name(self.nurand(255, 0, scale.last_names - 1))

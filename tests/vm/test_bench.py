@@ -5,8 +5,11 @@ import json
 import subprocess
 import sys
 
-from benchmarks import tpcc
-from benchmarks.target import guest_target
+import pytest
+
+from benchmarks import tpcc, tpch, tpcw
+from benchmarks.target import guest_target, postgres_target
+from tests import hostpg
 
 
 def test_tpcc_on_the_guest_postgres(db_vm, lab):
@@ -42,3 +45,32 @@ def test_bench_cli_unprotected_and_remus_on_mariadb(image, base):
     assert remus["interval_ms"] == 50
     assert cp["available"] is False and "MariaDB" in cp["reason"]
     assert "[3/3] cp: not available" in p.stderr
+
+
+def test_tpch_answers_in_the_guest_match_the_hosts(db_vm, lab):
+    """The same generated data in the guest's PostgreSQL and a host PostgreSQL: the 22 queries
+    with the same parameters give the same rows."""
+    if not hostpg.available():
+        pytest.skip("needs Debian's postgresql-15 on the host")
+    guest = guest_target(lab, "postgres")
+    info = tpch.prepare(guest, 0.01, say=lambda _: None)
+    assert tpch.check(guest) == []
+    r = tpch.run(guest, say=lambda _: None)
+    assert r["score"] > 0 and len(r["queries"]) == 22
+    in_guest = tpch.answers(guest, seed=3)
+    with hostpg.host_postgres() as args:
+        host = postgres_target(*args)
+        assert tpch.prepare(host, 0.01, say=lambda _: None)["rows"] == info["rows"]
+        on_host = tpch.answers(host, seed=3)
+    assert sum(len(rows) > 0 for rows in on_host.values()) >= 18
+    for q in on_host:
+        assert in_guest[q] == on_host[q], q
+
+
+def test_tpcw_on_the_guest_postgres(db_vm, lab):
+    target = guest_target(lab, "postgres")
+    tpcw.prepare(target, 500, say=lambda _: None)
+    r = tpcw.run(target, 15, 4, say=lambda _: None)
+    assert r["errors"] == 0, r["error_samples"]
+    assert r["score"] > 0 and r["by_interaction"]["home"] > 0
+    assert tpcw.check(target) == []
