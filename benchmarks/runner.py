@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.target import Target, guest_target, mariadb_target, postgres_target
+from benchmarks.target import Target, first_line, guest_target, mariadb_target, postgres_target
 from remusdb.config import Config
 from remusdb.errors import RemusError
 
@@ -302,8 +302,8 @@ def bench(plan: Plan, out: Path, say: Callable[[str], None] = print) -> dict:
                     except RemusError as e:
                         point.update(available=True, error=str(e))
                     except Exception as e:  # noqa: BLE001 - one point fails, the rest run
-                        first = (str(e).strip().splitlines() or [""])[0]
-                        point.update(available=True, error=f"{type(e).__name__}: {first}")
+                        point.update(available=True,
+                                     error=f"{type(e).__name__}: {first_line(e)}")
                     finally:
                         shutil.rmtree(run, ignore_errors=True)
                     point["wall_s"] = round(time.monotonic() - t0, 1)

@@ -8,6 +8,7 @@ dialect table.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +40,8 @@ class Target:
         try:
             return self.connect()
         except (psycopg2.OperationalError, pymysql.err.OperationalError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RemusError(f"cannot connect to {self.kind} at {self.label or '?'}: "
-                             f"{first}") from None
+                             f"{first_line(e)}") from None
 
 
 def retryable(kind: str, exc: BaseException) -> bool:
@@ -124,3 +124,45 @@ def guest_target(lab, kind: str, host: str | None = None) -> Target:
         return mariadb_target(host, MARIADB_PORT, DB_USER, DB_PASSWORD, DB_NAME,
                               f"guest {host}:{MARIADB_PORT}", wrap)
     raise RemusError(f"unknown database kind {kind!r} (expected one of {', '.join(KINDS)})")
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def loaded_row(target: Target, sql: str, what: str) -> tuple:
+    """One row describing the loaded database (its size); a missing schema is the user's
+    error ("prepare it first"), said in one line."""
+    conn = target.open()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            row = tuple(cur.fetchone())
+        conn.rollback()
+    except Exception as e:  # noqa: BLE001 - whatever the driver raises, one line
+        raise RemusError(f"{what}: no {what.upper()} database at {target.label} (prepare it "
+                         f"first): {first_line(e)}") from None
+    finally:
+        conn.close()
+    if not all(row):
+        raise RemusError(f"{what}: the {what.upper()} database at {target.label} is empty")
+    return row
+
+
+def close_quietly(conn) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - a dead connection is gone either way
+        pass
+
+
+def reconnect(target: Target, conn, deadline: float):
+    """A client whose connection broke (a failover, a restart) opens a new one, retrying
+    until `deadline` (monotonic); None when it never came back."""
+    close_quietly(conn)
+    while time.monotonic() < deadline:
+        try:
+            return target.connect()
+        except Exception:  # noqa: BLE001 - retried until the deadline
+            time.sleep(1)
+    return None

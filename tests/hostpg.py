@@ -61,3 +61,10 @@ def host_postgres(shared_buffers: str = "128MB"):
             subprocess.run(["runuser", "-u", "postgres", "--", str(BIN / "pg_ctl"), "-D",
                             str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def closed_port() -> int:
+    """A local TCP port nobody listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks.target import Target
+from benchmarks.target import Target, loaded_row
 from benchmarks.tpcc import checks, load, terminal
 from benchmarks.tpcc.gen import Scale
 from remusdb.errors import RemusError
@@ -64,20 +64,9 @@ def check(target: Target) -> list[str]:
 
 def loaded_scale(target: Target) -> Scale:
     """The size of the database that is there, so terminals draw ids that exist."""
-    conn = target.open()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT (SELECT count(*) FROM warehouse), (SELECT max(i_id) FROM item), "
-                        "(SELECT count(*) FROM district WHERE d_w_id = 1), "
-                        "(SELECT max(c_id) FROM customer WHERE c_w_id = 1 AND c_d_id = 1)")
-            w, items, districts, customers = cur.fetchone()
-        conn.rollback()
-    except Exception as e:  # noqa: BLE001 - a missing schema is a user error here
-        raise RemusError(f"tpcc: no TPC-C database at {target.label} (prepare it first): "
-                         f"{str(e).strip().splitlines()[0]}") from None
-    finally:
-        conn.close()
-    if not (w and items and districts and customers):
-        raise RemusError(f"tpcc: the TPC-C database at {target.label} is empty")
+    w, items, districts, customers = loaded_row(
+        target, "SELECT (SELECT count(*) FROM warehouse), (SELECT max(i_id) FROM item), "
+        "(SELECT count(*) FROM district WHERE d_w_id = 1), "
+        "(SELECT max(c_id) FROM customer WHERE c_w_id = 1 AND c_d_id = 1)", NAME)
     return Scale(warehouses=w, items=items, districts=districts, customers=customers,
                  orders=customers)

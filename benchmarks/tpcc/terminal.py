@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.target import Target, retryable
+from benchmarks.target import Target, close_quietly, first_line, reconnect, retryable
 from benchmarks.tpcc.gen import Rand, Scale
 from benchmarks.tpcc.txns import MIX, TRANSACTIONS, UserRollback
 
@@ -36,17 +36,8 @@ class _Terminal(threading.Thread):
         self.conn = target.open()
 
     def _reconnect(self) -> bool:
-        try:
-            self.conn.close()
-        except Exception:  # noqa: BLE001 - the old connection is gone either way
-            pass
-        while time.monotonic() < self.deadline[0]:
-            try:
-                self.conn = self.target.connect()
-                return True
-            except Exception:  # noqa: BLE001 - retried until the deadline
-                time.sleep(1)
-        return False
+        self.conn = reconnect(self.target, self.conn, self.deadline[0])
+        return self.conn is not None
 
     def run(self) -> None:
         self.start_evt.wait()
@@ -66,7 +57,7 @@ class _Terminal(threading.Thread):
                     if retryable(self.target.kind, e):
                         self.retries += 1
                         continue
-                    self.errors.append(f"{name}: {str(e).strip().splitlines()[0:1]}")
+                    self.errors.append(f"{name}: {first_line(e)}")
                     if not self._reconnect():
                         return
                     break
@@ -98,10 +89,8 @@ def run(target: Target, scale: Scale, duration_s: float, terminals: int, seed: i
         t.join(duration_s + 120)
     elapsed = time.monotonic() - t0
     for t in terms:
-        try:
-            t.conn.close()
-        except Exception:  # noqa: BLE001
-            pass
+        if t.conn is not None:
+            close_quietly(t.conn)
     counts, lat = Counter(), defaultdict(list)
     for t in terms:
         counts.update(t.counts)

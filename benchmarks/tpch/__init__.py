@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg2
 
-from benchmarks.target import Target
+from benchmarks.target import Target, first_line
 from benchmarks.tpch.queries import SQL, params
 from remusdb.errors import RemusError
 
@@ -171,8 +171,7 @@ def _query(cur, name: str, args: dict) -> list[tuple]:
         cur.execute(SQL[name], args)
         return [tuple(r) for r in cur.fetchall()]
     except psycopg2.Error as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RemusError(f"tpch {name} failed: {first}") from None
+        raise RemusError(f"tpch {name} failed: {first_line(e)}") from None
 
 
 def _loaded_scale(cur) -> float:

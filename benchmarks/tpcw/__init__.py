@@ -17,7 +17,15 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.rand import Rand
-from benchmarks.target import Target, bulk_insert, retryable
+from benchmarks.target import (
+    Target,
+    bulk_insert,
+    close_quietly,
+    first_line,
+    loaded_row,
+    reconnect,
+    retryable,
+)
 from benchmarks.tpcw import population as pop
 from benchmarks.tpcw.interactions import BROWSING_MIX, INTERACTIONS, Browser, mix
 from remusdb.errors import RemusError
@@ -98,19 +106,8 @@ def prepare(target: Target, scale=DEFAULT_SCALE, say: Callable[[str], None] = pr
 
 
 def _loaded_size(target: Target) -> pop.Size:
-    conn = target.open()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT (SELECT max(i_id) FROM item), (SELECT count(*) FROM customer)")
-            items, customers = cur.fetchone()
-        conn.rollback()
-    except Exception as e:  # noqa: BLE001 - a missing schema is a user error here
-        raise RemusError(f"tpcw: no TPC-W database at {target.label} (prepare it first): "
-                         f"{str(e).strip().splitlines()[0]}") from None
-    finally:
-        conn.close()
-    if not items or not customers:
-        raise RemusError(f"tpcw: the TPC-W database at {target.label} is empty")
+    items, _ = loaded_row(target, "SELECT (SELECT max(i_id) FROM item), "
+                          "(SELECT count(*) FROM customer)", NAME)
     return pop.Size(items)
 
 
@@ -141,7 +138,7 @@ class _Browser(threading.Thread):
                 if retryable("postgres", e):
                     self.retries += 1
                     continue
-                self.errors.append(f"{name}: {(str(e).strip().splitlines() or [''])[0]}")
+                self.errors.append(f"{name}: {first_line(e)}")
                 if not self._reconnect():
                     return
                 continue
@@ -150,18 +147,9 @@ class _Browser(threading.Thread):
                 self.lat[name].append(time.monotonic() - t0)
 
     def _reconnect(self) -> bool:
-        try:
-            self.conn.close()
-        except Exception:  # noqa: BLE001
-            pass
         self.b.cart = None  # a new session: a new cart
-        while time.monotonic() < self.stop_at[0]:
-            try:
-                self.conn = self.target.connect()
-                return True
-            except Exception:  # noqa: BLE001 - retried until the end of the run
-                time.sleep(1)
-        return False
+        self.conn = reconnect(self.target, self.conn, self.stop_at[0])
+        return self.conn is not None
 
 
 def run(target: Target, duration_s: float = 60, clients: int = DEFAULT_CLIENTS,
@@ -184,10 +172,8 @@ def run(target: Target, duration_s: float = 60, clients: int = DEFAULT_CLIENTS,
     for b in ebs:
         b.join(WARMUP_S + duration_s + 120)
     for b in ebs:
-        try:
-            b.conn.close()
-        except Exception:  # noqa: BLE001
-            pass
+        if b.conn is not None:
+            close_quietly(b.conn)
     counts, lat = Counter(), []
     for b in ebs:
         counts.update(b.counts)

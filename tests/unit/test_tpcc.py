@@ -2,7 +2,6 @@
 a short run, the consistency conditions hold after it and catch a broken invariant."""
 
 import random
-import socket
 from collections import Counter
 
 import pytest
@@ -65,22 +64,12 @@ def test_bad_arguments():
 
 
 def test_unreachable_database_is_one_line():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = hostpg.closed_port()
     t = postgres_target("127.0.0.1", port, "x", "x", "x")
     with pytest.raises(RemusError) as e:
         tpcc.prepare(t, 1)
     assert "cannot connect to postgres at 127.0.0.1" in str(e.value)
     assert "\n" not in str(e.value)
-
-
-@pytest.fixture(scope="module")
-def host_pg():
-    if not hostpg.available():
-        pytest.skip("needs root and Debian's postgresql-15 on the host")
-    with hostpg.host_postgres() as args:
-        yield postgres_target(*args)
 
 
 def test_run_keeps_the_consistency_conditions(host_pg):

@@ -3,7 +3,6 @@ PostgreSQL on the host: the load has the spec's cardinalities, a broken one is c
 22 queries run."""
 
 import datetime as dt
-import socket
 from decimal import Decimal
 
 import pytest
@@ -53,20 +52,10 @@ def test_bad_arguments():
     for bad in (0, -1, "x"):
         with pytest.raises(RemusError, match="tpch: scale"):
             tpch.prepare(t, bad)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = hostpg.closed_port()
     with pytest.raises(RemusError, match="cannot connect to postgres at 127.0.0.1") as e:
         tpch.run(postgres_target("127.0.0.1", port, "x", "x", "x"))
     assert "\n" not in str(e.value)
-
-
-@pytest.fixture(scope="module")
-def host_pg():
-    if not hostpg.available():
-        pytest.skip("needs root and Debian's postgresql-15 on the host")
-    with hostpg.host_postgres() as args:
-        yield postgres_target(*args)
 
 
 def test_load_run_and_a_broken_cardinality(host_pg):

@@ -1,7 +1,6 @@
 """TPC-W driver: the browsing mix (pure), and against a real PostgreSQL on the host: the
 population, a short run with every frequent interaction, the checks, and breakages caught."""
 
-import socket
 from collections import Counter
 
 import pytest
@@ -41,20 +40,10 @@ def test_bad_arguments():
             tpcw.prepare(t, bad)
     with pytest.raises(RemusError, match="browser"):
         tpcw.run(t, 10, 0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = hostpg.closed_port()
     with pytest.raises(RemusError, match="cannot connect to postgres at 127.0.0.1") as e:
         tpcw.prepare(postgres_target("127.0.0.1", port, "x", "x", "x"), 100)
     assert "\n" not in str(e.value)
-
-
-@pytest.fixture(scope="module")
-def host_pg():
-    if not hostpg.available():
-        pytest.skip("needs root and Debian's postgresql-15 on the host")
-    with hostpg.host_postgres() as args:
-        yield postgres_target(*args)
 
 
 def test_run_writes_orders_and_keeps_the_checks(host_pg):
