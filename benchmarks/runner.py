@@ -168,7 +168,10 @@ def _vm(lab, mode: str, run: Path, plan: Plan, interval_ms: int, buffer_pool: in
 
     vm = plan.cfg.vm
     if MODES[mode] is None:
-        guest = launch(plan.cfg, builder.build(), run, netns=lab.ns("primary"))
+        # The lab's addresses, the user's machine size: as the protected modes get it.
+        cfg = Config()
+        cfg.vm.memory, cfg.vm.vcpus, cfg.vm.accel = vm.memory, vm.vcpus, vm.accel
+        guest = launch(cfg, builder.build(), run, netns=lab.ns("primary"))
         try:
             if buffer_pool:
                 _set_buffer_pool(guest.agent, plan.db, buffer_pool)
@@ -239,11 +242,11 @@ def measure(drv, target: Target, plan: Plan, scale, say, sent=None,
     point = {"prepare": drv.prepare(target, scale, say=say) if prepare else None}
     before = sent() if sent else None
     t0 = time.monotonic()
-    run = drv.run(target, duration_s=plan.duration_s,
-                  clients=plan.clients or getattr(drv, "DEFAULT_CLIENTS", 4), say=say)
+    clients = plan.clients or getattr(drv, "DEFAULT_CLIENTS", 4)
+    run = drv.run(target, duration_s=plan.duration_s, clients=clients, say=say)
     elapsed = time.monotonic() - t0
     after = sent() if sent else None
-    point.update(score=run["score"], unit=run["unit"],
+    point.update(clients=clients, score=run["score"], unit=run["unit"],
                  higher_is_better=run.get("higher_is_better", True), run=run)
     if before is not None and after is not None:
         point["sent_bytes"] = after - before
