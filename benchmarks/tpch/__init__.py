@@ -2,9 +2,10 @@
 substitution parameters, one warm-up run then one timed power run (queries in order, one
 stream). Score: queries per hour of the power run (22 × 3600 / its seconds).
 
-Defaults fit a TCG guest (scale factor 0.1, ~100 MB of data; a power run of ~1 min). The thesis (Table 5.2) ran scale factor 1
-(~2.3 GB with indexes) with a 1 GB buffer pool on real hardware: `--scale 1`. Three ORDER BYs
-(Q3, Q10, Q18) have a key appended as tie-breaker so that answers compare exactly.
+Defaults fit a TCG guest (scale factor 0.1, ~100 MB of data, a power run of about a minute).
+The thesis (Table 5.2) ran scale factor 1 (~2.3 GB with indexes) with a 1 GB buffer pool on real
+hardware: `--scale 1`. Three ORDER BYs (Q3, Q10, Q18) have a key appended as tie-breaker so that
+answers compare exactly.
 """
 
 from __future__ import annotations
