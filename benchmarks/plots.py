@@ -56,7 +56,7 @@ def chart(result: dict, path: Path) -> Path:
                 if key == first[0]:
                     ax.text(x, y, f"{y:.2f}" if norm else f"{y:.0f}", ha="center",
                             va="bottom", fontsize=7)
-        ax.set_xticks(range(len(values)), [value_label(kind, v) or "all" for v in values])
+        ax.set_xticks(range(len(values)), [value_label(kind, v) for v in values])
         ax.set_ylabel(ylabel)
         if kind:
             ax.set_xlabel(SWEEPS[kind])
