@@ -307,7 +307,9 @@ def bench(plan: Plan, out: Path, say: Callable[[str], None] = print) -> dict:
                     except Exception as e:  # noqa: BLE001 - one point fails, the rest run
                         point.update(available=True,
                                      error=f"{type(e).__name__}: {first_line(e)}")
-                    finally:
+                    if point.get("error"):  # the daemons' logs say why: keep them
+                        point["files"] = str(run)
+                    else:
                         shutil.rmtree(run, ignore_errors=True)
                     point["wall_s"] = round(time.monotonic() - t0, 1)
                     say(f"[{i}/{len(todo)}] {label}: " + (
@@ -317,7 +319,11 @@ def bench(plan: Plan, out: Path, say: Callable[[str], None] = print) -> dict:
                 normalize(result)
                 save(result, out)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        kept = [p["files"] for p in result["points"] if p.get("files")]
+        if kept:
+            say(f"kept the files of the failed point(s): {', '.join(kept)}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     return result
 
 
