@@ -12,17 +12,17 @@ import socket
 import time
 from dataclasses import dataclass
 
-from remusdb.checkpoint.stream import (
-    Colo,
+from remusdb.checkpoint.stream.format import Colo
+from remusdb.checkpoint.stream.pages import PageSet
+from remusdb.checkpoint.stream.parse import (
     InitialState,
-    PageSet,
     RamParser,
-    Reader,
-    message,
     read_initial,
     read_live_state,
     read_message,
 )
+from remusdb.checkpoint.stream.reader import Reader
+from remusdb.checkpoint.stream.write import message
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.diskserver import DATA, DiskWrite, data_extents
-from remusdb.checkpoint.stream import PageSet
+from remusdb.checkpoint.stream.pages import PageSet
 from remusdb.compression import codec
 from remusdb.compression.compressor import Compressor
 from remusdb.readtrack.tracker import ReadTracker

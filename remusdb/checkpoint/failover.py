@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remusdb.checkpoint.store import StandbyStore
-from remusdb.checkpoint.stream import Configuration, write_incoming
+from remusdb.checkpoint.stream.format import Configuration
+from remusdb.checkpoint.stream.write import write_incoming
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
 
 

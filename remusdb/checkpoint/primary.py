@@ -25,7 +25,7 @@ from remusdb.checkpoint.diskserver import DiskServer
 from remusdb.checkpoint.encode import EpochOut, disk_copy, disk_frames, epoch_frames
 from remusdb.checkpoint.status import StatusFile, Window, disk_digests, page_digests
 from remusdb.checkpoint.store import StreamInfo
-from remusdb.checkpoint.stream import PAGE_SIZE, StreamError
+from remusdb.checkpoint.stream.format import PAGE_SIZE, StreamError
 from remusdb.commitprotect.relay import NetRelay
 from remusdb.compression.compressor import Compressor
 from remusdb.config import Config

@@ -26,7 +26,7 @@ import numpy as np
 
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.diskserver import DATA, pwrite_all, zero_range
-from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
+from remusdb.checkpoint.stream.format import PAGE_SIZE, Configuration, RamBlock
 from remusdb.compression import codec
 from remusdb.errors import RemusError
 
