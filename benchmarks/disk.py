@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import save  # noqa: E402
-from remusdb.checkpoint.diskserver import DiskServer  # noqa: E402
+from remusdb.disk.server import DiskServer  # noqa: E402
 
 SIZE = 1 << 30
 JOBS = {"randread 4K": ("randread", "4k"), "randwrite 4K": ("randwrite", "4k"),
@@ -80,13 +80,13 @@ def main() -> None:
     procs = []
     try:
         targets = {"direct file": {"file": str(img)}}
-        srv = DiskServer(img, work / "remusdb.sock", log=lambda m: None)
+        srv = DiskServer(img, work / "remusdb.sock")
         srv.start()
         stop = threading.Event()
 
         def epochs():  # as the primary daemon does: each epoch's writes go and are let go
             while not stop.wait(0.1):
-                srv.cut()
+                srv.writes.cut()
         threading.Thread(target=epochs, daemon=True).start()
         targets["remusdb disk server"] = {"uri": f"nbd+unix:///disk?socket={srv.socket_path}"}
         plugin = work / "plugin.py"

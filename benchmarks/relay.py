@@ -136,7 +136,7 @@ class Topology:
 def open_relay(top: Topology, buffer: OutputBuffer) -> NetRelay:
     netns.pushns(top.b)
     try:
-        return NetRelay.open(top.sock, "tapB", buffer, log=lambda m: None).start()
+        return NetRelay.open(top.sock, "tapB", buffer).start()
     finally:
         netns.popns()
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from remusdb import paths
-from remusdb.checkpoint.diskserver import DiskServer
 from remusdb.config import Config
+from remusdb.disk.server import DiskServer
 from remusdb.errors import RemusError
 from remusdb.hypervisor import qemubuild
 from remusdb.hypervisor.agent import AgentError
@@ -26,6 +26,7 @@ from remusdb.hypervisor.qemu import QEMU_BINARY, GuestSpec, QemuGuest, resolve_a
 from remusdb.image import builder
 from remusdb.image.builder import GuestImage
 
+log = logging.getLogger(__name__)
 DB_USER = DB_PASSWORD = DB_NAME = "remusdb"
 PG_PORT, MARIADB_PORT = 5432, 3306
 READY_CHECKS = {
@@ -114,15 +115,14 @@ def sync_guest_clock(guest: QemuGuest) -> None:
     guest.agent.call("guest-set-time", {"time": time.time_ns()})
 
 
-def cold_boot(guest: QemuGuest, timeout: float = 300.0, log=sys.stderr) -> float:
+def cold_boot(guest: QemuGuest, timeout: float = 300.0) -> float:
     t0 = time.monotonic()
     guest.start()
     # qemu-ga spins a vCPU until a first client connects: ping it as soon as it can answer.
     guest.wait_agent(timeout)
     wait_databases(guest, max(10.0, timeout - (time.monotonic() - t0)))
     dt = time.monotonic() - t0
-    print(f"cold boot: PostgreSQL and MariaDB answering {dt:.1f} s after QEMU start",
-          file=log, flush=True)
+    log.info(f"cold boot: PostgreSQL and MariaDB answering {dt:.1f} s after QEMU start")
     return dt
 
 
@@ -136,7 +136,7 @@ def snapshot_dir(key: str) -> Path:
 
 
 def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = None,
-           use_snapshot: bool = True, log=sys.stderr, **over) -> QemuGuest:
+           use_snapshot: bool = True, **over) -> QemuGuest:
     """Start the database VM with PostgreSQL and MariaDB answering.
 
     From the saved snapshot when there is one; else cold boot, save a snapshot for next time
@@ -150,12 +150,12 @@ def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = No
     snap = snapshot_dir(snapshot_key(spec, image))
     try:
         if use_snapshot and (snap / "state").is_file():
-            restore_snapshot(guest, snap, log=log)
+            restore_snapshot(guest, snap)
         else:
             create_overlay(image.root, disk)
-            cold_boot(guest, log=log)
+            cold_boot(guest)
             if use_snapshot:
-                save_snapshot(guest, snap, log=log)
+                save_snapshot(guest, snap)
     except BaseException:
         guest.kill()
         raise
@@ -164,7 +164,7 @@ def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = No
 
 
 def launch_served(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = None,
-                  log=sys.stderr, **over) -> tuple[QemuGuest, DiskServer]:
+                  **over) -> tuple[QemuGuest, DiskServer]:
     """The database VM with its disk served by a DiskServer (protection): from the saved
     snapshot, whose disk becomes a private raw image in run_dir."""
     run_dir = Path(run_dir)
@@ -173,7 +173,7 @@ def launch_served(cfg: Config, image: GuestImage, run_dir: Path, netns: str | No
     spec = make_spec(cfg, image, sock, disk_format="nbd", netns=netns, **over)
     snap = snapshot_dir(snapshot_key(spec, image))
     if not (snap / "state").is_file():  # make it once, the ordinary way
-        launch(cfg, image, run_dir / "first-boot", netns=netns, log=log, **over).kill()
+        launch(cfg, image, run_dir / "first-boot", netns=netns, **over).kill()
         shutil.rmtree(run_dir / "first-boot", ignore_errors=True)
     raw = run_dir / "disk.raw"
     raw.unlink(missing_ok=True)
@@ -181,11 +181,11 @@ def launch_served(cfg: Config, image: GuestImage, run_dir: Path, netns: str | No
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise RemusError(f"qemu-img convert of the snapshot disk failed: {r.stderr.strip()}")
-    server = DiskServer(raw, sock, log=lambda m: print(m, file=log, flush=True))
+    server = DiskServer(raw, sock)
     server.start()
     guest = QemuGuest(spec, run_dir)
     try:
-        restore_snapshot(guest, snap, log=log)
+        restore_snapshot(guest, snap)
     except BaseException:
         guest.kill()
         server.close()
@@ -194,7 +194,7 @@ def launch_served(cfg: Config, image: GuestImage, run_dir: Path, netns: str | No
     return guest, server
 
 
-def restore_snapshot(guest: QemuGuest, snap: Path, log=sys.stderr) -> float:
+def restore_snapshot(guest: QemuGuest, snap: Path) -> float:
     """Start `guest` from a saved snapshot, on a private copy of the snapshot's disk (a served
     disk is prepared by the caller)."""
     t0 = time.monotonic()
@@ -205,12 +205,11 @@ def restore_snapshot(guest: QemuGuest, snap: Path, log=sys.stderr) -> float:
     sync_guest_clock(guest)
     wait_databases(guest, 60)
     dt = time.monotonic() - t0
-    print(f"restored snapshot {snap.name}: databases answering {dt:.1f} s after QEMU start",
-          file=log, flush=True)
+    log.info(f"restored snapshot {snap.name}: databases answering {dt:.1f} s after QEMU start")
     return dt
 
 
-def save_snapshot(guest: QemuGuest, snap: Path, log=sys.stderr) -> None:
+def save_snapshot(guest: QemuGuest, snap: Path) -> None:
     """Save the running VM (state + its disk overlay) and let it run on."""
     t0 = time.monotonic()
     tmp = snap.parent / f".{snap.name}.{os.getpid()}"
@@ -228,5 +227,5 @@ def save_snapshot(guest: QemuGuest, snap: Path, log=sys.stderr) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     guest.monitor.cont()
     size = (snap / "state").stat().st_size
-    print(f"saved snapshot {snap.name} ({size / 2**20:.0f} MiB) in {time.monotonic() - t0:.1f} s",
-          file=log, flush=True)
+    log.info(f"saved snapshot {snap.name} ({size / 2**20:.0f} MiB) in "
+             f"{time.monotonic() - t0:.1f} s")

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.diskserver import DATA, DiskWrite, data_extents
 from remusdb.checkpoint.stream.pages import PageSet
 from remusdb.compression import codec
 from remusdb.compression.compressor import Compressor
+from remusdb.disk.image import data_extents
+from remusdb.disk.writelog import DATA, DiskWrite
 from remusdb.readtrack.tracker import ReadTracker
 
 

@@ -21,7 +21,6 @@ import numpy as np
 
 from remusdb.checkpoint import recording, wire
 from remusdb.checkpoint.colo import ColoEndpoint
-from remusdb.checkpoint.diskserver import DiskServer
 from remusdb.checkpoint.encode import EpochOut, disk_copy, disk_frames, epoch_frames
 from remusdb.checkpoint.status import StatusFile, Window, disk_digests, page_digests
 from remusdb.checkpoint.store import StreamInfo
@@ -29,6 +28,7 @@ from remusdb.checkpoint.stream.format import PAGE_SIZE, StreamError
 from remusdb.commitprotect.relay import NetRelay
 from remusdb.compression.compressor import Compressor
 from remusdb.config import Config
+from remusdb.disk.server import DiskServer
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.diskserver import DATA, pwrite_all, zero_range
 from remusdb.checkpoint.stream.format import PAGE_SIZE, Configuration, RamBlock
 from remusdb.compression import codec
+from remusdb.disk.image import pwrite_all, zero_range
+from remusdb.disk.writelog import DATA
 from remusdb.errors import RemusError
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from remusdb.errors import RemusError
+from remusdb.errors import PeerError
+from remusdb.sockio import recv_into_all
 
 MAGIC = b"RDB1"
 VERSION = 1
@@ -49,7 +50,7 @@ class Kind(enum.IntEnum):
     STREAM = 15  # p->s: JSON description of the VM's RAM blocks (after the disk copy started)
 
 
-class WireError(RemusError):
+class WireError(PeerError):
     pass
 
 
@@ -102,15 +103,6 @@ def verify(hdr: bytes, payload: bytes | memoryview, checksum: int) -> None:
     h.update(payload)
     if h.intdigest() != checksum:
         raise WireError("frame checksum mismatch (corrupt frame)")
-
-
-def recv_into_all(sock: socket.socket, view: memoryview, got: int = 0) -> None:
-    """Fill `view` from `sock` (its first `got` bytes are already there)."""
-    while got < len(view):
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise ConnectionError("peer closed the connection")
-        got += k
 
 
 class Connection:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import select
 import socket
@@ -34,13 +35,15 @@ IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
 RX_BATCH = 64  # tap frames gathered into one send to QEMU
 TO_GUEST_MAX = 4 << 20  # queued towards a guest that is not reading (paused): beyond, drop
 
+log = logging.getLogger(__name__)
+
 
 class RelayError(RemusError):
     pass
 
 
 def open_tap(name: str) -> int:
-    """The tap's fd (a persistent tap made by hostnet.ensure_tap), frames without extra header."""
+    """The tap's fd (a persistent tap: hypervisor/tap.py), frames without extra header."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
@@ -70,9 +73,9 @@ def connect_stream(path: Path, timeout: float = 30.0) -> socket.socket:
 
 
 class NetRelay:
-    def __init__(self, stream: socket.socket, tap_fd: int, buffer: OutputBuffer, log=print,
+    def __init__(self, stream: socket.socket, tap_fd: int, buffer: OutputBuffer,
                  trace: Path | None = None):
-        self.sock, self.tap, self.buffer, self.log = stream, tap_fd, buffer, log
+        self.sock, self.tap, self.buffer = stream, tap_fd, buffer
         # Tests: a line per guest frame (time, p|u|h|r, epoch, xxh3): matched with what a
         # client captured and when the standby committed that epoch.
         self.trace = open(trace, "a", buffering=1 << 16) if trace else None
@@ -112,7 +115,7 @@ class NetRelay:
                     self._from_guest(drain=True)
                 except (RelayError, OSError) as e:
                     self.error = e
-                    self.log(f"net relay stopped: {e}")
+                    log.error("net relay stopped: %s", e)
             self.buffer.mark(epoch)
 
     def release(self, acked: int) -> None:
@@ -176,7 +179,7 @@ class NetRelay:
         except BaseException as e:  # the daemon reads it: the VM's network is down
             if not self._stop:
                 self.error = e
-                self.log(f"net relay stopped: {e}")
+                log.error("net relay stopped: %s", e)
         finally:
             ep.close()
 

@@ -17,11 +17,10 @@ from remusdb.hypervisor.agent import GuestAgent
 
 
 class ClockKeeper(threading.Thread):
-    def __init__(self, agent_socket: Path, period: float = 0.5, max_offset: float = 0.1,
-                 log=print):
+    def __init__(self, agent_socket: Path, period: float = 0.5, max_offset: float = 0.1):
         super().__init__(name="clock", daemon=True)
         self.path = Path(agent_socket)
-        self.period, self.max_offset, self.log = period, max_offset, log
+        self.period, self.max_offset = period, max_offset
         self.stop_event = threading.Event()
         self.steps = 0
         self.last_offset: float | None = None

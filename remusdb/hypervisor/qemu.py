@@ -146,7 +146,7 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
                   f"addr.path={spec.stream_socket}")
     else:
         netdev = None
-    if spec.disk_format == "nbd":  # served by remusdb's disk server (checkpoint/diskserver.py)
+    if spec.disk_format == "nbd":  # served by remusdb's disk server (disk/server.py)
         drive = (f"file.driver=nbd,file.server.type=unix,file.server.path={spec.disk},"
                  f"file.export=disk,format=raw")
     else:

@@ -10,11 +10,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from remusdb.checkpoint import nbd, wire
-from remusdb.checkpoint.diskserver import DATA, ZERO, DiskServer, DiskWrite, data_extents
+from remusdb.checkpoint import wire
 from remusdb.checkpoint.encode import disk_frames
 from remusdb.checkpoint.store import Epoch, StandbyStore, StoreError, StreamInfo, add_frame
 from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
+from remusdb.disk import nbd
+from remusdb.disk.image import data_extents
+from remusdb.disk.server import DiskServer
+from remusdb.disk.writelog import DATA, ZERO, DiskWrite
 
 SIZE = 64 << 20
 
@@ -24,7 +27,7 @@ def server(tmp_path):
     img = tmp_path / "disk.raw"
     with open(img, "wb") as f:
         f.truncate(SIZE)
-    s = DiskServer(img, tmp_path / "disk.sock", log=lambda m: None)
+    s = DiskServer(img, tmp_path / "disk.sock")
     s.start()
     yield s
     s.close()
@@ -45,12 +48,12 @@ def test_qemu_writes_reads_zeroes_and_the_epoch_log(server):
                   "write -P 0xcd 1048576 8192", "write -z 1048576 4096", "flush",
                   "read -P 0 1048576 4096", "read -P 0xcd 1052672 4096")
     assert "Pattern verification failed" not in out
-    writes = server.cut()
+    writes = server.writes.cut()
     assert [(w.kind, w.offset, w.length) for w in writes] == [
         (DATA, 4096, 65536), (DATA, 1048576, 8192), (ZERO, 1048576, 4096)]
     assert writes[0].data == b"\xab" * 65536
-    assert server.cut() == []  # the next epoch starts empty
-    assert server.touched == {0, 1}
+    assert server.writes.cut() == []  # the next epoch starts empty
+    assert server.writes.touched == {0, 1}
     with open(server.image, "rb") as f:
         f.seek(4096)
         assert f.read(65536) == b"\xab" * 65536
@@ -62,7 +65,7 @@ def test_requests_past_the_end_are_refused_and_logged_nowhere(server):
                         f"nbd+unix:///disk?socket={server.socket_path}"],
                        capture_output=True, text=True, timeout=60)
     assert "write failed" in r.stdout + r.stderr or r.returncode != 0
-    assert server.cut() == []
+    assert server.writes.cut() == []
 
 
 def raw_client(server):
@@ -87,7 +90,7 @@ def test_a_bad_request_gets_an_errno_and_a_broken_one_ends_the_connection(server
               + b"w" * 4096 + nbd.REQUEST.pack(nbd.REQUEST_MAGIC, 0, nbd.CMD_FLUSH, 9, 0, 0))
     assert nbd.REPLY.unpack(s.recv(16, socket.MSG_WAITALL))[1:] == (errno.ENOSPC, 8)
     assert nbd.REPLY.unpack(s.recv(16, socket.MSG_WAITALL))[1:] == (0, 9)
-    assert server.cut() == []
+    assert server.writes.cut() == []
     s.sendall(b"\x00" * 28)  # not a request
     assert s.recv(16) == b""  # the server hangs up: NBD cannot resynchronize
     s.close()
@@ -185,6 +188,6 @@ def test_page_references_resolve_against_the_disk_of_the_same_checkpoint(tmp_pat
 
 
 def test_after_protection_ends_writes_are_not_kept(server):
-    server.stop_log()
+    server.writes.stop()
     qemu_io(server, "write -P 0x11 0 65536")
-    assert server.cut() == [] and server.stats["writes"] == 1
+    assert server.writes.cut() == [] and server.stats["writes"] == 1

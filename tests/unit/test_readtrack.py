@@ -4,7 +4,7 @@ with the disk server and QEMU's NBD client doing the reads and writes."""
 import numpy as np
 import pytest
 
-from remusdb.checkpoint.diskserver import DiskServer
+from remusdb.disk.server import DiskServer
 from remusdb.readtrack.index import BLOCK, BlockIndex
 from remusdb.readtrack.tracker import ReadTracker
 from tests.unit.test_disk import SIZE, qemu_io
@@ -18,7 +18,7 @@ def rt(tmp_path):
         for b in range(8):  # blocks 0..7 hold 0x10..0x17
             f.seek(b * BLOCK)
             f.write(bytes([0x10 + b]) * BLOCK)
-    s = DiskServer(img, tmp_path / "disk.sock", log=lambda m: None)
+    s = DiskServer(img, tmp_path / "disk.sock")
     s.index = BlockIndex(SIZE, capacity=1000)
     s.start()
     yield s, ReadTracker(s.index, s.fd)

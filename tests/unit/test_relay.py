@@ -66,7 +66,7 @@ class Rig:
         self.guest, qemu_side = socket.socketpair()
         qemu_side.setblocking(False)
         self.guest.settimeout(2)
-        self.relay = NetRelay(qemu_side, fd, OutputBuffer(cp, 11), log=lambda m: None).start()
+        self.relay = NetRelay(qemu_side, fd, OutputBuffer(cp, 11)).start()
 
     def seen(self) -> list[int]:
         """Tags of the frames that reached the world (the tap's side) since last asked."""

@@ -1,11 +1,8 @@
 """The primary's disk server: the guest's disk as an NBD export over a unix socket.
 
 QEMU's virtio-blk reads and writes the raw image through this server, so every write passes
-here: it is applied to the local image, then logged for the epoch it belongs to, and only then
-acknowledged. At a checkpoint QEMU stops the VM and drains its I/O before it sends
-VMSTATE_SEND, so every write acknowledged before then is in the log when the daemon cuts it:
-`cut()` returns exactly the closing epoch's writes. Reads are served here too (read tracking
-watches them).
+here: it is applied to the local image, then logged for the epoch it belongs to (`writes`), and
+only then acknowledged. Reads are served here too (read tracking watches them).
 
 One thread per client connection; requests are read in bulk from a reusable buffer and the
 replies to a run of pipelined requests go out in one sendmsg.
@@ -13,114 +10,38 @@ replies to a run of pipelined requests go out in one sendmsg.
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from remusdb.checkpoint import nbd
-from remusdb.checkpoint.wire import recv_into_all
+from remusdb.disk import nbd
+from remusdb.disk.image import pwrite_all, zero_range
+from remusdb.disk.writelog import DATA, ZERO, DiskWrite, WriteLog
 from remusdb.errors import RemusError
+from remusdb.sockio import recv_into_all
 
+log = logging.getLogger(__name__)
 EXPORT = "disk"
-_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-
-DATA, ZERO = 0, 1
-
-
-@dataclass
-class DiskWrite:
-    """One write of an epoch, in the order the server applied it."""
-
-    kind: int  # DATA or ZERO
-    offset: int
-    length: int
-    data: bytes = b""
-
-
-def pwrite_all(fd: int, data, offset: int) -> None:
-    """pwrite that either writes every byte or raises (a short write is ENOSPC in the making)."""
-    mv = memoryview(data)
-    done = 0
-    while done < len(mv):
-        n = os.pwrite(fd, mv[done:], offset + done)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, "short write")
-        done += n
-
-
-def zero_range(fd: int, offset: int, length: int) -> None:
-    """Make a range read as zeros: punch a hole (the image stays sparse), else write zeros."""
-    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-        return
-    chunk = bytes(min(length, 1 << 20))
-    done = 0
-    while done < length:
-        n = min(len(chunk), length - done)
-        pwrite_all(fd, chunk[:n], offset + done)
-        done += n
-
-
-def data_extents(fd: int, size: int, chunk: int = 4 << 20):
-    """(offset, length) pieces of at most `chunk` bytes covering the allocated data of a
-    sparse file (SEEK_DATA / SEEK_HOLE): what a full copy must send."""
-    at = 0
-    while at < size:
-        try:
-            start = os.lseek(fd, at, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                return
-            raise
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        for off in range(start, end, chunk):
-            yield off, min(chunk, end - off)
-        at = end
 
 
 class DiskServer:
-    def __init__(self, image: Path, socket_path: Path, log=print):
-        self.image, self.socket_path, self.log = Path(image), Path(socket_path), log
+    def __init__(self, image: Path, socket_path: Path):
+        self.image, self.socket_path = Path(image), Path(socket_path)
         try:
             self.fd = os.open(self.image, os.O_RDWR)
         except OSError as e:
             raise RemusError(f"cannot open disk image {self.image}: {e.strerror}") from None
         self.size = os.fstat(self.fd).st_size
-        self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._writes: list[DiskWrite] = []
-        self.logging = True
-        self.touched: set[int] = set()  # 1 MiB chunks written since start (the disk check)
+        self.writes = WriteLog()
         self.stats = {"reads": 0, "writes": 0, "read_bytes": 0, "written_bytes": 0,
                       "flushes": 0, "zeroes": 0, "errors": 0}
         self._srv: socket.socket | None = None
         self._closed = threading.Event()
         self.index = None  # RT's BlockIndex, when read tracking is on
-
-    # The epoch log
-    def cut(self) -> list[DiskWrite]:
-        """The writes applied since the last cut, oldest first."""
-        with self._lock:
-            writes, self._writes = self._writes, []
-        return writes
-
-    def stop_log(self) -> None:
-        """Protection ended: nobody cuts the log any more, so stop keeping writes."""
-        with self._lock:
-            self.logging = False
-            self._writes = []
-
-    def _record(self, w: DiskWrite) -> None:
-        with self._lock:
-            if not self.logging:
-                return
-            self._writes.append(w)
-            self.touched.update(range(w.offset >> 20, ((w.offset + w.length - 1) >> 20) + 1))
 
     # Serving
     def start(self) -> None:
@@ -152,11 +73,11 @@ class DiskServer:
             if self._handshake(conn):
                 self._transmit(conn)
         except (nbd.ProtocolError, ValueError, ConnectionError) as e:
-            self.log(f"disk server: client dropped: {e}")
+            log.warning("disk server: client dropped: %s", e)
         except OSError as e:
-            self.log(f"disk server: {e}")
-        except Exception as e:  # a bug here must not pass silently: the guest's disk is gone
-            self.log(f"disk server: internal error, connection closed: {type(e).__name__}: {e}")
+            log.warning("disk server: %s", e)
+        except Exception:  # a bug here must not pass silently: the guest's disk is gone
+            log.exception("disk server: internal error, connection closed")
             raise
         finally:
             sock.close()
@@ -205,77 +126,86 @@ class DiskServer:
                 conn.sock.sendall(nbd.option_reply(option, nbd.REP_ERR_UNSUP))
 
     def _transmit(self, conn: _Conn) -> None:
-        fd, size, stats = self.fd, self.size, self.stats
         while True:
             if not conn.ready(nbd.REQUEST.size):
                 conn.flush()  # nothing more buffered: answer what has been done, then wait
             req = nbd.parse_request(conn.take(nbd.REQUEST.size))
-            err = nbd.check(req, size)
+            err = nbd.check(req, self.size)
             if req.type == nbd.CMD_WRITE:
-                if not conn.ready(req.length):
-                    conn.flush()
-                if req.length > nbd.MAX_REQUEST:  # would have to be read to stay in step
-                    raise nbd.ProtocolError(f"write of {req.length} bytes")
-                data = conn.take(req.length)  # read even when refused: stay in step
-                index = self.index
-                with self._write_lock:  # image and log in the same order, whatever the client
-                    if not err and index is not None:
-                        index.written(req.offset, req.length)  # before the data changes
-                    if not err:
-                        err = self._io(pwrite_all, fd, data, req.offset)
-                    if not err:
-                        if index is not None:
-                            index.saw(req.offset, data)
-                        self._record(DiskWrite(DATA, req.offset, len(data), data))
-                    stats["writes"] += 1
-                    stats["written_bytes"] += len(data)
-                    if req.flags & nbd.CMD_FLAG_FUA:
-                        err = self._io(os.fdatasync, fd)
-                conn.reply(req.handle, err)
+                conn.reply(req.handle, self._write(conn, req, err))
             elif req.type == nbd.CMD_READ:
-                if err:
-                    conn.reply(req.handle, err)
-                    continue
-                try:
-                    if req.length >= 1 << 16:  # large: into a reused buffer, sent at once
-                        view = conn.read_buffer(req.length)
-                        n = os.preadv(fd, [view], req.offset)
-                        data = view[:n]
-                    else:
-                        data = os.pread(fd, req.length, req.offset)
-                except OSError as e:
-                    conn.reply(req.handle, e.errno or errno.EIO)
-                    continue
-                if len(data) < req.length:  # past the end of a file that shrank
-                    conn.reply(req.handle, errno.EIO)
-                    continue
-                stats["reads"] += 1
-                stats["read_bytes"] += len(data)
-                if self.index is not None:
-                    self.index.saw(req.offset, data)
-                conn.reply(req.handle, 0, data)
-                if isinstance(data, memoryview):
-                    conn.flush()  # before the buffer is reused
+                self._read(conn, req, err)
             elif req.type == nbd.CMD_FLUSH:
-                stats["flushes"] += 1
-                conn.reply(req.handle, err or self._io(os.fdatasync, fd))
+                self.stats["flushes"] += 1
+                conn.reply(req.handle, err or self._io(os.fdatasync, self.fd))
             elif req.type in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
-                if not err and req.length:
-                    with self._write_lock:
-                        if self.index is not None:
-                            self.index.written(req.offset, req.length)
-                        err = self._io(zero_range, fd, req.offset, req.length)
-                        if not err:
-                            self._record(DiskWrite(ZERO, req.offset, req.length))
-                        stats["zeroes"] += 1
-                        if req.flags & nbd.CMD_FLAG_FUA:
-                            err = self._io(os.fdatasync, fd)
-                conn.reply(req.handle, err)
+                conn.reply(req.handle, self._zero(req, err))
             elif req.type == nbd.CMD_DISC:
                 conn.flush()
                 return
             else:
                 conn.reply(req.handle, err or errno.EINVAL)
+
+    def _write(self, conn: _Conn, req: nbd.Request, err: int) -> int:
+        if not conn.ready(req.length):
+            conn.flush()
+        if req.length > nbd.MAX_REQUEST:  # would have to be read to stay in step
+            raise nbd.ProtocolError(f"write of {req.length} bytes")
+        data = conn.take(req.length)  # read even when refused: stay in step
+        index, fd, stats = self.index, self.fd, self.stats
+        with self._write_lock:  # image and log in the same order, whatever the client
+            if not err and index is not None:
+                index.written(req.offset, req.length)  # before the data changes
+            if not err:
+                err = self._io(pwrite_all, fd, data, req.offset)
+            if not err:
+                if index is not None:
+                    index.saw(req.offset, data)
+                self.writes.record(DiskWrite(DATA, req.offset, len(data), data))
+            stats["writes"] += 1
+            stats["written_bytes"] += len(data)
+            if req.flags & nbd.CMD_FLAG_FUA:
+                err = self._io(os.fdatasync, fd)
+        return err
+
+    def _read(self, conn: _Conn, req: nbd.Request, err: int) -> None:
+        if err:
+            conn.reply(req.handle, err)
+            return
+        try:
+            if req.length >= 1 << 16:  # large: into a reused buffer, sent at once
+                view = conn.read_buffer(req.length)
+                n = os.preadv(self.fd, [view], req.offset)
+                data: bytes | memoryview = view[:n]
+            else:
+                data = os.pread(self.fd, req.length, req.offset)
+        except OSError as e:
+            conn.reply(req.handle, e.errno or errno.EIO)
+            return
+        if len(data) < req.length:  # past the end of a file that shrank
+            conn.reply(req.handle, errno.EIO)
+            return
+        self.stats["reads"] += 1
+        self.stats["read_bytes"] += len(data)
+        if self.index is not None:
+            self.index.saw(req.offset, data)
+        conn.reply(req.handle, 0, data)
+        if isinstance(data, memoryview):
+            conn.flush()  # before the buffer is reused
+
+    def _zero(self, req: nbd.Request, err: int) -> int:
+        if err or not req.length:
+            return err
+        with self._write_lock:
+            if self.index is not None:
+                self.index.written(req.offset, req.length)
+            err = self._io(zero_range, self.fd, req.offset, req.length)
+            if not err:
+                self.writes.record(DiskWrite(ZERO, req.offset, req.length))
+            self.stats["zeroes"] += 1
+            if req.flags & nbd.CMD_FLAG_FUA:
+                err = self._io(os.fdatasync, self.fd)
+        return err
 
     def _io(self, fn, *args) -> int:
         try:

@@ -1,7 +1,7 @@
 """The NBD protocol as the disk server speaks it: fixed newstyle handshake, simple replies.
 
 Pure: byte layouts and the decisions about them (which options are answered how, which requests
-are valid), so they can be tested without sockets. The server (diskserver.py) does the I/O.
+are valid), so they can be tested without sockets. The server (disk/server.py) does the I/O.
 Reference: the NBD protocol document (github.com/NetworkBlockDevice/nbd, doc/proto.md).
 """
 
