@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -72,16 +73,17 @@ def cmd_qemu_build(args) -> int:
 
 def cmd_protect(args) -> int:
     from remusdb import protection
+    from remusdb.checkpoint.participants import SessionAids
     cfg = configmod.load(args.config)
     if args.no_compression:
         cfg.optimizations.compression = "off"
-    return protection.protect(cfg, protection.role_dir(cfg, "primary", args.run_dir),
-                              verify_every=args.verify_every, verify_count=args.verify_count,
-                              trace=Path(args.trace) if args.trace else None,
-                              record_dir=Path(args.record) if args.record else None,
-                              record_epochs=args.record_epochs,
-                              net_trace=Path(args.net_trace) if args.net_trace else None,
-                              output_commit=not args.unsafe_no_output_commit)
+    aids = SessionAids(verify_every=args.verify_every, verify_count=args.verify_count,
+                       trace=Path(args.trace) if args.trace else None,
+                       record_dir=Path(args.record) if args.record else None,
+                       record_epochs=args.record_epochs,
+                       output_commit=not args.unsafe_no_output_commit)
+    return protection.protect(cfg, protection.role_dir(cfg, "primary", args.run_dir), aids,
+                              net_trace=Path(args.net_trace) if args.net_trace else None)
 
 
 def cmd_standby(args) -> int:
@@ -93,72 +95,33 @@ def cmd_standby(args) -> int:
 
 def cmd_status(args) -> int:
     from remusdb import protection
-    from remusdb.checkpoint.status import read_status
+    from remusdb.checkpoint.status import PrimaryStatus, StandbyStatus
     cfg = configmod.load(args.config)
     found = {}
-    for role in ("primary", "standby"):
-        st = read_status(protection.role_dir(cfg, role, args.run_dir) / f"{role}.status.json")
-        if st:
-            found[role] = st
+    for doc in (PrimaryStatus, StandbyStatus):
+        st = doc.read(protection.role_dir(cfg, doc.role, args.run_dir)
+                      / doc.file_name(doc.role))
+        if st is not None:
+            found[doc.role] = st
     if args.json:
-        print(json.dumps(found, indent=1))
+        print(json.dumps({role: st.to_json() for role, st in found.items()}, indent=1))
         return 0 if found else 1
     if not found:
         raise RemusError(f"no remusdb daemon status for VM {cfg.vm.name}")
-    for role, st in found.items():
-        age = time.time() - st.get("updated_at", 0)
-        print(f"{role}: {st.get('state')} (pid {st.get('pid')}, updated {age:.0f} s ago)")
-        if role == "primary":
-            print(f"  epoch captured {st['epoch_captured']}, acked {st['epoch_acked']} "
-                  f"(lag {st['lag_epochs']}), interval {st['interval_ms']} ms")
-            print(f"  pause ms {st['pause_ms']}, dirty pages {st['dirty_pages']}, "
-                  f"bytes/epoch {st['bytes_per_epoch']}")
-            comp = st.get("compression") or {}
-            if comp.get("mode", "off") != "off":
-                cache = comp.get("cache", {})
-                print(f"  compression {comp['mode']}: sent {comp['sent_mib']} of "
-                      f"{comp['raw_mib']} MiB ({comp['ratio']}), {comp['encode_mb_s']} MB/s; "
-                      f"page cache {cache.get('used_pages')}/{cache.get('capacity_pages')} "
-                      f"pages, {cache.get('memory_mib')} MiB, hit rate {cache.get('hit_rate')}")
-            rt = st.get("read_tracking") or {}
-            if rt.get("references") is not None:
-                print(f"  read tracking: {rt['references']} pages sent as disk references "
-                      f"({rt['saved_mib']} MiB), index {rt['index']['entries']} blocks, "
-                      f"{rt['index']['memory_mib']} MiB")
-            disk = st.get("disk") or {}
-            if disk:
-                print(f"  disk: {disk.get('writes', 0)} writes, {disk.get('reads', 0)} reads, "
-                      f"writes per epoch {disk.get('writes_per_epoch')}")
-            net = st.get("net") or {}
-            if net:
-                cp = f"commit protection on (DSCP {net['codepoint']})" if net["cp"] else \
-                    "commit protection off"
-                print(f"  net: {cp}; out at once {net['unprotected']}, held {net['held']} "
-                      f"(+{net['queued_behind']} behind their flow), released {net['released']},"
-                      f" holding {net['held_frames']} frames; to guest {net['to_guest']}")
-                if net.get("error"):
-                    print(f"  net relay stopped: {net['error']} (the VM has no network)")
-            bp = st.get("backpressure") or {}
-            if bp.get("waits"):
-                print(f"  back-pressure: the VM waited {bp['waits']} times for the link, "
-                      f"{bp['waited_ms']} ms in all")
-            if st.get("failure"):
-                print(f"  {st['failure']}")
-        else:
-            print(f"  epoch committed {st['epoch_committed']}, apply ms {st['apply_ms']}, "
-                  f"verify {st['verify']}")
-            if st.get("failover"):
-                print(f"  failover {st['failover']}")
+    for st in found.values():
+        print(st.headline(time.time()))
+        for line in st.lines():
+            print(line)
     return 0
 
 
 def cmd_failover(args) -> int:
     from remusdb import protection
-    from remusdb.checkpoint.standby import request_failover
+    from remusdb.checkpoint.control import request_failover
     cfg = configmod.load(args.config)
     reply = request_failover(protection.role_dir(cfg, "standby", args.run_dir), force=args.force)
-    print(f"failed over to epoch {reply.get('epoch')}: VM running "
-          f"{reply.get('running_s')} s after the decision")
+    print(f"failed over to epoch {reply.failover.get('epoch')}: VM running "
+          f"{reply.failover.get('running_s')} s after the decision")
     return 0
 
 
@@ -176,6 +139,8 @@ def cmd_demo(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remusdb", description=__doc__)
     p.add_argument("--version", action="version", version=f"remusdb {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     img = sub.add_parser("image", help="the database guest image").add_subparsers(
@@ -270,8 +235,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def setup_logging(verbosity: int) -> None:
+    """One format for every module's logger: time, module, message, on stderr."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
     try:
         return args.func(args)
     except RemusError as e:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
+from remusdb.checkpoint import participants
+from remusdb.checkpoint.participants import SessionAids
 from remusdb.checkpoint.primary import PrimaryDaemon
+from remusdb.checkpoint.recording import Recorder
 from remusdb.checkpoint.standby import StandbyDaemon
 from remusdb.commitprotect.outbuf import OutputBuffer
 from remusdb.commitprotect.relay import NetRelay
@@ -16,18 +19,14 @@ from remusdb.config import Config
 from remusdb.hostnet import ensure_tap
 from remusdb.vm import image_for, launch_served, make_spec
 
+log = logging.getLogger(__name__)
+
 
 def role_dir(cfg: Config, role: str, base: str | None = None) -> Path:
     return Path(base or cfg.vm.run_dir) / cfg.vm.name / role
 
 
-def logger(role: str):
-    def log(msg: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} remusdb {role}: {msg}", file=sys.stderr, flush=True)
-    return log
-
-
-def _on_signals(handler) -> threading.Event:
+def _on_signals(handler: Callable[[], None]) -> threading.Event:
     done = threading.Event()
 
     def on(sig, frame):
@@ -38,38 +37,36 @@ def _on_signals(handler) -> threading.Event:
     return done
 
 
-def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | None = None,
-            verify_count: int = 0, record_dir: Path | None = None, record_epochs: int = 100,
-            net_trace: Path | None = None, output_commit: bool = True) -> int:
-    log = logger("primary")
+def protect(cfg: Config, run_dir: Path, aids: SessionAids | None = None,
+            net_trace: Path | None = None) -> int:
+    aids = aids or SessionAids()
     image = image_for(cfg)
     ensure_tap(cfg.vm.tap, cfg.vm.bridge)
     # The protected VM's NIC is a stream socket to the net relay, which owns the tap: its
     # output waits for the standby (output commit).
     net_sock = Path(run_dir) / "net.sock"
-    guest, disk = launch_served(cfg, image, run_dir, network="stream", stream_socket=net_sock,
-                                log=sys.stderr)
+    guest, disk = launch_served(cfg, image, run_dir, network="stream", stream_socket=net_sock)
     opts = cfg.optimizations
     try:
         relay = NetRelay.open(net_sock, cfg.vm.tap, OutputBuffer(opts.cp, opts.cp_dscp),
-                              log=log, trace=net_trace).start()
+                              trace=net_trace).start()
     except BaseException:
         guest.kill()
         disk.close()
         raise
-    log(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}), disk served from {disk.image}, "
-        f"network through the relay on {cfg.vm.tap} (commit protection "
-        f"{'on, DSCP ' + str(opts.cp_dscp) if opts.cp else 'off'}); protecting every "
-        f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
-    daemon = PrimaryDaemon(cfg, guest, run_dir, disk=disk, verify_every=verify_every, log=log,
-                           trace=trace, verify_count=verify_count, record_dir=record_dir,
-                           record_epochs=record_epochs,
-                           relay=relay if output_commit else None)  # None: nothing is held
-    if not output_commit:
-        log("WARNING: output commit off (benchmarks only): the world sees output the standby "
-            "may not have; a failover can contradict it")
+    log.info(f"VM {cfg.vm.name} running (QEMU pid {guest.pid}), disk served from {disk.image}, "
+             f"network through the relay on {cfg.vm.tap} (commit protection "
+             f"{'on, DSCP ' + str(opts.cp_dscp) if opts.cp else 'off'}); protecting every "
+             f"{cfg.checkpoint.interval_ms} ms to {cfg.standby.address}:{cfg.standby.port}")
+    parts = participants.build(cfg, guest.files.ram, disk, relay, aids)
+    daemon = PrimaryDaemon(cfg, guest, run_dir, parts)
+    if not aids.output_commit:
+        log.warning("output commit off (benchmarks only): the world sees output the standby "
+                    "may not have; a failover can contradict it")
     done = _on_signals(daemon.stop)
-    signal.signal(signal.SIGUSR1, lambda sig, frame: daemon.start_recording())
+    for p in parts:
+        if isinstance(p, Recorder):
+            signal.signal(signal.SIGUSR1, lambda sig, frame, r=p: r.start())
     try:
         daemon.protect()
         while not done.wait(0.5) and guest.running:
@@ -82,7 +79,6 @@ def protect(cfg: Config, run_dir: Path, verify_every: int = 0, trace: Path | Non
 
 
 def standby(cfg: Config, run_dir: Path, trace: Path | None = None) -> int:
-    log = logger("standby")
     image = image_for(cfg)
 
     def spec():
@@ -94,7 +90,8 @@ def standby(cfg: Config, run_dir: Path, trace: Path | None = None) -> int:
 
     daemon = StandbyDaemon(cfg, run_dir, spec,
                            heartbeat_timeout=cfg.standby.heartbeat_timeout_ms / 1000,
-                           fence_command=cfg.standby.fence_command, log=log, trace=trace)
+                           fence_command=cfg.standby.fence_command, trace=trace)
+
     def stop_now():
         # A blocking receive would not notice a flag: leave through the stack, the store is
         # crash-consistent at any point, and the finally below stops a failed-over VM.
@@ -102,7 +99,7 @@ def standby(cfg: Config, run_dir: Path, trace: Path | None = None) -> int:
         raise SystemExit(0)
 
     done = _on_signals(stop_now)
-    log(f"listening on {cfg.standby.address}:{cfg.standby.port}, store {daemon.store.root}")
+    log.info(f"listening on {cfg.standby.address}:{cfg.standby.port}, store {daemon.store.root}")
     try:
         daemon.serve()
         while daemon.guest is not None and daemon.guest.running and not done.wait(0.5):

@@ -3,7 +3,8 @@
 Runs in the sender thread, after the VM has resumed: compression (ASC) and read tracking (RT)
 cost the guest no pause time. RT first turns pages that equal unchanged disk blocks into
 BLOCKREF records (the page cache still learns their content); the rest go out raw (PAGES) or,
-with a compressor, as CPAGES batches XORed against the page cache. The standby's counterparts:
+with a compressor, as CPAGES batches XORed against the page cache. (RT's references are found
+by its participant, `participants.ReadTracking`, just before.) The standby's counterparts:
 `store.add_frame`, `StandbyStore.decode`.
 """
 
@@ -21,7 +22,6 @@ from remusdb.compression import codec
 from remusdb.compression.compressor import Compressor
 from remusdb.disk.image import data_extents
 from remusdb.disk.writelog import DATA, DiskWrite
-from remusdb.readtrack.tracker import ReadTracker
 
 
 def _chunks(rows: np.ndarray, size: int) -> Iterator[slice | np.ndarray]:
@@ -59,7 +59,9 @@ def disk_copy(fd: int, size: int, chunk: int = 4 << 20) -> Iterator[DiskWrite]:
 
 @dataclass
 class EpochOut:
-    """One captured epoch, as the sender thread gets it from the capture thread."""
+    """One captured epoch, as the capture thread hands it to the sender thread. Participants
+    add their parts: disk writes while the VM is paused, read-tracking references before it
+    is encoded, test-mode fingerprints."""
 
     number: int
     pages: PageSet
@@ -69,21 +71,30 @@ class EpochOut:
     disk_sent: int = 0  # DISK records of this epoch already sent (epoch 0's full copy)
     disk_digests: tuple | None = None  # test mode: (chunks, xxh3) of the disk at this epoch
     disk_generation: int = 0  # the block index's write generation at the cut (RT)
+    paused_at: float = 0.0  # monotonic: the VM stopped for this checkpoint
+    resumed_at: float = 0.0  # monotonic: the VM runs again
+    stream_bytes: int = 0  # what QEMU sent for it
+    rows: np.ndarray | None = None  # page rows sent as data (default: every page's last record)
+    refs: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # rows sent as RT
+    ref_blocks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # their blocks
+
+    @property
+    def pause_ms(self) -> float:
+        return (self.resumed_at - self.paused_at) * 1000
+
+    def latest(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Rows to send as data, and the zero pages (each page's last record)."""
+        rows, zeros = self.pages.latest()
+        return (rows if self.rows is None else self.rows), zeros
 
 
-def epoch_frames(e: EpochOut, compressor: Compressor | None = None,
-                 tracker: ReadTracker | None = None) -> Iterator[list]:
+def epoch_frames(e: EpochOut, compressor: Compressor | None = None) -> Iterator[list]:
     """Frames of one epoch: PAGES or CPAGES, ZEROS, DISK, BLOCKREF, DEVICES, [VERIFY,
     VERIFY_DISK], COMMIT."""
     number = e.number
-    rows, (zb, zi, zf) = e.pages.latest()
+    rows, (zb, zi, zf) = e.latest()
     block, index, data = e.pages.view()
-    refs = np.empty(0, np.int64)
-    if tracker is not None and number > 0:
-        disk_block = tracker.references(data, rows, e.disk_generation)
-        refs = rows[disk_block >= 0]
-        ref_blocks = disk_block[disk_block >= 0]
-        rows = rows[disk_block < 0]
+    refs, ref_blocks = e.refs, e.ref_blocks
     if compressor is None:
         for r in _chunks(rows, wire.PAGES_PER_FRAME):
             yield wire.encode(wire.Kind.PAGES, number,

@@ -7,15 +7,21 @@ not expected in the stream), the small ROM blocks' pages, and the checkpoint's d
 
 from __future__ import annotations
 
+import logging
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from remusdb.checkpoint.store import StandbyStore
 from remusdb.checkpoint.stream.format import Configuration
 from remusdb.checkpoint.stream.write import write_incoming
+from remusdb.commitprotect import recovery
+from remusdb.errors import RemusError
+from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,3 +72,37 @@ def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float =
         guest.kill()
         raise
     return guest, FailoverTimes(t_built - t0, t_loaded - t0, t_run - t0)
+
+
+@dataclass
+class TakenOver:
+    """The VM running on this host from the committed checkpoint, and what it took."""
+
+    guest: QemuGuest
+    report: dict = field(default_factory=dict)  # epoch, timings, commit-protection recovery
+    clock: ClockKeeper | None = None
+
+
+def take_over(store: StandbyStore, spec: GuestSpec, run_dir: Path, cp: bool) -> TakenOver:
+    """Resume the VM, then what a resumed VM needs: with commit protection, the sessions that
+    were not committing aborted; the guest clock stepped over the failover gap, then kept."""
+    epoch = store.committed
+    guest, times = resume(store, spec, run_dir)
+    done = TakenOver(guest, {"epoch": epoch, "stream_built_s": round(times.stream_built, 3),
+                             "loaded_s": round(times.loaded, 3),
+                             "running_s": round(times.running, 3)})
+    if cp:
+        try:
+            rec = recovery.abort_uncommitted(guest.files.agent)
+            done.report["cp_recovery"] = rec
+            log.info("commit protection: %d session(s) that were not committing aborted and "
+                     "closed in %.0f ms", rec["terminated"], rec["ms"])
+        except RemusError as e:
+            done.report["cp_recovery"] = {"error": str(e)}
+            log.warning("%s; sessions that were mid-transaction wait for their TCP timeout", e)
+    done.clock = ClockKeeper(guest.files.agent)
+    deadline = time.monotonic() + 10
+    while done.clock.check() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    done.clock.start()
+    return done

@@ -9,14 +9,21 @@ that every codec and cache size sees the same pages. Format, little-endian, one 
 
 from __future__ import annotations
 
+import logging
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from remusdb.checkpoint.encode import EpochOut
+from remusdb.checkpoint.participant import Participant
 from remusdb.errors import RemusError
+
+log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("<4sQII")
 PAGE_SIZE = 4096
@@ -64,3 +71,43 @@ def read_epochs(path: Path) -> Iterator[RecordedEpoch]:
             yield RecordedEpoch(number, take("<u2", n), take("<u8", n),
                                 take(np.uint8, n * PAGE_SIZE).reshape(n, PAGE_SIZE),
                                 take("<u2", z), take("<u8", z))
+
+
+class Recorder(Participant):
+    """Benchmarks (`protect --record DIR`): on request, the next `epochs` epochs' pages as the
+    sender sees them, to `DIR/recording-K.rdbc`."""
+
+    def __init__(self, directory: Path, epochs: int = 100):
+        self.dir, self.epochs = Path(directory), epochs
+        self.done = 0
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self._left = 0
+        self._request = threading.Event()
+
+    def start(self) -> None:
+        """Record the next epochs (signal-safe: the sender thread opens the file)."""
+        self._request.set()
+
+    def on_send(self, out: EpochOut) -> None:
+        if out.number == 0 or (self._file is None and not self._request.is_set()):
+            return
+        if self._file is None:
+            self._request.clear()
+            self._path = self.dir / f"recording-{self.done + 1}.rdbc"
+            self._file, self._left = open(self._path, "wb"), self.epochs
+            log.info("recording %d epochs to %s", self.epochs, self._path)
+        rows, (zb, zi, _) = out.pages.latest()
+        block, index, data = out.pages.view()
+        write_epoch(self._file, out.number, block[rows], index[rows], data[rows], zb, zi)
+        self._left -= 1
+        if self._left == 0:
+            self._file.close()
+            self._file = None
+            self.done += 1
+            log.info("recording complete: %s", self._path)
+
+    status_key = "recordings_done"
+
+    def summary(self) -> int:
+        return self.done

@@ -1,37 +1,165 @@
-"""Daemon status: a JSON file each daemon rewrites atomically, read by `remusdb status`."""
+"""Daemon status: a typed document each daemon rewrites atomically, read by `remusdb status`.
+
+The documents write and read themselves (field names are the JSON keys), so readers do not
+hard-code key names; a field a newer or older daemon lacks reads as its default.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-import xxhash
+
+D = TypeVar("D", bound="StatusDoc")
+
+
+@dataclass
+class StatusDoc:
+    role: ClassVar[str] = ""
+    state: str = ""
+    vm: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    updated_at: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"role": self.role, **dataclasses.asdict(self)}
+
+    def headline(self, now: float) -> str:
+        return (f"{self.role}: {self.state} (pid {self.pid}, updated "
+                f"{now - self.updated_at:.0f} s ago)")
+
+    @classmethod
+    def from_json(cls: type[D], d: dict) -> D:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def read(cls: type[D], path: Path) -> D | None:
+        d = read_status(path)
+        return cls.from_json(d) if d is not None else None
+
+    @staticmethod
+    def file_name(role: str) -> str:
+        return f"{role}.status.json"
+
+
+@dataclass
+class PrimaryStatus(StatusDoc):
+    role: ClassVar[str] = "primary"
+    interval_ms: int = 0
+    epoch_captured: int = -1
+    epoch_sent: int = -1
+    epoch_acked: int = -1
+    lag_epochs: int = 0
+    pause_ms: dict = field(default_factory=dict)
+    dirty_pages: dict = field(default_factory=dict)
+    bytes_per_epoch: dict = field(default_factory=dict)
+    failure: str | None = None
+    queue: int = 0
+    backpressure: dict = field(default_factory=dict)
+    compression: dict = field(default_factory=lambda: {"mode": "off"})
+    recordings_done: int = 0
+    disk: dict | None = None
+    read_tracking: dict = field(default_factory=lambda: {"enabled": False})
+    net: dict | None = None
+    totals: dict = field(default_factory=dict)
+    guest_clock: dict | None = None
+
+    def lines(self) -> list[str]:
+        """What `remusdb status` prints for the primary, after its state line."""
+        out = [f"  epoch captured {self.epoch_captured}, acked {self.epoch_acked} "
+               f"(lag {self.lag_epochs}), interval {self.interval_ms} ms",
+               f"  pause ms {self.pause_ms}, dirty pages {self.dirty_pages}, "
+               f"bytes/epoch {self.bytes_per_epoch}"]
+        comp = self.compression
+        if comp.get("mode", "off") != "off":
+            cache = comp.get("cache", {})
+            out.append(f"  compression {comp['mode']}: sent {comp.get('sent_mib')} of "
+                       f"{comp.get('raw_mib')} MiB ({comp.get('ratio')}), "
+                       f"{comp.get('encode_mb_s')} MB/s; page cache {cache.get('used_pages')}/"
+                       f"{cache.get('capacity_pages')} pages, {cache.get('memory_mib')} MiB, "
+                       f"hit rate {cache.get('hit_rate')}")
+        rt = self.read_tracking
+        if rt.get("references") is not None:
+            index = rt.get("index", {})
+            out.append(f"  read tracking: {rt['references']} pages sent as disk references "
+                       f"({rt.get('saved_mib')} MiB), index {index.get('entries')} blocks, "
+                       f"{index.get('memory_mib')} MiB")
+        if self.disk:
+            out.append(f"  disk: {self.disk.get('writes', 0)} writes, "
+                       f"{self.disk.get('reads', 0)} reads, writes per epoch "
+                       f"{self.disk.get('writes_per_epoch')}")
+        out += self._net_lines()
+        if self.backpressure.get("waits"):
+            out.append(f"  back-pressure: the VM waited {self.backpressure['waits']} times for "
+                       f"the link, {self.backpressure.get('waited_ms')} ms in all")
+        if self.failure:
+            out.append(f"  {self.failure}")
+        return out
+
+    def _net_lines(self) -> list[str]:
+        net = self.net
+        if not net:
+            return []
+        cp = (f"commit protection on (DSCP {net.get('codepoint')})" if net.get("cp") else
+              "commit protection off")
+        out = [f"  net: {cp}; out at once {net.get('unprotected')}, held {net.get('held')} "
+               f"(+{net.get('queued_behind')} behind their flow), released "
+               f"{net.get('released')}, holding {net.get('held_frames')} frames; to guest "
+               f"{net.get('to_guest')}"]
+        if net.get("error"):
+            out.append(f"  net relay stopped: {net['error']} (the VM has no network)")
+        return out
+
+
+@dataclass
+class StandbyStatus(StatusDoc):
+    role: ClassVar[str] = "standby"
+    epoch_committed: int = -1
+    verify: dict = field(default_factory=dict)
+    apply_ms: dict = field(default_factory=dict)
+    bytes_per_epoch: dict = field(default_factory=dict)
+    failover: dict | None = None
+    qemu_pid: int | None = None
+    guest_clock: dict | None = None
+
+    def lines(self) -> list[str]:
+        """What `remusdb status` prints for the standby, after its state line."""
+        out = [f"  epoch committed {self.epoch_committed}, apply ms {self.apply_ms}, "
+               f"verify {self.verify}"]
+        if self.failover:
+            out.append(f"  failover {self.failover}")
+        return out
 
 
 class StatusFile:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.lock = threading.Lock()
-        self.data: dict = {"pid": os.getpid(), "started_at": time.time()}
+        self.pid, self.started_at = os.getpid(), time.time()
 
-    def update(self, **kw) -> None:
+    def write(self, doc: StatusDoc) -> None:
+        doc.pid, doc.started_at, doc.updated_at = self.pid, self.started_at, time.time()
         with self.lock:
-            self.data.update(kw)
-            self.data["updated_at"] = time.time()
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(self.data, indent=1, default=str))
+            tmp.write_text(json.dumps(doc.to_json(), indent=1, default=str))
             os.replace(tmp, self.path)
 
 
 def read_status(path: Path) -> dict | None:
     try:
-        return json.loads(Path(path).read_text())
+        d = json.loads(Path(path).read_text())
     except (FileNotFoundError, ValueError):
         return None
+    return d if isinstance(d, dict) else None
 
 
 class Window:
@@ -54,26 +182,32 @@ class Window:
                 "max": round(float(vals.max()), 3)}
 
 
-VERIFY_GROUP = 16  # pages per digest: 64 KiB, so hashing 1 GiB keeps the pause near 0.1 s
+class EpochMetrics:
+    """The primary's per-epoch measurements: pauses, dirty pages, bytes, back-pressure."""
 
+    def __init__(self):
+        self.pause_ms, self.pages, self.stream_bytes = Window(), Window(), Window()
+        self.totals = {"epochs": 0, "dirty_pages": 0, "sent_bytes": 0}  # after epoch 0
+        self.backpressure = {"waits": 0, "waited_ms": 0.0}  # the VM held for a full queue
 
-def page_digests(pages: np.ndarray, group: int = VERIFY_GROUP) -> np.ndarray:
-    """xxh3-64 of every `group` consecutive pages of an (n, 4096) array: the RAM-equality
-    check's fingerprint. A differing digest means 1 to `group` differing pages."""
-    mv = memoryview(np.ascontiguousarray(pages)).cast("B")
-    size = pages.shape[1] * group
-    count = -(-len(pages) // group)
-    f = xxhash.xxh3_64_intdigest
-    return np.fromiter((f(mv[i * size : (i + 1) * size]) for i in range(count)), np.uint64,
-                       count)
+    def captured(self, pause_ms: float, pages: int, stream_bytes: int) -> None:
+        self.pause_ms.add(pause_ms)
+        self.pages.add(pages)
+        self.stream_bytes.add(stream_bytes)
 
+    def sent(self, pages: int, nbytes: int) -> None:
+        self.totals["sent_bytes"] += nbytes
+        self.totals["dirty_pages"] += pages
+        self.totals["epochs"] += 1
 
-DISK_CHUNK = 1 << 20  # the disk-equality check compares 1 MiB chunks
+    def waited(self, seconds: float) -> None:
+        self.backpressure["waits"] += 1
+        self.backpressure["waited_ms"] += seconds * 1000
 
-
-def disk_digests(fd: int, chunks: np.ndarray, chunk: int = DISK_CHUNK) -> np.ndarray:
-    """xxh3-64 of the given chunks of a disk image (the disk-equality check's fingerprint)."""
-    import os
-    f = xxhash.xxh3_64_intdigest
-    return np.fromiter((f(os.pread(fd, chunk, int(c) * chunk)) for c in chunks), np.uint64,
-                       len(chunks))
+    def fill(self, doc: PrimaryStatus) -> Any:
+        doc.pause_ms = self.pause_ms.percentiles()
+        doc.dirty_pages = self.pages.percentiles()
+        doc.bytes_per_epoch = self.stream_bytes.percentiles()
+        doc.backpressure = {k: round(v, 1) for k, v in self.backpressure.items()}
+        doc.totals = dict(self.totals)
+        return doc

@@ -29,11 +29,25 @@ from remusdb.checkpoint.stream.format import PAGE_SIZE, Configuration, RamBlock
 from remusdb.compression import codec
 from remusdb.disk.image import pwrite_all, zero_range
 from remusdb.disk.writelog import DATA
-from remusdb.errors import RemusError
+from remusdb.errors import LocalError, PeerError
 
 
-class StoreError(RemusError):
-    pass
+class StoreError(LocalError):
+    """The standby's own store failed (I/O, a corrupt journal or meta file)."""
+
+
+class EpochError(PeerError):
+    """What the primary sent does not fit the store (a page beyond the VM's RAM, an epoch out
+    of order): refused before anything is written."""
+
+
+def local_io(fn, *args):
+    """Store I/O errors (no space, EIO) are the standby's problem, not a sign that the
+    primary died: they must not look like a lost connection."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        raise StoreError(f"standby store: {e.strerror or e}") from None
 
 
 @dataclass
@@ -87,11 +101,11 @@ class StreamInfo:
             info = cls(Configuration(str(d["machine"])), blocks, int(d["ram_section_id"]),
                        int(d["ram_section_version"]), str(d["shared_block"]))
         except (KeyError, TypeError, ValueError) as e:
-            raise StoreError(f"bad stream description from the primary: {e}") from None
+            raise EpochError(f"bad stream description from the primary: {e}") from None
         if not blocks or any(b.length <= 0 or b.length % PAGE_SIZE for b in blocks):
-            raise StoreError("bad stream description from the primary: block lengths")
+            raise EpochError("bad stream description from the primary: block lengths")
         if info.shared_block not in {b.name for b in blocks}:
-            raise StoreError(f"shared block {info.shared_block!r} is not a RAM block")
+            raise EpochError(f"shared block {info.shared_block!r} is not a RAM block")
         return info
 
 
@@ -179,7 +193,7 @@ class StandbyStore:
     def set_stream(self, info: StreamInfo) -> None:
         """The VM's RAM blocks: empty images sized like the primary's (epoch 0 fills them)."""
         if self.info is not None:
-            raise StoreError("the stream description came twice")
+            raise EpochError("the stream description came twice")
         self.info = info
         for i, b in enumerate(info.blocks):
             with open(self.block_path(i), "wb") as f:
@@ -211,7 +225,7 @@ class StandbyStore:
             if n > self.committed:
                 try:
                     self.apply(self._read_journal(p))
-                except (OSError, ValueError, struct.error) as e:
+                except (OSError, ValueError, struct.error, PeerError) as e:
                     raise StoreError(f"journal {p.name} unreadable: {e}") from None
             else:
                 p.unlink()
@@ -247,15 +261,15 @@ class StandbyStore:
     def validate(self, block: np.ndarray, index: np.ndarray) -> None:
         """A peer that lies about a page's place is rejected before anything is written."""
         if self.info is None:
-            raise StoreError("pages before the stream description")
+            raise EpochError("pages before the stream description")
         if len(block) == 0:
             return
         nblocks = len(self.info.blocks)
         if int(block.max()) >= nblocks:
-            raise StoreError(f"page for block {int(block.max())}, the VM has {nblocks}")
+            raise EpochError(f"page for block {int(block.max())}, the VM has {nblocks}")
         limits = np.array([b.length // PAGE_SIZE for b in self.info.blocks], np.uint64)
         if np.any(index >= limits[block]):
-            raise StoreError("page index beyond the end of its RAM block")
+            raise EpochError("page index beyond the end of its RAM block")
 
     def decode(self, frame: wire.Frame) -> wire.Frame:
         """A CPAGES frame as the PAGES frame it stands for. Decoded against the committed
@@ -280,7 +294,7 @@ class StandbyStore:
         if epoch.number == 0:
             return  # applied directly: nothing older to protect
         if epoch.number != self.committed + 1:
-            raise StoreError(f"epoch {epoch.number} after committed {self.committed}")
+            raise EpochError(f"epoch {epoch.number} after committed {self.committed}")
         part = self.journal_dir / f"{epoch.number}.part"
         with open(part, "wb") as f:
             for parts in epoch.frames:
@@ -342,13 +356,13 @@ class StandbyStore:
     def check_refs(self, block: np.ndarray, index: np.ndarray, disk_block: np.ndarray) -> None:
         self.validate(block, index)
         if len(disk_block) and int(disk_block.max()) >= self.disk_size // PAGE_SIZE:
-            raise StoreError("page reference to a block beyond the end of the disk")
+            raise EpochError("page reference to a block beyond the end of the disk")
 
     def check_disk(self, payload) -> int:
         """Records in a DISK payload, which must fit this disk (a lie is refused, not
         written)."""
         if not self.disk_size:
-            raise StoreError("disk writes from a primary that announced no disk")
+            raise EpochError("disk writes from a primary that announced no disk")
         return len(wire.unpack_disk(payload, self.disk_size)[0])
 
     def apply_disk(self, payload, sync: bool = True) -> None:
@@ -380,7 +394,7 @@ class StandbyStore:
 def add_frame(epoch: Epoch, frame: wire.Frame) -> None:
     """Buffer one PAGES/ZEROS/DEVICES frame of an epoch (shared by receiver and journal replay)."""
     if frame.epoch != epoch.number:
-        raise StoreError(f"frame of epoch {frame.epoch} inside epoch {epoch.number}")
+        raise EpochError(f"frame of epoch {frame.epoch} inside epoch {epoch.number}")
     if frame.kind == wire.Kind.PAGES:
         epoch.pages.append(wire.unpack_pages(frame.payload))
     elif frame.kind == wire.Kind.ZEROS:
@@ -392,4 +406,4 @@ def add_frame(epoch: Epoch, frame: wire.Frame) -> None:
     elif frame.kind == wire.Kind.BLOCKREF:
         epoch.refs.append(wire.unpack_refs(frame.payload))
     else:
-        raise StoreError(f"unexpected {frame.kind.name} frame inside epoch {epoch.number}")
+        raise EpochError(f"unexpected {frame.kind.name} frame inside epoch {epoch.number}")

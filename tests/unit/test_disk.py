@@ -12,7 +12,7 @@ import pytest
 
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.encode import disk_frames
-from remusdb.checkpoint.store import Epoch, StandbyStore, StoreError, StreamInfo, add_frame
+from remusdb.checkpoint.store import Epoch, EpochError, StandbyStore, StreamInfo, add_frame
 from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
 from remusdb.disk import nbd
 from remusdb.disk.image import data_extents
@@ -165,7 +165,7 @@ def test_disk_records_that_lie_are_refused(tmp_path):
         st.check_disk(odd)
     nodisk = StandbyStore(tmp_path / "n")
     nodisk.create(INFO, "sess")
-    with pytest.raises(StoreError, match="announced no disk"):
+    with pytest.raises(EpochError, match="announced no disk"):
         nodisk.check_disk(beyond)
     assert np.all(np.frombuffer(os.pread(st.disk_fd, 4096, SIZE - 4096), np.uint8) == 0)
 
@@ -182,7 +182,7 @@ def test_page_references_resolve_against_the_disk_of_the_same_checkpoint(tmp_pat
     st.journal(e1)
     st.apply(e1)
     assert bytes(st.image(0)[5]) == b"n" * PAGE_SIZE  # the block as of epoch 1, not epoch 0
-    with pytest.raises(StoreError, match="beyond the end of the disk"):
+    with pytest.raises(EpochError, match="beyond the end of the disk"):
         st.check_refs(np.array([0], np.uint16), np.array([1], np.uint64),
                       np.array([SIZE // PAGE_SIZE], np.uint64))
 

@@ -9,7 +9,8 @@ import pytest
 
 from remusdb.checkpoint import standby as sbmod
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.standby import StandbyDaemon, request_failover
+from remusdb.checkpoint.control import request_failover
+from remusdb.checkpoint.standby import StandbyDaemon
 from remusdb.checkpoint.store import StandbyStore
 from remusdb.config import Config
 from remusdb.errors import RemusError
@@ -28,8 +29,7 @@ def free_port():
 def daemon(tmp_path):
     cfg = Config()
     cfg.standby.port = free_port()
-    d = StandbyDaemon(cfg, tmp_path, lambda: no_vm(d), heartbeat_timeout=0.5,
-                      log=lambda m: None)
+    d = StandbyDaemon(cfg, tmp_path, lambda: no_vm(d), heartbeat_timeout=0.5)
     d.failover_attempts = 0
     yield d, cfg
     d.stopped.set()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.store import Epoch, StandbyStore, StoreError, StreamInfo, add_frame
+from remusdb.checkpoint.store import Epoch, EpochError, StandbyStore, StreamInfo, add_frame
 from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
 
 INFO = StreamInfo(Configuration("pc-i440fx-7.2"), [RamBlock("ram0", 256 * PAGE_SIZE),
@@ -96,11 +96,11 @@ def test_store_commits_and_rejects_lies(tmp_path):
     st.apply(e1)
     assert st.committed == 1 and st.devices() == b"dev1"
     assert np.array_equal(np.asarray(st.image(0)), expected(p0, p1))
-    with pytest.raises(StoreError, match="beyond the end of its RAM block"):
+    with pytest.raises(EpochError, match="beyond the end of its RAM block"):
         st.validate(np.array([1], np.uint16), np.array([4], np.uint64))
-    with pytest.raises(StoreError, match="page for block 7"):
+    with pytest.raises(EpochError, match="page for block 7"):
         st.validate(np.array([7], np.uint16), np.array([0], np.uint64))
-    with pytest.raises(StoreError, match="epoch 5 after committed 1"):
+    with pytest.raises(EpochError, match="epoch 5 after committed 1"):
         st.journal(epoch_with(5, p1))
     st.close()
     again = StandbyStore(tmp_path / "s")
@@ -202,5 +202,5 @@ def test_compressed_batch_naming_a_page_outside_ram_is_refused(tmp_path):
                            np.ones((1, PAGE_SIZE), np.uint8), np.zeros(1, bool),
                            np.empty((0, PAGE_SIZE), np.uint8), "xor-rle")
     hdr, body = wire.encode(wire.Kind.CPAGES, 1, payload)
-    with pytest.raises(StoreError, match="beyond the end"):
+    with pytest.raises(EpochError, match="beyond the end"):
         st.decode(wire.Frame(wire.Kind.CPAGES, 1, body, 0, hdr))

@@ -1,0 +1,102 @@
+"""The standby's control socket: `remusdb failover` asks, the daemon decides.
+
+Messages are small typed documents, one JSON line each way. The server outlives any request
+(a handler's error becomes the reply); the decision itself is the daemon's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from remusdb.errors import RemusError
+
+log = logging.getLogger(__name__)
+SOCKET_NAME = "standby.sock"
+
+
+@dataclass
+class FailoverRequest:
+    force: bool = False
+    cmd: str = "failover"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: object) -> FailoverRequest:
+        if not isinstance(d, dict) or d.get("cmd") != "failover":
+            cmd = d.get("cmd") if isinstance(d, dict) else None
+            raise ValueError(f"unknown command {cmd!r}")
+        return cls(force=bool(d.get("force", False)))
+
+
+@dataclass
+class ControlReply:
+    ok: bool
+    error: str = ""
+    already: bool = False  # the VM already ran here
+    failover: dict = field(default_factory=dict)  # epoch, timings
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "error": self.error, "already": self.already, **self.failover}
+
+    @classmethod
+    def from_json(cls, d: object) -> ControlReply:
+        if not isinstance(d, dict):
+            return cls(False, "no reply from the standby daemon")
+        rest = {k: v for k, v in d.items() if k not in ("ok", "error", "already")}
+        return cls(bool(d.get("ok")), str(d.get("error", "")), bool(d.get("already")), rest)
+
+
+class ControlServer(threading.Thread):
+    def __init__(self, path: Path, handle: Callable[[FailoverRequest], ControlReply],
+                 stopped: threading.Event):
+        super().__init__(name="control", daemon=True)
+        self.path, self.handle, self.stopped = Path(path), handle, stopped
+
+    def run(self) -> None:
+        self.path.unlink(missing_ok=True)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(self.path))
+        srv.listen(4)
+        while not self.stopped.is_set():
+            conn, _ = srv.accept()
+            with conn:
+                self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            req = FailoverRequest.from_json(json.loads(conn.makefile().readline() or "{}"))
+            reply = self.handle(req)
+        except Exception as e:  # the control socket must outlive any one request
+            reply = ControlReply(False, str(e))
+        try:
+            conn.sendall(json.dumps(reply.to_json()).encode() + b"\n")
+        except OSError:
+            pass
+
+
+def request_failover(run_dir: Path, force: bool = False, timeout: float = 120.0) -> ControlReply:
+    path = Path(run_dir) / SOCKET_NAME
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+    except OSError:
+        raise RemusError(f"no standby daemon answers at {path}") from None
+    with s:
+        s.sendall(json.dumps(FailoverRequest(force).to_json()).encode() + b"\n")
+        line = s.makefile().readline()
+    try:
+        reply = ControlReply.from_json(json.loads(line or "null"))
+    except ValueError:
+        reply = ControlReply(False, "garbled reply from the standby daemon")
+    if not reply.ok:
+        raise RemusError(f"failover {reply.error or 'failed'}")
+    return reply

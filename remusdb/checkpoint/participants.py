@@ -1,0 +1,201 @@
+"""The primary's checkpoint participants, and the one place that builds them for a session.
+
+Each wraps one device of the protected VM (participant.py says when each hook runs): the disk
+server's write log, the net relay's output buffer (output commit), read tracking, and the test
+and benchmark aids (verification, recording, the per-checkpoint trace).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from remusdb.checkpoint.encode import EpochOut, disk_copy, disk_frames
+from remusdb.checkpoint.participant import Participant, Send
+from remusdb.checkpoint.recording import Recorder
+from remusdb.checkpoint.status import Window
+from remusdb.checkpoint.stream.format import PAGE_SIZE
+from remusdb.checkpoint.verify import Verifier
+from remusdb.commitprotect.relay import NetRelay
+from remusdb.config import Config
+from remusdb.disk.server import DiskServer
+from remusdb.readtrack.index import BlockIndex
+from remusdb.readtrack.tracker import ReadTracker
+
+log = logging.getLogger(__name__)
+
+
+class DiskLog(Participant):
+    """The disk: a full copy before QEMU's (the VM running), then each epoch's writes, cut while
+    the VM is paused (QEMU has drained its I/O: every write acknowledged belongs to it)."""
+
+    status_key = "disk"
+
+    def __init__(self, server: DiskServer):
+        self.server = server
+        self.copied = 0  # DISK records of the full copy
+        self.writes_per_epoch = Window()
+
+    def hello(self) -> dict:
+        return {"disk_size": self.server.size}
+
+    def on_seed(self, send: Send) -> None:
+        # Writes from the copy's start on are logged and replayed with epoch 0, so the copy
+        # need not be a pause: a big disk on a slow link takes minutes.
+        self.server.writes.cut()
+        copier = _Copier(self.server, send)
+        copier.start()
+        self.copied = copier.finish()
+
+    def on_pause(self, out: EpochOut) -> None:
+        out.disk = self.server.writes.cut()
+        if out.number == 0:
+            out.disk_sent = self.copied
+        else:
+            self.writes_per_epoch.add(len(out.disk))
+
+    def on_stop(self, reason: str) -> None:
+        self.server.writes.stop()  # nobody cuts the log any more
+
+    def summary(self) -> dict:
+        return {"writes_per_epoch": self.writes_per_epoch.percentiles(), **self.server.stats}
+
+
+class _Copier(threading.Thread):
+    """The whole image (allocated extents), streamed, in its own thread: a signal handler that
+    ends protection meanwhile can still get the link for its BYE."""
+
+    def __init__(self, server: DiskServer, send: Send):
+        super().__init__(name="disk-copy", daemon=True)
+        self.server, self.send = server, send
+        self.records = self.bytes = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        try:
+            for parts in disk_frames(0, self._counted()):
+                self.send(parts)
+        except BaseException as e:
+            self.error = e
+            return
+        log.info("disk copy: %.0f MiB in %.1f s", self.bytes / 2**20, time.monotonic() - t0)
+
+    def _counted(self):
+        for w in disk_copy(self.server.fd, self.server.size):  # streamed, not held
+            self.records += 1
+            self.bytes += w.length
+            yield w
+
+    def finish(self) -> int:
+        """Wait for the copy; the DISK records it sent."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.records
+
+
+class ReadTracking(Participant):
+    """RT: dirty pages equal to unchanged disk blocks go as references (found after the VM
+    resumed, in the sender thread, against the write generation of the epoch's cut)."""
+
+    status_key = "read_tracking"
+
+    def __init__(self, tracker: ReadTracker):
+        self.tracker = tracker
+
+    def on_pause(self, out: EpochOut) -> None:
+        out.disk_generation = self.tracker.index.generation
+
+    def on_send(self, out: EpochOut) -> None:
+        if out.number == 0:
+            return
+        rows, _ = out.latest()
+        _, _, data = out.pages.view()
+        disk_block = self.tracker.references(data, rows, out.disk_generation)
+        found = disk_block >= 0
+        out.refs, out.ref_blocks, out.rows = rows[found], disk_block[found], rows[~found]
+
+    def summary(self) -> dict:
+        return self.tracker.summary()
+
+
+class OutputCommit(Participant):
+    """The VM's network output of epoch N waits for the standby's ACK N."""
+
+    status_key = "net"
+
+    def __init__(self, relay: NetRelay):
+        self.relay = relay
+
+    def on_pause(self, out: EpochOut) -> None:
+        self.relay.mark(out.number)  # what the guest sent so far belongs to this epoch
+
+    def on_ack(self, epoch: int) -> None:
+        self.relay.release(epoch)
+
+    def on_stop(self, reason: str) -> None:
+        self.relay.stop_protection()  # like Remus: unprotected, the held output goes out
+
+    def summary(self) -> dict:
+        return self.relay.summary()
+
+
+class EpochTrace(Participant):
+    """Benchmarks and drills: one line per checkpoint — wall time, epoch, pause ms, dirty
+    pages, zero pages, stream bytes."""
+
+    def __init__(self, path: Path):
+        self.file: TextIO | None = open(path, "a", buffering=1)  # line-buffered
+        self.lock = threading.Lock()
+
+    def on_resume(self, out: EpochOut) -> None:
+        with self.lock:
+            if self.file is not None:
+                self.file.write(f"{time.time():.3f},{out.number},{out.pause_ms:.3f},"
+                                f"{out.pages.pages},{out.pages.zero_count},"
+                                f"{out.stream_bytes}\n")
+
+    def on_stop(self, reason: str) -> None:
+        with self.lock:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+
+
+@dataclass
+class SessionAids:
+    """Test and benchmark switches of `remusdb protect` (none changes what is protected)."""
+
+    verify_every: int = 0
+    verify_count: int = 0
+    trace: Path | None = None
+    record_dir: Path | None = None
+    record_epochs: int = 100
+    output_commit: bool = True  # False: benchmarks only, nothing is held
+
+
+def build(cfg: Config, ram_file: Path, disk: DiskServer | None, relay: NetRelay | None,
+          aids: SessionAids) -> list[Participant]:
+    """The participants of one session, in the order their hooks run."""
+    parts: list[Participant] = []
+    if aids.verify_every:  # first: RAM is fingerprinted before anything else runs
+        parts.append(Verifier(ram_file, aids.verify_every, aids.verify_count,
+                              (disk.fd, disk.writes) if disk else None))
+    if disk is not None:
+        parts.append(DiskLog(disk))
+        if cfg.optimizations.rt:  # the disk server indexes what it reads and writes from now
+            index = BlockIndex(disk.size, cfg.vm.memory // PAGE_SIZE)
+            disk.index = index
+            parts.append(ReadTracking(ReadTracker(index, disk.fd)))
+    if relay is not None and aids.output_commit:
+        parts.append(OutputCommit(relay))
+    if aids.record_dir is not None:
+        parts.append(Recorder(aids.record_dir, aids.record_epochs))
+    if aids.trace is not None:
+        parts.append(EpochTrace(aids.trace))
+    return parts
