@@ -3,14 +3,18 @@
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from remusdb.checkpoint import failover, wire
 from remusdb.checkpoint import standby as sbmod
-from remusdb.checkpoint import wire
 from remusdb.checkpoint.control import request_failover
+from remusdb.checkpoint.receive import EpochReceiver
 from remusdb.checkpoint.standby import StandbyDaemon
+from remusdb.checkpoint.state import StandbyState
+from remusdb.checkpoint.status import StandbyStatus
 from remusdb.checkpoint.store import StandbyStore
 from remusdb.config import Config
 from remusdb.errors import RemusError
@@ -156,3 +160,69 @@ def test_silence_without_a_fence_waits_for_the_operator(daemon):
         request_failover(d.run_dir, force=True)  # after fencing, the operator forces it
     assert d.failover_attempts == 1
     conn.close()
+
+
+def fenced_daemon(tmp_path, fence_command):
+    cfg = Config()
+    cfg.standby.port = free_port()
+    resumed = []
+
+    def take_over(store, spec, run_dir, cp):  # the VM's part is tested against QEMU (tests/vm)
+        resumed.append(store.committed)
+        return failover.TakenOver(SimpleNamespace(pid=4242), {"epoch": store.committed})
+
+    d = StandbyDaemon(cfg, tmp_path, lambda: None, heartbeat_timeout=0.5,
+                      fence_command=fence_command, take_over=take_over)
+    return d, cfg, resumed
+
+
+def test_silent_primary_fenced_then_failover_state_sequence(tmp_path):
+    d, cfg, resumed = fenced_daemon(tmp_path, "true")
+    start(d)
+    try:
+        conn = seed(cfg)  # then silence past the heartbeat timeout, the link still up
+        assert wait_state(d, {StandbyState.ACTIVE}) == StandbyState.ACTIVE
+        assert d.states.history == [StandbyState.WAITING, StandbyState.RECEIVING,
+                                    StandbyState.FENCING, StandbyState.FAILING_OVER,
+                                    StandbyState.ACTIVE]
+        assert resumed == [0] and d.taken.report["reason"].endswith("primary fenced")
+        assert StandbyStatus.read(d.run_dir / "standby.status.json").qemu_pid == 4242
+        conn.close()
+    finally:
+        d.stopped.set()
+
+
+def test_a_failed_fence_leaves_the_primary_silent(tmp_path):
+    d, cfg, resumed = fenced_daemon(tmp_path, "exit 3")
+    start(d)
+    try:
+        conn = seed(cfg)
+        assert wait_state(d, {StandbyState.PRIMARY_SILENT}) == StandbyState.PRIMARY_SILENT
+        assert d.states.history[-2:] == [StandbyState.FENCING, StandbyState.PRIMARY_SILENT]
+        assert resumed == []
+        conn.close()
+    finally:
+        d.stopped.set()
+
+
+def test_a_bug_in_the_standby_is_not_bad_data_and_never_fails_over(tmp_path, monkeypatch):
+    d, cfg, resumed = fenced_daemon(tmp_path, "true")  # even with a fence that would succeed
+
+    def buggy(self, frame):
+        raise TypeError("a bug of the standby's own")
+
+    start(d)
+    try:
+        conn = seed(cfg)
+        monkeypatch.setattr(EpochReceiver, "feed", buggy)
+        conn.send_frame(wire.Kind.HEARTBEAT, 0)
+        assert wait_state(d, {StandbyState.INTERNAL_ERROR}) == StandbyState.INTERNAL_ERROR
+        time.sleep(0.6)  # past the heartbeat timeout: still no failover of its own
+        assert resumed == [] and d.state == StandbyState.INTERNAL_ERROR
+        with pytest.raises(RemusError, match="not known to be down"):
+            request_failover(d.run_dir)
+        request_failover(d.run_dir, force=True)  # an operator who fenced the primary may
+        assert resumed == [0]
+        conn.close()
+    finally:
+        d.stopped.set()

@@ -1,0 +1,154 @@
+"""The primary daemon walks its participants through every phase, in order (no VM: a synthetic
+COLO primary plays QEMU on the migration socket, a real standby daemon listens on loopback)."""
+
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from remusdb.checkpoint import stream as s
+from remusdb.checkpoint.participant import Participant
+from remusdb.checkpoint.primary import PrimaryDaemon
+from remusdb.checkpoint.standby import StandbyDaemon
+from remusdb.checkpoint.state import PrimaryState, StandbyState
+from remusdb.config import Config
+from remusdb.hypervisor.qemu import RunFiles
+from tests.unit import colo_fixtures as fx
+from tests.unit.test_standby_control import free_port, start
+from tests.unit.test_stream import page
+
+CHECKPOINTS = 5
+
+
+class Recorder(Participant):
+    """A fake device: remembers which hook ran, for which epoch, in which thread."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.lock = threading.Lock()
+        self.acked = {n: threading.Event() for n in range(CHECKPOINTS + 1)}
+
+    def _note(self, *call):
+        with self.lock:
+            self.calls.append(call)
+
+    def hello(self):
+        return {"disk_size": 0}
+
+    def on_seed(self, send):
+        self._note("seed")
+
+    def on_pause(self, out):
+        self._note("pause", out.number)
+
+    def on_resume(self, out):
+        assert out.resumed_at >= out.paused_at > 0
+        self._note("resume", out.number)
+
+    def on_send(self, out):
+        self._note("send", out.number)
+
+    def on_ack(self, epoch):
+        self._note("ack", epoch)
+        self.acked[epoch].set()
+
+    def on_stop(self, reason):
+        self._note("stop", reason)
+
+
+class FakeQemu:
+    """QMP and the COLO primary's side of the migration socket, from the fixtures' streams."""
+
+    def __init__(self, participant: Recorder):
+        self.p = participant
+        self.commands: list[str] = []
+        self.thread: threading.Thread | None = None
+
+    def set_migration_capabilities(self, **caps):
+        self.commands.append("caps")
+
+    def execute(self, cmd, **args):
+        self.commands.append(cmd)
+
+    def migrate(self, uri):
+        path = uri.removeprefix("unix:")
+        self.thread = threading.Thread(target=self._colo, args=(path,), daemon=True)
+        self.thread.start()
+
+    def _colo(self, path):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        init, last = fx.initial_stream([("ram0", i, page(i)) for i in range(8)])
+        sock.sendall(init)
+        assert sock.recv(4) == s.message(s.Colo.CHECKPOINT_READY)
+        for n in range(1, CHECKPOINTS + 1):
+            body, last = fx.checkpoint_stream([("ram0", n, page(100 + n)), ("ram0", 40, n)],
+                                              last)
+            sock.sendall(body)
+            reply = b""
+            while len(reply) < 12:  # CHECKPOINT_REPLY, VMSTATE_RECEIVED, VMSTATE_LOADED
+                reply += sock.recv(12 - len(reply))
+        self.p.acked[CHECKPOINTS].wait(10)  # the standby has it all: now "QEMU" goes away
+        sock.close()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    cfg = Config()
+    cfg.standby.address, cfg.standby.port = "127.0.0.1", free_port()
+    cfg.optimizations.compression = "xor-rle"
+    standby = StandbyDaemon(cfg, tmp_path / "standby", lambda: None, heartbeat_timeout=5.0)
+    start(standby)
+    yield cfg, standby
+    standby.stopped.set()
+
+
+def test_participants_see_seed_pause_resume_send_ack_stop_in_order(pair, tmp_path):
+    cfg, standby = pair
+    fake = Recorder()
+    qemu = FakeQemu(fake)
+    guest = SimpleNamespace(monitor=qemu, files=RunFiles(tmp_path / "vm"))
+    primary = PrimaryDaemon(cfg, guest, tmp_path, [fake], stall_timeout=10)
+    primary.protect()  # returns when "QEMU"'s stream ends
+    calls = fake.calls
+    assert calls[0] == ("seed",) and calls[-1] == ("stop", primary.failure)
+    assert "COLO stream from QEMU ended" in primary.failure
+    at = {c: i for i, c in enumerate(calls)}
+    assert at[("pause", 0)] < at[("send", 0)] < at[("ack", 0)]
+    for n in range(1, CHECKPOINTS + 1):
+        assert at[("pause", n)] < at[("resume", n)], n
+        assert at[("pause", n)] < at[("send", n)] < at[("ack", n)], n
+        assert at[("pause", n - 1)] < at[("pause", n)]
+    assert [c for c in calls if c[0] == "stop"] == [calls[-1]]  # once
+    assert primary.states.history == [PrimaryState.STARTING, PrimaryState.SEEDING,
+                                      PrimaryState.PROTECTED, PrimaryState.UNPROTECTED]
+    assert "x-colo-lost-heartbeat" in qemu.commands
+    # The standby heard BYE (no failover) and holds the last checkpoint's pages exactly.
+    deadline = time.monotonic() + 5
+    while standby.state != StandbyState.WAITING and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert standby.states.history == [StandbyState.WAITING, StandbyState.RECEIVING,
+                                      StandbyState.WAITING]
+    assert standby.store.committed == CHECKPOINTS
+    ram = np.asarray(standby.store.image(0))
+    assert ram[CHECKPOINTS].tobytes() == page(100 + CHECKPOINTS)
+    assert ram[0].tobytes() == page(0) and (ram[40] == CHECKPOINTS).all()  # a ZERO record
+
+
+def test_a_participant_that_fails_to_stop_does_not_keep_the_others_or_bye_from_running(
+        pair, tmp_path):
+    cfg, standby = pair
+
+    class Broken(Participant):
+        def on_stop(self, reason):
+            raise RuntimeError("stuck")
+
+    fake = Recorder()
+    qemu = FakeQemu(fake)
+    guest = SimpleNamespace(monitor=qemu, files=RunFiles(tmp_path / "vm"))
+    primary = PrimaryDaemon(cfg, guest, tmp_path, [Broken(), fake])
+    primary.protect()
+    assert fake.calls[-1][0] == "stop" and primary.state == PrimaryState.UNPROTECTED
