@@ -1,1 +1,0 @@
-"""Reprotection: bring a returned host back as the standby without stopping the database."""
