@@ -88,3 +88,20 @@ def test_mac_is_stable_and_locally_administered():
     assert a == config.VMConfig(name="pg1").mac_address
     assert a != config.VMConfig(name="pg2").mac_address
     assert a.startswith("52:54:00:")
+
+
+def test_dumps_round_trips_a_non_default_config(tmp_path):
+    import tomllib
+
+    cfg = config.Config()
+    cfg.vm.name, cfg.vm.memory, cfg.vm.vcpus, cfg.vm.accel = "pg7", 3 << 29, 3, "tcg"
+    cfg.vm.ip, cfg.vm.gateway, cfg.vm.run_dir = "10.9.0.5/16", "10.9.0.1", "/tmp/x"
+    cfg.checkpoint.interval_ms = 250
+    cfg.optimizations.compression, cfg.optimizations.cp = "xor-rle", True
+    cfg.optimizations.page_cache = 0.25
+    cfg.standby.address, cfg.standby.port = "10.9.0.2", 7000
+    cfg.standby.fence_command = "ipmitool power off"
+    assert cfg != config.Config()
+    text = config.dumps(cfg)
+    assert config.from_dict(tomllib.loads(text)) == cfg
+    assert config.load(write(tmp_path, text)) == cfg
