@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import save  # noqa: E402
 from remusdb import config as configmod  # noqa: E402
 from remusdb.checkpoint.status import read_status  # noqa: E402
-from remusdb.hostnet import Lab  # noqa: E402
-from remusdb.labrun import Daemon, wait_status, write_config  # noqa: E402
+from remusdb.lab.daemons import Daemon, wait_status, write_config  # noqa: E402
+from remusdb.lab.net import Lab  # noqa: E402
 from remusdb.vm import DB_PASSWORD, image_for, launch  # noqa: E402
 
 VM_IP = "10.213.0.10"

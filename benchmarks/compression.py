@@ -50,8 +50,8 @@ SELECT aid, abalance FROM pgbench_accounts ORDER BY abalance DESC, aid LIMIT 20;
 
 def record(epochs: int, out: Path, scale: int) -> None:
     from remusdb.checkpoint.status import read_status
-    from remusdb.hostnet import Lab
-    from remusdb.labrun import Daemon, wait_status, write_config
+    from remusdb.lab.daemons import Daemon, wait_status, write_config
+    from remusdb.lab.net import Lab
     from remusdb.vm import DB_PASSWORD
 
     def pgbench(lab, *args):

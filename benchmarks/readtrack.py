@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import save  # noqa: E402
-from remusdb.hostnet import Lab  # noqa: E402
-from remusdb.labload import cold_scans, load_pgbench, pgbench  # noqa: E402
-from remusdb.labrun import Protected  # noqa: E402
+from remusdb.lab.daemons import Protected  # noqa: E402
+from remusdb.lab.load import cold_scans, load_pgbench, pgbench  # noqa: E402
+from remusdb.lab.net import Lab  # noqa: E402
 
 CONFIGS = {"unoptimized": {"compression": "off", "rt": False},
            "RT": {"compression": "off", "rt": True},

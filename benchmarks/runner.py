@@ -163,7 +163,7 @@ def save(result: dict, out: Path) -> None:
 def _vm(lab, mode: str, run: Path, plan: Plan, interval_ms: int, buffer_pool: int | None):
     """The database VM of one point: yields (target, sent_bytes() or None)."""
     from remusdb.image import builder
-    from remusdb.labrun import Protected
+    from remusdb.lab.daemons import Protected
     from remusdb.vm import launch
 
     vm = plan.cfg.vm
@@ -258,7 +258,7 @@ def measure(drv, target: Target, plan: Plan, scale, say, sent=None,
 
 
 def bench(plan: Plan, out: Path, say: Callable[[str], None] = print) -> dict:
-    from remusdb.hostnet import Lab
+    from remusdb.lab.net import Lab
 
     drv = driver(plan.name)
     if plan.db not in drv.DBS:

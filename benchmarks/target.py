@@ -110,7 +110,7 @@ def mariadb_target(host: str, port: int, user: str, password: str, dbname: str,
 
 def guest_target(lab, kind: str, host: str | None = None) -> Target:
     """The lab guest's database, reached from the client namespace as a real client would."""
-    from remusdb.labload import VM_IP
+    from remusdb.lab.load import VM_IP
     from remusdb.vm import DB_NAME, DB_PASSWORD, DB_USER, MARIADB_PORT, PG_PORT
 
     def wrap(go):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from remusdb.drill import report, workload
 from remusdb.errors import RemusError
-from remusdb.hostnet import Lab
-from remusdb.labload import VM_IP
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.load import VM_IP
+from remusdb.lab.net import Lab
 
 KILL_POINTS = ("random", "mid-epoch", "mid-transfer")
 OPTIMIZATIONS = ("asc", "rt", "cp")

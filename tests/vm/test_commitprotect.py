@@ -17,9 +17,9 @@ from collections import defaultdict
 import psycopg2
 from xxhash import xxh3_64_hexdigest
 
-from remusdb import dbclient
-from remusdb.labload import VM_IP
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab import dbclient
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.load import VM_IP
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # linux/asm-generic/socket.h
 COMMIT_ACK = b"C\x00\x00\x00\x0bCOMMIT\x00Z"  # CommandComplete "COMMIT", then ReadyForQuery

@@ -5,10 +5,10 @@ consistent (the TPC-B balances agree), readable end to end and writable."""
 import signal
 import time
 
-from remusdb import dbclient
 from remusdb.hypervisor.agent import GuestAgent
-from remusdb.labload import pgbench
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab import dbclient
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.load import pgbench
 from tests.vm.workload import stop
 
 CHECKS = 6

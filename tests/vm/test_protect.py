@@ -6,11 +6,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from remusdb import dbclient
 from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
-from remusdb.labload import pgbench
-from remusdb.labrun import REMUSDB, Daemon, wait_status, write_config
+from remusdb.lab import dbclient
+from remusdb.lab.daemons import REMUSDB, Daemon, wait_status, write_config
+from remusdb.lab.load import pgbench
 from tests.vm.workload import stop
 
 SCALE = 2

@@ -1,8 +1,8 @@
 """RT against the real guest: under a scan that reads the database from disk, the standby's RAM
 equals the primary's with RT on as with it off, and RT sends fewer bytes per dirty page."""
 
-from remusdb.labload import cold_scans, load_pgbench
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.load import cold_scans, load_pgbench
 
 
 def scan_run(lab, base, rt: bool) -> dict:
