@@ -20,10 +20,9 @@ from benchmarks._common import save  # noqa: E402
 from remusdb import config as configmod  # noqa: E402
 from remusdb.checkpoint.status import read_status  # noqa: E402
 from remusdb.lab.daemons import Daemon, wait_status, write_config  # noqa: E402
-from remusdb.lab.net import Lab  # noqa: E402
+from remusdb.lab.layout import RunLayout  # noqa: E402
+from remusdb.lab.net import VM_IP, Lab  # noqa: E402
 from remusdb.vm import DB_PASSWORD, image_for, launch  # noqa: E402
-
-VM_IP = "10.213.0.10"
 
 
 def pgbench(lab, args, seconds=None):
@@ -50,7 +49,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def unprotected(lab, base, seconds):
-    cfg = configmod.load(write_config(base / "vm.toml", lab))
+    cfg = configmod.load(write_config(RunLayout(base).config, lab))
     guest = launch(cfg, image_for(cfg), base / "unprotected", netns=lab.ns("primary"))
     try:
         pgbench(lab, ["-i", "-s", "1", "-q"])
@@ -60,15 +59,15 @@ def unprotected(lab, base, seconds):
 
 
 def protected(lab, base, interval, seconds):
-    run = base / f"i{interval}"
-    run.mkdir()
-    cfg = write_config(run / "vm.toml", lab, interval_ms=interval)
-    sb = Daemon(lab, "standby", ["standby", str(cfg)], run / "standby.log")
+    run = RunLayout(base / f"i{interval}")
+    run.root.mkdir()
+    cfg = write_config(run.config, lab, interval_ms=interval)
+    sb = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
     time.sleep(1)
-    trace = run / "epochs.csv"
+    trace = run.primary_trace
     pr = Daemon(lab, "primary", ["protect", str(cfg), "--trace", str(trace)],
-                run / "primary.log")
-    status = run / "pg1/primary/primary.status.json"
+                run.log("primary"))
+    status = run.primary_status
     out = {}
     try:
         wait_status(status, lambda s: s["epoch_acked"] >= 1, 300, "protection", [sb, pr])

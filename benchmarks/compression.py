@@ -51,12 +51,13 @@ SELECT aid, abalance FROM pgbench_accounts ORDER BY abalance DESC, aid LIMIT 20;
 def record(epochs: int, out: Path, scale: int) -> None:
     from remusdb.checkpoint.status import read_status
     from remusdb.lab.daemons import Daemon, wait_status, write_config
-    from remusdb.lab.net import Lab
+    from remusdb.lab.layout import RunLayout
+    from remusdb.lab.net import VM_IP, Lab
     from remusdb.vm import DB_PASSWORD
 
     def pgbench(lab, *args):
         return subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", "10.213.0.10", "-U",
+            ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", VM_IP, "-U",
              "remusdb", *args, "remusdb"], env=dict(os.environ, PGPASSWORD=DB_PASSWORD),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -68,13 +69,14 @@ def record(epochs: int, out: Path, scale: int) -> None:
     try:
         with Lab() as lab:
             lab.add_tap("primary")
-            cfg = write_config(base / "vm.toml", lab, interval_ms=100,
+            run = RunLayout(base)
+            cfg = write_config(run.config, lab, interval_ms=100,
                                optimizations={"compression": "off"})
-            sb = Daemon(lab, "standby", ["standby", str(cfg)], base / "standby.log")
+            sb = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
             time.sleep(1)
             pr = Daemon(lab, "primary", ["protect", str(cfg), "--record", str(rec),
-                                         "--record-epochs", str(epochs)], base / "primary.log")
-            status = base / "pg1/primary/primary.status.json"
+                                         "--record-epochs", str(epochs)], run.log("primary"))
+            status = run.primary_status
             try:
                 wait_status(status, lambda s: s["epoch_acked"] >= 1, 300, "protection", [sb, pr])
                 print(f"recording: loading pgbench scale {scale} into the guest")

@@ -184,7 +184,7 @@ def _vm(lab, mode: str, run: Path, plan: Plan, interval_ms: int, buffer_pool: in
                    vm={"memory": vm.memory, "vcpus": vm.vcpus, "accel": vm.accel}) as p:
         if buffer_pool:
             from remusdb.hypervisor.agent import GuestAgent
-            agent = GuestAgent(p.run / "pg1/primary/qga.sock")
+            agent = GuestAgent(p.layout.primary_agent)
             try:
                 _set_buffer_pool(agent, plan.db, buffer_pool)
             finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from remusdb.checkpoint.status import read_status
 from remusdb.errors import RemusError
+from remusdb.lab.layout import RunLayout
 
 REMUSDB = [sys.executable, "-m", "remusdb.cli"]
 
@@ -86,23 +87,24 @@ class Protected:
     def __init__(self, lab, run: Path, interval_ms: int = 100, optimizations: dict | None = None,
                  protect_args: tuple = (), standby_args: tuple = (), vm: dict | None = None):
         self.lab, self.run = lab, Path(run)
+        self.layout = RunLayout(self.run)
         self.run.mkdir(parents=True, exist_ok=True)
-        self.cfg = write_config(self.run / "vm.toml", lab, interval_ms=interval_ms,
+        self.cfg = write_config(self.layout.config, lab, interval_ms=interval_ms,
                                 optimizations=optimizations, **(vm or {}))
         self.protect_args, self.standby_args = list(protect_args), list(standby_args)
         self.standby = self.primary = None
-        self.standby_status = self.run / "pg1/standby/standby.status.json"
-        self.primary_status = self.run / "pg1/primary/primary.status.json"
+        self.standby_status = self.layout.standby_status
+        self.primary_status = self.layout.primary_status
 
     def __enter__(self) -> Protected:
         self.standby = Daemon(self.lab, "standby", ["standby", str(self.cfg),
                                                     *self.standby_args],
-                              self.run / "standby.log")
+                              self.layout.log("standby"))
         try:
             wait_status(self.standby_status, lambda s: True, 60, "standby start", [self.standby])
             self.primary = Daemon(self.lab, "primary",
                                   ["protect", str(self.cfg), *self.protect_args],
-                                  self.run / "primary.log")
+                                  self.layout.log("primary"))
             wait_status(self.standby_status, lambda s: s["epoch_committed"] >= 1, 300,
                         "first checkpoint", self.daemons)
         except BaseException:

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from remusdb.hypervisor.agent import GuestAgent
+from remusdb.lab.net import VM_IP
 from remusdb.vm import DB_PASSWORD
 
-VM_IP = "10.213.0.10"
 SCAN_SQL = "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE filler <> 'x';\n"
 
 

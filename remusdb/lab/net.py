@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, NetNS, netns
 
+from remusdb.config import Config
 from remusdb.hypervisor.tap import NetError, ensure_tap
 
 PREFIX = "rdb"
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)-")
+# The guest's address in the lab: the config's default, on the lab's subnet, so a VM started
+# from a default Config is reachable from every lab host.
+VM_IP = Config().vm.address
 
 
 @dataclass
