@@ -6,9 +6,7 @@ measured in the same run. Needs root (namespaces). Run:
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,19 +19,9 @@ from remusdb import config as configmod  # noqa: E402
 from remusdb.checkpoint.status import read_status  # noqa: E402
 from remusdb.lab.daemons import Daemon, wait_status, write_config  # noqa: E402
 from remusdb.lab.layout import RunLayout  # noqa: E402
-from remusdb.lab.net import VM_IP, Lab  # noqa: E402
-from remusdb.vm import DB_PASSWORD, image_for, launch  # noqa: E402
-
-
-def pgbench(lab, args, seconds=None):
-    cmd = ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", VM_IP, "-U", "remusdb",
-           *args, "remusdb"]
-    r = subprocess.run(cmd, env=dict(os.environ, PGPASSWORD=DB_PASSWORD), capture_output=True,
-                       text=True, timeout=(seconds or 0) + 300)
-    if r.returncode != 0:
-        raise SystemExit(f"pgbench failed: {r.stderr.strip()[-500:]}")
-    m = re.search(r"tps = ([\d.]+)", r.stdout)
-    return float(m.group(1)) if m else None
+from remusdb.lab.load import pgbench_tps  # noqa: E402
+from remusdb.lab.net import Lab  # noqa: E402
+from remusdb.vm import image_for, launch  # noqa: E402
 
 
 def pct(v):
@@ -52,8 +40,8 @@ def unprotected(lab, base, seconds):
     cfg = configmod.load(write_config(RunLayout(base).config, lab))
     guest = launch(cfg, image_for(cfg), base / "unprotected", netns=lab.ns("primary"))
     try:
-        pgbench(lab, ["-i", "-s", "1", "-q"])
-        return pgbench(lab, ["-S", "-c", "4", "-n", "-T", str(seconds)], seconds)
+        pgbench_tps(lab, "-i", "-s", "1", "-q", timeout=300)
+        return pgbench_tps(lab, "-S", "-c", "4", "-n", "-T", str(seconds), timeout=seconds + 300)
     finally:
         guest.kill()
 
@@ -79,10 +67,11 @@ def protected(lab, base, interval, seconds):
                 time.sleep(seconds)
                 tps = None
             else:
-                pgbench(lab, ["-i", "-s", "1", "-q"])
+                pgbench_tps(lab, "-i", "-s", "1", "-q", timeout=300)
                 c0, t0 = cpu_seconds(pr.proc.pid), time.monotonic()
                 start = read_status(status)["epoch_captured"]
-                tps = pgbench(lab, ["-S", "-c", "4", "-n", "-T", str(seconds)], seconds)
+                tps = pgbench_tps(lab, "-S", "-c", "4", "-n", "-T", str(seconds),
+                                  timeout=seconds + 300)
             t_end = time.time()
             time.sleep(1.2)
             st = read_status(status)

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,14 +51,8 @@ def record(epochs: int, out: Path, scale: int) -> None:
     from remusdb.checkpoint.status import read_status
     from remusdb.lab.daemons import Daemon, wait_status, write_config
     from remusdb.lab.layout import RunLayout
-    from remusdb.lab.net import VM_IP, Lab
-    from remusdb.vm import DB_PASSWORD
-
-    def pgbench(lab, *args):
-        return subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", VM_IP, "-U",
-             "remusdb", *args, "remusdb"], env=dict(os.environ, PGPASSWORD=DB_PASSWORD),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from remusdb.lab.load import pgbench
+    from remusdb.lab.net import Lab
 
     base = Path(tempfile.mkdtemp(prefix="remusdb-record-", dir="/dev/shm"))
     rec = base / "recordings"
