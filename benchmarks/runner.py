@@ -16,19 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.modes import BENCHMARKS, MODES
 from benchmarks.target import Target, first_line, guest_target, mariadb_target, postgres_target
 from remusdb.config import Config
 from remusdb.errors import RemusError
 
-BENCHMARKS = ("tpcc", "tpch", "tpcw")
-MODES = {  # mode -> [optimizations]; None = no protection at all
-    "unprotected": None,
-    "remus": {"compression": "off", "rt": False, "cp": False},
-    "asc": {"compression": "xor-lz4", "rt": False, "cp": False},
-    "rt": {"compression": "off", "rt": True, "cp": False},
-    "cp": {"compression": "off", "rt": False, "cp": True},
-    "all": {"compression": "xor-lz4", "rt": True, "cp": True},
-}
 SWEEPS = {"interval": "checkpoint interval (ms)", "buffer-pool": "buffer pool",
           "scale": "database size (benchmark scale)"}
 RESULTS = Path(__file__).resolve().parent / "results"
