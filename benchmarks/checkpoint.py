@@ -7,21 +7,19 @@ measured in the same run. Needs root (namespaces). Run:
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb import config as configmod  # noqa: E402
-from remusdb.checkpoint.status import read_status  # noqa: E402
-from remusdb.lab.daemons import Daemon, wait_status, write_config  # noqa: E402
-from remusdb.lab.layout import RunLayout  # noqa: E402
-from remusdb.lab.load import pgbench_tps  # noqa: E402
-from remusdb.lab.net import Lab  # noqa: E402
-from remusdb.vm import image_for, launch  # noqa: E402
+from benchmarks._common import save
+from remusdb import config as configmod
+from remusdb.checkpoint.status import read_status
+from remusdb.lab.daemons import Daemon, wait_status, write_config
+from remusdb.lab.layout import RunLayout
+from remusdb.lab.load import pgbench_tps
+from remusdb.lab.net import Lab
+from remusdb.vm import image_for, launch
 
 
 def pct(v):

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +28,10 @@ from pathlib import Path
 import lz4.block
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb.checkpoint.recording import read_epochs  # noqa: E402
-from remusdb.compression import codec  # noqa: E402
-from remusdb.compression.compressor import Compressor  # noqa: E402
+from benchmarks._common import save
+from remusdb.checkpoint.recording import read_epochs
+from remusdb.compression import codec
+from remusdb.compression.compressor import Compressor
 
 PAGE = 4096
 RECORDINGS = Path.home() / ".cache/remusdb/recordings"

@@ -8,15 +8,13 @@ are reported as ratios to unoptimized in the same run. Needs root. Run:
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb.lab.daemons import Protected  # noqa: E402
-from remusdb.lab.load import cold_scans, load_pgbench, pgbench  # noqa: E402
-from remusdb.lab.net import Lab  # noqa: E402
+from benchmarks._common import save
+from remusdb.lab.daemons import Protected
+from remusdb.lab.load import cold_scans, load_pgbench, pgbench
+from remusdb.lab.net import Lab
 
 CONFIGS = {"unoptimized": {"compression": "off", "rt": False},
            "RT": {"compression": "off", "rt": True},
