@@ -6,35 +6,20 @@ measured in the same run. Needs root (namespaces). Run:
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb import config as configmod  # noqa: E402
-from remusdb.checkpoint.status import read_status  # noqa: E402
-from remusdb.hostnet import Lab  # noqa: E402
-from remusdb.labrun import Daemon, wait_status, write_config  # noqa: E402
-from remusdb.vm import DB_PASSWORD, image_for, launch  # noqa: E402
-
-VM_IP = "10.213.0.10"
-
-
-def pgbench(lab, args, seconds=None):
-    cmd = ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", VM_IP, "-U", "remusdb",
-           *args, "remusdb"]
-    r = subprocess.run(cmd, env=dict(os.environ, PGPASSWORD=DB_PASSWORD), capture_output=True,
-                       text=True, timeout=(seconds or 0) + 300)
-    if r.returncode != 0:
-        raise SystemExit(f"pgbench failed: {r.stderr.strip()[-500:]}")
-    m = re.search(r"tps = ([\d.]+)", r.stdout)
-    return float(m.group(1)) if m else None
+from benchmarks._common import save
+from remusdb import config as configmod
+from remusdb.checkpoint.status import read_status
+from remusdb.lab.daemons import Daemon, wait_status, write_config
+from remusdb.lab.layout import RunLayout
+from remusdb.lab.load import pgbench_tps
+from remusdb.lab.net import Lab
+from remusdb.vm import image_for, launch
 
 
 def pct(v):
@@ -50,25 +35,25 @@ def cpu_seconds(pid: int) -> float:
 
 
 def unprotected(lab, base, seconds):
-    cfg = configmod.load(write_config(base / "vm.toml", lab))
+    cfg = configmod.load(write_config(RunLayout(base).config, lab))
     guest = launch(cfg, image_for(cfg), base / "unprotected", netns=lab.ns("primary"))
     try:
-        pgbench(lab, ["-i", "-s", "1", "-q"])
-        return pgbench(lab, ["-S", "-c", "4", "-n", "-T", str(seconds)], seconds)
+        pgbench_tps(lab, "-i", "-s", "1", "-q", timeout=300)
+        return pgbench_tps(lab, "-S", "-c", "4", "-n", "-T", str(seconds), timeout=seconds + 300)
     finally:
         guest.kill()
 
 
 def protected(lab, base, interval, seconds):
-    run = base / f"i{interval}"
-    run.mkdir()
-    cfg = write_config(run / "vm.toml", lab, interval_ms=interval)
-    sb = Daemon(lab, "standby", ["standby", str(cfg)], run / "standby.log")
+    run = RunLayout(base / f"i{interval}")
+    run.root.mkdir()
+    cfg = write_config(run.config, lab, interval_ms=interval)
+    sb = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
     time.sleep(1)
-    trace = run / "epochs.csv"
+    trace = run.primary_trace
     pr = Daemon(lab, "primary", ["protect", str(cfg), "--trace", str(trace)],
-                run / "primary.log")
-    status = run / "pg1/primary/primary.status.json"
+                run.log("primary"))
+    status = run.primary_status
     out = {}
     try:
         wait_status(status, lambda s: s["epoch_acked"] >= 1, 300, "protection", [sb, pr])
@@ -80,10 +65,11 @@ def protected(lab, base, interval, seconds):
                 time.sleep(seconds)
                 tps = None
             else:
-                pgbench(lab, ["-i", "-s", "1", "-q"])
+                pgbench_tps(lab, "-i", "-s", "1", "-q", timeout=300)
                 c0, t0 = cpu_seconds(pr.proc.pid), time.monotonic()
                 start = read_status(status)["epoch_captured"]
-                tps = pgbench(lab, ["-S", "-c", "4", "-n", "-T", str(seconds)], seconds)
+                tps = pgbench_tps(lab, "-S", "-c", "4", "-n", "-T", str(seconds),
+                                  timeout=seconds + 300)
             t_end = time.time()
             time.sleep(1.2)
             st = read_status(status)

@@ -1,5 +1,9 @@
 """`remusdb bench tpcc|tpch|tpcw`: argument checks (one line each, before any VM starts), the
-run, the summary table, the JSON and the chart."""
+run, the summary table, the JSON and the chart.
+
+Only the argument definitions load with the `remusdb` parser; the runner, the drivers, their
+database clients and matplotlib load when `remusdb bench` runs.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import runner
+from benchmarks.modes import BENCHMARKS, MODES
 from remusdb import config as configmod
 from remusdb.errors import RemusError
 
 
 def summary_lines(result: dict) -> list[str]:
+    from benchmarks import runner
+
     lines = [f"{'mode':<12}{'sweep':>10}{'score':>14}{'vs unprot.':>12}{'MB/s sent':>11}"]
     for p in result["points"]:
         sweep = runner.value_label((result.get("sweep") or {}).get("kind"), p["sweep_value"])
@@ -30,6 +36,8 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def bench(args) -> int:
+    from benchmarks import runner
+
     drv = runner.driver(args.benchmark)
     if args.duration <= 0:
         raise RemusError(f"--duration must be > 0 s, got {args.duration:g}")
@@ -62,7 +70,7 @@ def bench(args) -> int:
         result = runner.external(args.benchmark, target, plan, out, say,
                                  prepare=not args.no_prepare)
     else:
-        plan.modes = runner.parse_modes(args.modes or ",".join(runner.MODES))
+        plan.modes = runner.parse_modes(args.modes or ",".join(MODES))
         if os.geteuid() != 0:
             raise RemusError("bench starts VMs in network namespaces: run it as root (or use "
                              "--at HOST to benchmark a database that is already running)")
@@ -87,11 +95,11 @@ def bench(args) -> int:
 def add_parser(sub) -> None:
     b = sub.add_parser("bench", help="TPC-C / TPC-H / TPC-W in each protection mode, "
                        "normalized to unprotected (JSON + PNG)")
-    b.add_argument("benchmark", choices=runner.BENCHMARKS)
+    b.add_argument("benchmark", choices=BENCHMARKS)
     b.add_argument("--db", choices=("postgres", "mariadb"), default="postgres")
     b.add_argument("--config", help="a remusdb config: the VM's memory/vcpus/accel, the "
                    "checkpoint interval and page cache (default: built-in defaults)")
-    b.add_argument("--modes", help=f"comma list of {', '.join(runner.MODES)} (default all)")
+    b.add_argument("--modes", help=f"comma list of {', '.join(MODES)} (default all)")
     b.add_argument("--duration", type=float, default=60, metavar="S",
                    help="measured seconds per mode (TPC-C, TPC-W; TPC-H runs its power run)")
     b.add_argument("--clients", type=int, metavar="N", help="terminals / emulated browsers")

@@ -11,18 +11,16 @@ import argparse
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb.config import Config  # noqa: E402
-from remusdb.hostnet import Lab  # noqa: E402
-from remusdb.image import builder  # noqa: E402
-from remusdb.labload import pgbench  # noqa: E402
-from remusdb.labrun import Protected  # noqa: E402
-from remusdb.vm import launch  # noqa: E402
+from benchmarks._common import save
+from remusdb.config import Config
+from remusdb.image import builder
+from remusdb.lab.daemons import Protected
+from remusdb.lab.load import pgbench
+from remusdb.lab.net import Lab
+from remusdb.vm import launch
 
 WORKLOADS = {"tpcb": ["-c", "4"], "select-only": ["-S", "-c", "4"]}
 

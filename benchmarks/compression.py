@@ -21,8 +21,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,11 +28,10 @@ from pathlib import Path
 import lz4.block
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb.checkpoint.recording import read_epochs  # noqa: E402
-from remusdb.compression import codec  # noqa: E402
-from remusdb.compression.compressor import Compressor  # noqa: E402
+from benchmarks._common import save
+from remusdb.checkpoint.recording import read_epochs
+from remusdb.compression import codec
+from remusdb.compression.compressor import Compressor
 
 PAGE = 4096
 RECORDINGS = Path.home() / ".cache/remusdb/recordings"
@@ -50,15 +47,10 @@ SELECT aid, abalance FROM pgbench_accounts ORDER BY abalance DESC, aid LIMIT 20;
 
 def record(epochs: int, out: Path, scale: int) -> None:
     from remusdb.checkpoint.status import read_status
-    from remusdb.hostnet import Lab
-    from remusdb.labrun import Daemon, wait_status, write_config
-    from remusdb.vm import DB_PASSWORD
-
-    def pgbench(lab, *args):
-        return subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", "10.213.0.10", "-U",
-             "remusdb", *args, "remusdb"], env=dict(os.environ, PGPASSWORD=DB_PASSWORD),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from remusdb.lab.daemons import Daemon, wait_status, write_config
+    from remusdb.lab.layout import RunLayout
+    from remusdb.lab.load import pgbench
+    from remusdb.lab.net import Lab
 
     base = Path(tempfile.mkdtemp(prefix="remusdb-record-", dir="/dev/shm"))
     rec = base / "recordings"
@@ -68,13 +60,14 @@ def record(epochs: int, out: Path, scale: int) -> None:
     try:
         with Lab() as lab:
             lab.add_tap("primary")
-            cfg = write_config(base / "vm.toml", lab, interval_ms=100,
+            run = RunLayout(base)
+            cfg = write_config(run.config, lab, interval_ms=100,
                                optimizations={"compression": "off"})
-            sb = Daemon(lab, "standby", ["standby", str(cfg)], base / "standby.log")
+            sb = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
             time.sleep(1)
             pr = Daemon(lab, "primary", ["protect", str(cfg), "--record", str(rec),
-                                         "--record-epochs", str(epochs)], base / "primary.log")
-            status = base / "pg1/primary/primary.status.json"
+                                         "--record-epochs", str(epochs)], run.log("primary"))
+            status = run.primary_status
             try:
                 wait_status(status, lambda s: s["epoch_acked"] >= 1, 300, "protection", [sb, pr])
                 print(f"recording: loading pgbench scale {scale} into the guest")

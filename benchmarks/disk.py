@@ -10,15 +10,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb.disk.server import DiskServer  # noqa: E402
+from benchmarks._common import save
+from remusdb.disk.server import DiskServer
 
 SIZE = 1 << 30
 JOBS = {"randread 4K": ("randread", "4k"), "randwrite 4K": ("randwrite", "4k"),

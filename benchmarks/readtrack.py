@@ -8,15 +8,13 @@ are reported as ratios to unoptimized in the same run. Needs root. Run:
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb.hostnet import Lab  # noqa: E402
-from remusdb.labload import cold_scans, load_pgbench, pgbench  # noqa: E402
-from remusdb.labrun import Protected  # noqa: E402
+from benchmarks._common import save
+from remusdb.lab.daemons import Protected
+from remusdb.lab.load import cold_scans, load_pgbench, pgbench
+from remusdb.lab.net import Lab
 
 CONFIGS = {"unoptimized": {"compression": "off", "rt": False},
            "RT": {"compression": "off", "rt": True},
@@ -29,7 +27,7 @@ def measure(lab, run: Path, opts: dict, workload: str, args) -> dict:
         load_pgbench(lab, args.scale)
         before = p.status("primary")["totals"]
         if workload == "scan":
-            cold_scans(lab, p.run / "pg1/primary/qga.sock", rounds=args.rounds)
+            cold_scans(lab, p.layout.primary_agent, rounds=args.rounds)
         else:
             out = pgbench(lab, "-n", "-c", "4", "-T", str(args.seconds)).communicate()[0]
             if "tps" not in out:

@@ -12,13 +12,11 @@ import socket
 import struct
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import save  # noqa: E402
-from remusdb.checkpoint import stream as s  # noqa: E402
+from benchmarks._common import save
+from remusdb.checkpoint import stream as s
 
 
 def checkpoint_bytes(n: int) -> bytes:

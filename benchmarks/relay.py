@@ -26,11 +26,9 @@ from pathlib import Path
 
 from pyroute2 import netns
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save  # noqa: E402
-
-from remusdb.commitprotect.outbuf import OutputBuffer  # noqa: E402
-from remusdb.commitprotect.relay import NetRelay  # noqa: E402
+from benchmarks._common import save
+from remusdb.commitprotect.outbuf import OutputBuffer
+from remusdb.commitprotect.relay import NetRelay
 
 CODEPOINT = 11
 A_IP, B_IP = "10.99.0.1", "10.99.0.2"

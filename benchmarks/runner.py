@@ -16,19 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.modes import BENCHMARKS, MODES
 from benchmarks.target import Target, first_line, guest_target, mariadb_target, postgres_target
 from remusdb.config import Config
 from remusdb.errors import RemusError
 
-BENCHMARKS = ("tpcc", "tpch", "tpcw")
-MODES = {  # mode -> [optimizations]; None = no protection at all
-    "unprotected": None,
-    "remus": {"compression": "off", "rt": False, "cp": False},
-    "asc": {"compression": "xor-lz4", "rt": False, "cp": False},
-    "rt": {"compression": "off", "rt": True, "cp": False},
-    "cp": {"compression": "off", "rt": False, "cp": True},
-    "all": {"compression": "xor-lz4", "rt": True, "cp": True},
-}
 SWEEPS = {"interval": "checkpoint interval (ms)", "buffer-pool": "buffer pool",
           "scale": "database size (benchmark scale)"}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,7 +155,7 @@ def save(result: dict, out: Path) -> None:
 def _vm(lab, mode: str, run: Path, plan: Plan, interval_ms: int, buffer_pool: int | None):
     """The database VM of one point: yields (target, sent_bytes() or None)."""
     from remusdb.image import builder
-    from remusdb.labrun import Protected
+    from remusdb.lab.daemons import Protected
     from remusdb.vm import launch
 
     vm = plan.cfg.vm
@@ -184,7 +176,7 @@ def _vm(lab, mode: str, run: Path, plan: Plan, interval_ms: int, buffer_pool: in
                    vm={"memory": vm.memory, "vcpus": vm.vcpus, "accel": vm.accel}) as p:
         if buffer_pool:
             from remusdb.hypervisor.agent import GuestAgent
-            agent = GuestAgent(p.run / "pg1/primary/qga.sock")
+            agent = GuestAgent(p.layout.primary_agent)
             try:
                 _set_buffer_pool(agent, plan.db, buffer_pool)
             finally:
@@ -258,7 +250,7 @@ def measure(drv, target: Target, plan: Plan, scale, say, sent=None,
 
 
 def bench(plan: Plan, out: Path, say: Callable[[str], None] = print) -> dict:
-    from remusdb.hostnet import Lab
+    from remusdb.lab.net import Lab
 
     drv = driver(plan.name)
     if plan.db not in drv.DBS:

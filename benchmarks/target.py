@@ -28,7 +28,7 @@ _MARIADB_RETRY = {1213, 1205, 1020}
 class Target:
     kind: str                       # "postgres" | "mariadb"
     connect: Callable[[], Any]      # a new DB-API connection, autocommit off
-    label: str = ""                 # where it is, for messages ("guest 10.213.0.10:5432")
+    label: str = ""                 # where it is, for messages ("guest <VM_IP>:5432")
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -110,7 +110,7 @@ def mariadb_target(host: str, port: int, user: str, password: str, dbname: str,
 
 def guest_target(lab, kind: str, host: str | None = None) -> Target:
     """The lab guest's database, reached from the client namespace as a real client would."""
-    from remusdb.labload import VM_IP
+    from remusdb.lab.net import VM_IP
     from remusdb.vm import DB_NAME, DB_PASSWORD, DB_USER, MARIADB_PORT, PG_PORT
 
     def wrap(go):

@@ -54,8 +54,8 @@ def cmd_config_example(args) -> int:
 
 
 def cmd_net_sweep(args) -> int:
-    from remusdb import hostnet
-    removed = hostnet.sweep_stale()
+    from remusdb.lab import net
+    removed = net.sweep_stale()
     print(f"removed {len(removed)} stale namespace(s)" + (": " + ", ".join(removed)
                                                            if removed else ""))
     return 0
@@ -132,7 +132,7 @@ def cmd_drill(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from remusdb import demo
+    from remusdb.lab import demo
     return demo.run(interval_ms=args.interval)
 
 

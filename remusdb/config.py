@@ -15,9 +15,11 @@ import ipaddress
 import re
 import tomllib
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from remusdb.errors import RemusError
 
@@ -274,6 +276,11 @@ def load(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config error: {p}: invalid TOML: {e}") from None
     return from_dict(raw)
+
+
+def dumps(cfg: Config) -> str:
+    """The config as TOML, every key written: `from_dict(tomllib.loads(dumps(cfg))) == cfg`."""
+    return tomli_w.dumps(asdict(cfg))
 
 
 EXAMPLE = """\

@@ -16,7 +16,7 @@ from remusdb.checkpoint.standby import StandbyDaemon
 from remusdb.commitprotect.outbuf import OutputBuffer
 from remusdb.commitprotect.relay import NetRelay
 from remusdb.config import Config
-from remusdb.hostnet import ensure_tap
+from remusdb.hypervisor.tap import ensure_tap
 from remusdb.vm import image_for, launch_served, make_spec
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from remusdb.drill import report, workload
 from remusdb.errors import RemusError
-from remusdb.hostnet import Lab
-from remusdb.labload import VM_IP
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.layout import RunLayout
+from remusdb.lab.net import VM_IP, Lab
 
 KILL_POINTS = ("random", "mid-epoch", "mid-transfer")
 OPTIMIZATIONS = ("asc", "rt", "cp")
@@ -60,7 +60,7 @@ def drill(db: str = "postgres", interval_ms: int = 100, opts: set[str] = frozens
     try:
         with Lab() as lab:
             lab.add_tap("primary")
-            trace = base / "checkpoints.csv"
+            trace = RunLayout(base).primary_trace
             say(f"protecting the VM (checkpoint every {interval_ms} ms, "
                 f"{', '.join(sorted(opts)) or 'no optimizations'}) ...")
             with Protected(lab, base, interval_ms=interval_ms, optimizations=optimizations(opts),

@@ -10,8 +10,8 @@ import time
 import psycopg2
 import pymysql
 
-from remusdb import dbclient
 from remusdb.drill.report import Op
+from remusdb.lab import dbclient
 
 ACCOUNTS, INITIAL = 100, 1000
 SCHEMA = ["DROP TABLE IF EXISTS ledger", "DROP TABLE IF EXISTS accounts",

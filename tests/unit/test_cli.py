@@ -67,3 +67,20 @@ def test_status_reports_compression_and_back_pressure(tmp_path, capsys):
 def test_protect_takes_no_compression():
     args = cli.parser().parse_args(["protect", "vm.toml", "--no-compression"])
     assert args.no_compression and args.func is cli.cmd_protect
+
+
+def test_parser_loads_no_benchmark_driver():
+    """`remusdb status` builds the whole parser: `bench` must not drag its drivers in."""
+    import json
+    from pathlib import Path
+
+    code = ("import json, sys; from remusdb import cli; cli.parser(); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('benchmarks.') "
+            "or m.split('.')[0] in ('matplotlib', 'psycopg2', 'pymysql'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=Path(__file__).resolve().parents[2])  # this tree's remusdb
+    loaded = set(json.loads(r.stdout))
+    for heavy in ("benchmarks.tpcc", "benchmarks.tpch", "benchmarks.tpcw", "benchmarks.runner",
+                  "benchmarks.target", "benchmarks.plots", "matplotlib", "psycopg2", "pymysql"):
+        assert heavy not in loaded, sorted(loaded)
+    assert "benchmarks.command" in loaded  # the test would pass vacuously otherwise

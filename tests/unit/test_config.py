@@ -88,3 +88,43 @@ def test_mac_is_stable_and_locally_administered():
     assert a == config.VMConfig(name="pg1").mac_address
     assert a != config.VMConfig(name="pg2").mac_address
     assert a.startswith("52:54:00:")
+
+
+def test_dumps_round_trips_a_non_default_config(tmp_path):
+    import tomllib
+
+    cfg = config.Config()
+    cfg.vm.name, cfg.vm.memory, cfg.vm.vcpus, cfg.vm.accel = "pg7", 3 << 29, 3, "tcg"
+    cfg.vm.ip, cfg.vm.gateway, cfg.vm.run_dir = "10.9.0.5/16", "10.9.0.1", "/tmp/x"
+    cfg.checkpoint.interval_ms = 250
+    cfg.optimizations.compression, cfg.optimizations.cp = "xor-rle", True
+    cfg.optimizations.page_cache = 0.25
+    cfg.standby.address, cfg.standby.port = "10.9.0.2", 7000
+    cfg.standby.fence_command = "ipmitool power off"
+    assert cfg != config.Config()
+    text = config.dumps(cfg)
+    assert config.from_dict(tomllib.loads(text)) == cfg
+    assert config.load(write(tmp_path, text)) == cfg
+
+
+def test_a_lab_config_loads_as_written(tmp_path):
+    from remusdb.lab.daemons import write_config
+    from remusdb.lab.layout import RunLayout
+    from remusdb.lab.net import VM_IP, Host, Lab
+    from remusdb.protection import role_dir
+
+    lab = Lab(members={h: Host(h, f"ns-{h}", f"10.213.0.{i}/24")
+                       for i, h in enumerate(Lab.hosts, start=1)})
+    run = RunLayout(tmp_path)
+    path = write_config(run.config, lab, interval_ms=50, optimizations={"cp": True, "rt": False},
+                        memory="2G", vcpus=1)
+    cfg = config.load(path)
+    assert (cfg.vm.name, cfg.vm.gateway, cfg.vm.run_dir) == ("pg1", "10.213.0.1", str(tmp_path))
+    assert (cfg.vm.memory, cfg.vm.vcpus, cfg.vm.address) == (2 << 30, 1, VM_IP)
+    assert cfg.checkpoint.interval_ms == 50
+    assert (cfg.optimizations.cp, cfg.optimizations.rt) == (True, False)
+    assert cfg.optimizations.compression == config.OptimizationsConfig().compression
+    assert (cfg.standby.address, cfg.standby.heartbeat_timeout_ms) == ("10.213.0.2", 1000)
+    # the layout finds the daemons' files where the product puts them
+    for role in ("primary", "standby"):
+        assert run.status(role) == role_dir(cfg, role) / f"{role}.status.json"

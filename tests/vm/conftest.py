@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from remusdb.config import Config
-from remusdb.hostnet import Lab
 from remusdb.image import builder
+from remusdb.lab.net import Lab
 from remusdb.vm import launch
 
 if os.geteuid() != 0:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from remusdb import dbclient
+from remusdb.lab import dbclient
 from remusdb.vm import launch
 
 

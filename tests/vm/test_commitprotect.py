@@ -17,9 +17,10 @@ from collections import defaultdict
 import psycopg2
 from xxhash import xxh3_64_hexdigest
 
-from remusdb import dbclient
-from remusdb.labload import VM_IP
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab import dbclient
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.layout import RunLayout
+from remusdb.lab.net import VM_IP
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # linux/asm-generic/socket.h
 COMMIT_ACK = b"C\x00\x00\x00\x0bCOMMIT\x00Z"  # CommandComplete "COMMIT", then ReadyForQuery
@@ -106,9 +107,10 @@ def check_release_after_commit(capture, trace, commits):
 
 
 def traced(lab, base, cp: bool, interval_ms: int):
+    run = RunLayout(base)
     return Protected(lab, base, interval_ms=interval_ms, optimizations={"cp": cp},
-                     protect_args=("--net-trace", str(base / "net.csv")),
-                     standby_args=("--trace", str(base / "commits.csv")))
+                     protect_args=("--net-trace", str(run.net_trace)),
+                     standby_args=("--trace", str(run.standby_trace)))
 
 
 def timed(cur, sql):
@@ -119,7 +121,7 @@ def timed(cur, sql):
 
 def test_remus_output_commit_holds_every_frame_until_its_epoch_is_committed(lab, base):
     interval = 100
-    with traced(lab, base, cp=False, interval_ms=interval):
+    with traced(lab, base, cp=False, interval_ms=interval) as p:
         cap = Capture(lab)
         cap.start()
         with lab.inside("client"):
@@ -133,7 +135,7 @@ def test_remus_output_commit_holds_every_frame_until_its_epoch_is_committed(lab,
             conn.close()
             time.sleep(0.5)
             frames = cap.stop()
-    trace, commits = relay_trace(base / "net.csv"), commit_times(base / "commits.csv")
+    trace, commits = relay_trace(p.layout.net_trace), commit_times(p.layout.standby_trace)
     held, unprotected = check_release_after_commit(frames, trace, commits)
     assert check_relay_log(trace, commits) >= held
     print(f"Remus: round trip p50 {statistics.median(rtt) * 1000:.0f} ms at a {interval} ms "
@@ -167,9 +169,9 @@ def test_commit_protection_releases_results_at_once_and_holds_commit_acks(lab, b
             time.sleep(0.5)
             frames = cap.stop()
         net = p.status("primary")["net"]
-    trace = relay_trace(base / "net.csv")
+    trace = relay_trace(p.layout.net_trace)
     held, unprotected = check_release_after_commit(frames, trace,
-                                                   commit_times(base / "commits.csv"))
+                                                   commit_times(p.layout.standby_trace))
     acks = [f for _, f in frames if COMMIT_ACK in f]
     ack_hows = [{h for h, _, _ in trace[xxh3_64_hexdigest(f)]} for f in acks]
     print(f"CP: in-transaction p50 {statistics.median(inside) * 1000:.0f} ms, commit p50 "

@@ -3,8 +3,8 @@ equals the primary's at checkpoints, and the pages really went out compressed.""
 
 import pytest
 
-from remusdb.labload import pgbench
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.load import pgbench
 from tests.vm.workload import stop
 
 CHECKS = 8

@@ -5,10 +5,11 @@ consistent (the TPC-B balances agree), readable end to end and writable."""
 import signal
 import time
 
-from remusdb import dbclient
 from remusdb.hypervisor.agent import GuestAgent
-from remusdb.labload import pgbench
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab import dbclient
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.load import pgbench
+from remusdb.lab.net import VM_IP
 from tests.vm.workload import stop
 
 CHECKS = 6
@@ -44,20 +45,20 @@ def test_disk_follows_checkpoints_and_survives_kill_under_write_load(lab, base):
                              "failover", [p.standby])
         finally:
             stop(load)  # its open transactions abort with their connections
-        failed_over(lab, base)
+        failed_over(lab, p.layout)
     print(f"verify {v}; failover {st['failover']}; read tracking {rt}")
 
 
 def _history_rows(lab) -> int:
     with lab.inside("client"):
-        return dbclient.query_one(dbclient.postgres, "10.213.0.10",
+        return dbclient.query_one(dbclient.postgres, VM_IP,
                                   "SELECT count(*) FROM pgbench_history", timeout=30)
 
 
-def failed_over(lab, base):
+def failed_over(lab, run):
     """The database on the standby: consistent, writable, readable end to end, clean logs."""
     with lab.inside("client"):
-        acc, tel, br, hist, n = dbclient.query_row(dbclient.postgres, "10.213.0.10", BALANCES,
+        acc, tel, br, hist, n = dbclient.query_row(dbclient.postgres, VM_IP, BALANCES,
                                                    timeout=60)
     # Each TPC-B transaction adds the same delta to one account, teller, branch and the
     # history: a torn transaction or a disk from another moment breaks the equality.
@@ -67,7 +68,7 @@ def failed_over(lab, base):
     again = pgbench(lab, "-c", "2", "-t", "20", "-n")
     out = again.communicate(timeout=300)[0]
     assert again.returncode == 0, out
-    agent = GuestAgent(base / "pg1/standby/vm/qga.sock")
+    agent = GuestAgent(run.standby_agent)
     agent.wait_ready(30)
     try:
         r = agent.exec(["su", "postgres", "-c",

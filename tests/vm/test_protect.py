@@ -6,11 +6,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from remusdb import dbclient
 from remusdb.checkpoint.status import read_status
 from remusdb.hypervisor.agent import GuestAgent
-from remusdb.labload import pgbench
-from remusdb.labrun import REMUSDB, Daemon, wait_status, write_config
+from remusdb.lab import dbclient
+from remusdb.lab.daemons import REMUSDB, Daemon, wait_status, write_config
+from remusdb.lab.layout import RunLayout
+from remusdb.lab.load import pgbench
+from remusdb.lab.net import VM_IP
 from tests.vm.workload import stop
 
 SCALE = 2
@@ -46,15 +48,15 @@ def cli(lab, host, *args):
 
 
 def test_protect_verify_kill_primary_and_fail_over(lab, base):
-    cfg = write_config(base / "vm.toml", lab, interval_ms=100)
-    standby = Daemon(lab, "standby", ["standby", str(cfg)], base / "standby.log")
+    run = RunLayout(base)
+    cfg = write_config(run.config, lab, interval_ms=100)
+    standby = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
     primary = load = None
     try:
-        wait_status(base / "pg1/standby/standby.status.json", lambda s: True, 60,
-                    "standby start", [standby])
+        wait_status(run.standby_status, lambda s: True, 60, "standby start", [standby])
         primary = Daemon(lab, "primary", ["protect", str(cfg), "--verify-every", "5",
-                                          "--verify-count", "22"], base / "primary.log")
-        sb_status = base / "pg1/standby/standby.status.json"
+                                          "--verify-count", "22"], run.log("primary"))
+        sb_status = run.standby_status
         wait_status(sb_status, lambda s: s["epoch_committed"] >= 1, 300, "first checkpoint",
                     [standby, primary])
         init = pgbench(lab, "-i", "-s", str(SCALE), "-q")
@@ -63,13 +65,13 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         st = wait_status(sb_status, lambda s: s["verify"]["checks"] >= 22, 400,
                          "22 RAM equality checks", [standby, primary])
         assert st["verify"]["differing_groups"] == 0, st["verify"]  # so 0 differing pages
-        pst = read_status(base / "pg1/primary/primary.status.json")
+        pst = read_status(run.primary_status)
         assert pst["state"] == "protected" and pst["dirty_pages"]["p50"] > 0
         # Verification is over (its 0.2 s hashing pauses cost the guest clock more than the
         # checkpoints do): after normal checkpoints under load, the guest keeps host time.
         time.sleep(3)
-        off = guest_clock_offset(base / "pg1/primary/qga.sock")
-        pst = read_status(base / "pg1/primary/primary.status.json")
+        off = guest_clock_offset(run.primary_agent)
+        pst = read_status(run.primary_status)
         assert abs(off) < 1.0, (off, pst["guest_clock"])
         # Fenced manual failover: refused while the primary is still sending.
         r = cli(lab, "standby", "failover", str(cfg))
@@ -77,7 +79,7 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         r = cli(lab, "standby", "status", str(cfg))
         assert r.returncode == 0 and "primary: protected" in r.stdout, r.stdout + r.stderr
 
-        qemu_pid = int((base / "pg1/primary/qemu.pid").read_text())
+        qemu_pid = int(run.primary_qemu_pid.read_text())
         primary.kill(signal.SIGKILL)
         killed = time.monotonic()
         st = wait_status(sb_status, lambda s: s["state"] == "active", 60, "failover", [standby])
@@ -87,13 +89,13 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         # Fencing: the primary's QEMU died with its daemon, so only one VM runs.
         assert qemu_pid and not process_alive(qemu_pid, wait=5.0)
         with lab.inside("client"):
-            n = dbclient.query_one(dbclient.postgres, "10.213.0.10",
+            n = dbclient.query_one(dbclient.postgres, VM_IP,
                                    "SELECT count(*) FROM pgbench_accounts", timeout=60)
         answered = time.monotonic() - killed
         assert n == SCALE * 100_000
 
-        assert abs(guest_clock_offset(base / "pg1/standby/vm/qga.sock")) < 1.0
-        agent = GuestAgent(base / "pg1/standby/vm/qga.sock")
+        assert abs(guest_clock_offset(run.standby_agent)) < 1.0
+        agent = GuestAgent(run.standby_agent)
         agent.wait_ready(30)
         dmesg = agent.exec(["dmesg"]).stdout
         for bad in ("BUG:", "Oops", "general protection", "Call Trace", "segfault"):
@@ -111,24 +113,23 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
 def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
     """kill -9 the standby: the primary ends COLO (x-colo-lost-heartbeat), so the VM is not left
     paused, and keeps serving; SIGTERM then stops the primary daemon and its QEMU."""
-    cfg = write_config(base / "vm.toml", lab, interval_ms=100)
-    standby = Daemon(lab, "standby", ["standby", str(cfg)], base / "standby.log")
+    run = RunLayout(base)
+    cfg = write_config(run.config, lab, interval_ms=100)
+    standby = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
     primary = None
     try:
-        wait_status(base / "pg1/standby/standby.status.json", lambda s: True, 60,
-                    "standby start", [standby])
-        primary = Daemon(lab, "primary", ["protect", str(cfg)], base / "primary.log")
-        pstatus = base / "pg1/primary/primary.status.json"
+        wait_status(run.standby_status, lambda s: True, 60, "standby start", [standby])
+        primary = Daemon(lab, "primary", ["protect", str(cfg)], run.log("primary"))
+        pstatus = run.primary_status
         wait_status(pstatus, lambda s: s["epoch_acked"] >= 5, 300, "protection",
                     [standby, primary])
-        qemu_pid = int((base / "pg1/primary/qemu.pid").read_text())
+        qemu_pid = int(run.primary_qemu_pid.read_text())
         standby.kill(signal.SIGKILL)
         st = wait_status(pstatus, lambda s: s["state"] == "unprotected", 30, "unprotected",
                          [primary])
         assert "standby link lost" in st["failure"]
         with lab.inside("client"):
-            assert dbclient.query_one(dbclient.postgres, "10.213.0.10", "SELECT 1",
-                                      timeout=30) == 1
+            assert dbclient.query_one(dbclient.postgres, VM_IP, "SELECT 1", timeout=30) == 1
         assert process_alive(qemu_pid, wait=0)
         primary.kill(signal.SIGTERM)
         assert primary.proc.returncode == 0, primary.text()[-2000:]

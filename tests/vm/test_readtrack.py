@@ -1,8 +1,8 @@
 """RT against the real guest: under a scan that reads the database from disk, the standby's RAM
 equals the primary's with RT on as with it off, and RT sends fewer bytes per dirty page."""
 
-from remusdb.labload import cold_scans, load_pgbench
-from remusdb.labrun import Protected, wait_status
+from remusdb.lab.daemons import Protected, wait_status
+from remusdb.lab.load import cold_scans, load_pgbench
 
 
 def scan_run(lab, base, rt: bool) -> dict:
@@ -11,7 +11,7 @@ def scan_run(lab, base, rt: bool) -> dict:
         load_pgbench(lab, scale=3)
         before = p.status("primary")["totals"]
         checks = p.status("standby")["verify"]["checks"]
-        cold_scans(lab, p.run / "pg1/primary/qga.sock", rounds=3)
+        cold_scans(lab, p.layout.primary_agent, rounds=3)
         st = wait_status(p.standby_status, lambda s: s["verify"]["checks"] >= checks + 3, 120,
                          "RAM checks during the scans", p.daemons)
         pst = p.status("primary")

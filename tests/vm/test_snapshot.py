@@ -1,8 +1,8 @@
 """Save a running database VM and restore it in a new QEMU: what was committed before the save is
 there, what was committed after it is not (so the restore really is of the saved state)."""
 
-from remusdb import dbclient
 from remusdb.hypervisor.qemu import QemuGuest
+from remusdb.lab import dbclient
 from remusdb.vm import restore_snapshot, save_snapshot
 
 

@@ -1,4 +1,4 @@
-"""Helpers of the VM tests (the workloads themselves: remusdb/labload.py)."""
+"""Helpers of the VM tests (the workloads themselves: remusdb/lab/load.py)."""
 
 import subprocess
 

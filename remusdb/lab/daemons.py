@@ -6,7 +6,6 @@ Used by the VM tests, the benchmarks and the drills: the daemons are the real co
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,31 +13,27 @@ import sys
 import time
 from pathlib import Path
 
+from remusdb import config as configmod
 from remusdb.checkpoint.status import read_status
 from remusdb.errors import RemusError
+from remusdb.lab.layout import VM_NAME, RunLayout
 
 REMUSDB = [sys.executable, "-m", "remusdb.cli"]
 
 
 def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = None,
                  **vm) -> Path:
-    standby_ip = lab.members["standby"].address.split("/")[0]
-    extra = "".join(f'{k} = {json.dumps(v)}\n' for k, v in vm.items())
-    opts = "".join(f'{k} = {json.dumps(v)}\n' for k, v in (optimizations or {}).items())
-    path.write_text(f"""[vm]
-name = "pg1"
-gateway = "{lab.gateway}"
-run_dir = "{path.parent}"
-{extra}
-[checkpoint]
-interval_ms = {interval_ms}
-
-[optimizations]
-{opts}
-[standby]
-address = "{standby_ip}"
-heartbeat_timeout_ms = 1000
-""")
+    """The lab's VM config at `path` (run_dir: its directory): the standby on the lab's
+    standby host; `vm` and `optimizations` add or override keys of [vm] and [optimizations].
+    Validated here, as the daemons will load it."""
+    cfg = configmod.from_dict({
+        "vm": {"name": VM_NAME, "gateway": lab.gateway, "run_dir": str(path.parent), **vm},
+        "checkpoint": {"interval_ms": interval_ms},
+        "optimizations": dict(optimizations or {}),
+        "standby": {"address": lab.members["standby"].address.split("/")[0],
+                    "heartbeat_timeout_ms": 1000},
+    })
+    path.write_text(configmod.dumps(cfg))
     return path
 
 
@@ -86,23 +81,24 @@ class Protected:
     def __init__(self, lab, run: Path, interval_ms: int = 100, optimizations: dict | None = None,
                  protect_args: tuple = (), standby_args: tuple = (), vm: dict | None = None):
         self.lab, self.run = lab, Path(run)
+        self.layout = RunLayout(self.run)
         self.run.mkdir(parents=True, exist_ok=True)
-        self.cfg = write_config(self.run / "vm.toml", lab, interval_ms=interval_ms,
+        self.cfg = write_config(self.layout.config, lab, interval_ms=interval_ms,
                                 optimizations=optimizations, **(vm or {}))
         self.protect_args, self.standby_args = list(protect_args), list(standby_args)
         self.standby = self.primary = None
-        self.standby_status = self.run / "pg1/standby/standby.status.json"
-        self.primary_status = self.run / "pg1/primary/primary.status.json"
+        self.standby_status = self.layout.standby_status
+        self.primary_status = self.layout.primary_status
 
     def __enter__(self) -> Protected:
         self.standby = Daemon(self.lab, "standby", ["standby", str(self.cfg),
                                                     *self.standby_args],
-                              self.run / "standby.log")
+                              self.layout.log("standby"))
         try:
             wait_status(self.standby_status, lambda s: True, 60, "standby start", [self.standby])
             self.primary = Daemon(self.lab, "primary",
                                   ["protect", str(self.cfg), *self.protect_args],
-                                  self.run / "primary.log")
+                                  self.layout.log("primary"))
             wait_status(self.standby_status, lambda s: s["epoch_committed"] >= 1, 300,
                         "first checkpoint", self.daemons)
         except BaseException:

@@ -4,16 +4,18 @@ VM tests and the benchmarks."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from remusdb.hypervisor.agent import GuestAgent
+from remusdb.lab.net import VM_IP
 from remusdb.vm import DB_PASSWORD
 
-VM_IP = "10.213.0.10"
 SCAN_SQL = "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE filler <> 'x';\n"
+TPS_RE = re.compile(r"tps = ([\d.]+)")
 
 
 def pgbench(lab, *args) -> subprocess.Popen:
@@ -22,6 +24,27 @@ def pgbench(lab, *args) -> subprocess.Popen:
            "remusdb", *args, "remusdb"]
     return subprocess.Popen(cmd, env=dict(os.environ, PGPASSWORD=DB_PASSWORD),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def pgbench_run(lab, *args, timeout: float = 600) -> str:
+    """Run pgbench to its end: its report, or RuntimeError with its last words (killed, and
+    TimeoutExpired, past `timeout`)."""
+    p = pgbench(lab, *args)
+    try:
+        out = p.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise
+    if p.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.strip()[-500:]}")
+    return out
+
+
+def pgbench_tps(lab, *args, timeout: float = 600) -> float | None:
+    """pgbench's throughput (its "tps = "), None where the report has none (pgbench -i)."""
+    m = TPS_RE.search(pgbench_run(lab, *args, timeout=timeout))
+    return float(m.group(1)) if m else None
 
 
 def pgbench_sql(lab, sql: str, *args, timeout: float = 600) -> str:

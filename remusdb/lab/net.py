@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from remusdb.errors import RemusError
+from remusdb.config import Config
+from remusdb.hypervisor.tap import NetError, ensure_tap
 
 PREFIX = "rdb"
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)-")
-
-
-class NetError(RemusError):
-    pass
+# The guest's address in the lab: the config's default, on the lab's subnet, so a VM started
+# from a default Config is reachable from every lab host.
+VM_IP = Config().vm.address
 
 
 @dataclass
@@ -118,18 +118,6 @@ class Lab:
             _remove_ns(name)
         self.members.clear()
         atexit.unregister(self.close)
-
-
-def ensure_tap(ifname: str, bridge: str) -> None:
-    """A tap on `bridge` in this process's namespace (QEMU opens it by name), created if absent."""
-    with IPRoute() as ipr:
-        br = ipr.link_lookup(ifname=bridge)
-        if not br:
-            raise NetError(f"bridge {bridge} not found: create it or set vm.bridge")
-        if not ipr.link_lookup(ifname=ifname):
-            ipr.link("add", ifname=ifname, kind="tuntap", mode="tap")
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        ipr.link("set", index=idx, master=br[0], state="up")
 
 
 def _remove_ns(name: str) -> None:

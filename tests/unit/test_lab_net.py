@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from pyroute2 import netns
 
-from remusdb import hostnet
-from remusdb.hostnet import Lab
+from remusdb.lab import net
+from remusdb.lab.net import Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -35,7 +35,7 @@ def test_hosts_reach_each_other_and_everything_is_removed():
         for s in (c, peer, srv):
             s.close()
         # The root namespace cannot reach the lab: nothing leaks outside.
-        assert not any(n.startswith("rdb") for n in hostnet.root_links())
+        assert not any(n.startswith("rdb") for n in net.root_links())
     assert not names & set(netns.listnetns())
 
 
@@ -43,10 +43,10 @@ def test_stale_lab_of_a_dead_process_is_swept():
     p = subprocess.Popen(["true"])
     p.wait()
     dead = p.pid
-    name = f"{hostnet.PREFIX}{dead}-primary"
+    name = f"{net.PREFIX}{dead}-primary"
     netns.create(name)
     try:
-        assert name in hostnet.sweep_stale()
+        assert name in net.sweep_stale()
         assert name not in netns.listnetns()
     finally:
         if name in netns.listnetns():

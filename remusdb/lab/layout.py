@@ -1,0 +1,75 @@
+"""Where a lab run's files are, named once: tests, benchmarks and drills ask a `RunLayout`
+instead of spelling paths like `run / "pg1/primary/primary.status.json"`.
+
+The daemons' directories are the product's rule (`protection.role_dir`: `<run>/<vm>/<role>`,
+each daemon writing `<role>.status.json` there), so they are computed by it; the config, the
+logs and the traces are the lab's own choice, made here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from remusdb.config import Config, VMConfig
+from remusdb.protection import role_dir
+
+VM_NAME = "pg1"  # the protected VM of every lab run
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+    vm: str = VM_NAME
+
+    @property
+    def config(self) -> Path:
+        return self.root / "vm.toml"
+
+    def role_dir(self, role: str) -> Path:
+        """The daemon's directory (`remusdb protect|standby --run-dir` unset: vm.run_dir)."""
+        return role_dir(Config(vm=VMConfig(name=self.vm)), role, str(self.root))
+
+    def status(self, role: str) -> Path:
+        return self.role_dir(role) / f"{role}.status.json"
+
+    def log(self, role: str) -> Path:
+        """The daemon's stdout and stderr."""
+        return self.root / f"{role}.log"
+
+    @property
+    def primary_status(self) -> Path:
+        return self.status("primary")
+
+    @property
+    def standby_status(self) -> Path:
+        return self.status("standby")
+
+    @property
+    def primary_trace(self) -> Path:
+        """`remusdb protect --trace`: one line per checkpoint."""
+        return self.root / "checkpoints.csv"
+
+    @property
+    def net_trace(self) -> Path:
+        """`remusdb protect --net-trace`: one line per frame the guest sends."""
+        return self.root / "net.csv"
+
+    @property
+    def standby_trace(self) -> Path:
+        """`remusdb standby --trace`: one line per committed epoch."""
+        return self.root / "commits.csv"
+
+    @property
+    def primary_agent(self) -> Path:
+        """The guest agent's socket of the VM the primary runs (QEMU's files: role dir)."""
+        return self.role_dir("primary") / "qga.sock"
+
+    @property
+    def primary_qemu_pid(self) -> Path:
+        return self.role_dir("primary") / "qemu.pid"
+
+    @property
+    def standby_agent(self) -> Path:
+        """The guest agent's socket of the VM the standby resumed at failover."""
+        return self.role_dir("standby") / "vm" / "qga.sock"
