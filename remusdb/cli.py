@@ -136,13 +136,8 @@ def cmd_demo(args) -> int:
     return demo.run(interval_ms=args.interval)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="remusdb", description=__doc__)
-    p.add_argument("--version", action="version", version=f"remusdb {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
-    p.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_tools(sub) -> None:
+    """image, config, net, qemu: setting a host up."""
     img = sub.add_parser("image", help="the database guest image").add_subparsers(
         dest="image_command", required=True, metavar="ACTION")
     b = img.add_parser("build", help="build (or reuse) the cached guest image")
@@ -171,12 +166,16 @@ def parser() -> argparse.ArgumentParser:
                     help="only where guests run under TCG (no vmx/svm)")
     qb.set_defaults(func=cmd_qemu_build)
 
-    def daemon_args(sp):
-        sp.add_argument("config")
-        sp.add_argument("--run-dir", help="base directory for runtime files (default vm.run_dir)")
 
+def _daemon_args(sp) -> None:
+    sp.add_argument("config")
+    sp.add_argument("--run-dir", help="base directory for runtime files (default vm.run_dir)")
+
+
+def _add_daemons(sub) -> None:
+    """protect, standby, status, failover: running protection."""
     pr = sub.add_parser("protect", help="start the VM and protect it (primary daemon)")
-    daemon_args(pr)
+    _daemon_args(pr)
     pr.add_argument("--verify-every", type=_count, default=0, metavar="N",
                     help="test mode: compare every page with the standby at every Nth epoch")
     pr.add_argument("--verify-count", type=_count, default=0, metavar="K",
@@ -196,20 +195,23 @@ def parser() -> argparse.ArgumentParser:
                     help="benchmarks: checkpoint but hold no output (what the network costs)")
     pr.set_defaults(func=cmd_protect)
     sb = sub.add_parser("standby", help="receive checkpoints and fail over (standby daemon)")
-    daemon_args(sb)
+    _daemon_args(sb)
     sb.add_argument("--trace", metavar="CSV", help="tests: append one line per committed epoch "
                     "(time, epoch), written before its acknowledgement is sent")
     sb.set_defaults(func=cmd_standby)
     st = sub.add_parser("status", help="protection state of a VM")
-    daemon_args(st)
+    _daemon_args(st)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
     fo = sub.add_parser("failover", help="fail over now (refused while the primary sends)")
-    daemon_args(fo)
+    _daemon_args(fo)
     fo.add_argument("--force", action="store_true",
                     help="fail over although the primary only went silent (fence it first)")
     fo.set_defaults(func=cmd_failover)
 
+
+def _add_drill(sub) -> None:
+    """drill failover: kill -9 under load, then check."""
     dr = sub.add_parser("drill", help="failover drills: kill the primary under load, check")
     drsub = dr.add_subparsers(dest="drill", required=True, metavar="DRILL")
     df = drsub.add_parser("failover", help="ledger workload, kill -9 of the primary, failover, "
@@ -226,9 +228,18 @@ def parser() -> argparse.ArgumentParser:
     df.add_argument("--json", action="store_true", help="print the reports as JSON")
     df.set_defaults(func=cmd_drill)
 
-    from benchmarks import command as benchcmd  # the drivers live in benchmarks/
-    benchcmd.add_parser(sub)
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remusdb", description=__doc__)
+    p.add_argument("--version", action="version", version=f"remusdb {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_tools(sub)
+    _add_daemons(sub)
+    _add_drill(sub)
+    from benchmarks import command as benchcmd  # the drivers load only when `bench` runs
+    benchcmd.add_parser(sub)
     d = sub.add_parser("demo", help="protect a DB VM, kill its host, fail over (3 namespaces)")
     d.add_argument("--interval", type=_count, default=100, help="checkpoint interval in ms")
     d.set_defaults(func=cmd_demo)

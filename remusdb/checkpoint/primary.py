@@ -24,10 +24,10 @@ from typing import NoReturn
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.colo import ColoEndpoint
 from remusdb.checkpoint.encode import EpochOut, epoch_frames
+from remusdb.checkpoint.epoch import StreamInfo
 from remusdb.checkpoint.participant import Participant
 from remusdb.checkpoint.state import PrimaryState, StateHolder
 from remusdb.checkpoint.status import EpochMetrics, PrimaryStatus, StatusFile
-from remusdb.checkpoint.store import StreamInfo
 from remusdb.checkpoint.stream.format import PAGE_SIZE, RamBlock, StreamError
 from remusdb.compression.compressor import Compressor
 from remusdb.config import Config

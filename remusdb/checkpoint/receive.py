@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.store import Epoch, StandbyStore, StreamInfo, add_frame, local_io
+from remusdb.checkpoint.epoch import Epoch, StreamInfo, add_frame
+from remusdb.checkpoint.store import StandbyStore, local_io
 from remusdb.checkpoint.wire import Kind, WireError
 
 _BUFFERED = (Kind.PAGES, Kind.ZEROS, Kind.DEVICES, Kind.DISK, Kind.BLOCKREF)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remusdb.errors import RemusError
+from remusdb.errors import PeerError
 
 PAGE_SIZE = 4096
 WORDS = PAGE_SIZE // 4
@@ -27,8 +27,8 @@ WORD = np.dtype("<u4")
 U16 = np.dtype("<u2")
 
 
-class CodecError(RemusError):
-    pass
+class CodecError(PeerError):
+    """A compressed batch that cannot be what the primary's encoder wrote."""
 
 
 @dataclass

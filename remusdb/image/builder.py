@@ -134,6 +134,36 @@ def install_dbpatches(rootfs: Path, dbpatches: Path, log: Path, progress: Progre
                            progress)
 
 
+def _bootstrap(rootfs: Path, log: Path, progress: Progress) -> None:
+    progress.step(f"bootstrap Debian {SUITE} with PostgreSQL 15 and MariaDB (mmdebstrap)")
+    cmd = [
+        "mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
+        "--include=" + ",".join(PACKAGES),
+        "--aptopt=Acquire::Retries \"3\"",
+        *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
+        *(f"--dpkgopt=path-include={p}" for p in DPKG_KEEP),
+        f"--customize-hook={FILES_DIR / 'customize.sh'} \"$1\"",
+        SUITE, str(rootfs),
+    ]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run_logged(cmd, log, "bootstrap", progress, env=env,
+               show=lambda ln: ln.startswith(("I: ", "customize:", "E: ")))
+
+
+def _copy_kernel(rootfs: Path, work: Path) -> str:
+    """The guest's newest kernel and its initrd, beside the image; returns its version."""
+    kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise RemusError("image build failed: no kernel in the guest's /boot")
+    version = kernels[-1].name.removeprefix("vmlinuz-")
+    initrd = rootfs / "boot" / f"initrd.img-{version}"
+    if not initrd.is_file():
+        raise RemusError(f"image build failed: no initrd for kernel {version}")
+    shutil.copy(kernels[-1], work / "vmlinuz")
+    shutil.copy(initrd, work / "initrd.img")
+    return version
+
+
 def build(rebuild: bool = False, dbpatches: Path | None = None) -> GuestImage:
     """Return the cached image for the current recipe, building it first if needed."""
     dbpatches = dbpatches if dbpatches is not None else paths.project_root() / "dbpatches"
@@ -152,33 +182,13 @@ def build(rebuild: bool = False, dbpatches: Path | None = None) -> GuestImage:
     progress = Progress(total=5, label="image")
     t0 = time.monotonic()
     try:
-        progress.step(f"bootstrap Debian {SUITE} with PostgreSQL 15 and MariaDB (mmdebstrap)")
-        cmd = [
-            "mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
-            "--include=" + ",".join(PACKAGES),
-            "--aptopt=Acquire::Retries \"3\"",
-            *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
-            *(f"--dpkgopt=path-include={p}" for p in DPKG_KEEP),
-            f"--customize-hook={FILES_DIR / 'customize.sh'} \"$1\"",
-            SUITE, str(rootfs),
-        ]
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        run_logged(cmd, log, "bootstrap", progress, env=env,
-                    show=lambda ln: ln.startswith(("I: ", "customize:", "E: ")))
+        _bootstrap(rootfs, log, progress)
 
         progress.step("install guest-side database components (dbpatches/)")
         install_dbpatches(rootfs, dbpatches, log, progress)
 
         progress.step("copy out kernel and initrd")
-        kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
-        if not kernels:
-            raise RemusError("image build failed: no kernel in the guest's /boot")
-        version = kernels[-1].name.removeprefix("vmlinuz-")
-        initrd = rootfs / "boot" / f"initrd.img-{version}"
-        if not initrd.is_file():
-            raise RemusError(f"image build failed: no initrd for kernel {version}")
-        shutil.copy(kernels[-1], work / "vmlinuz")
-        shutil.copy(initrd, work / "initrd.img")
+        version = _copy_kernel(rootfs, work)
 
         progress.step(f"make the {IMAGE_SIZE} ext4 root (mkfs.ext4 -d)")
         run_logged(["mkfs.ext4", "-q", "-F", "-L", "remusdb-root", "-d", str(rootfs),

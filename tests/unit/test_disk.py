@@ -12,7 +12,8 @@ import pytest
 
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.encode import disk_frames
-from remusdb.checkpoint.store import Epoch, EpochError, StandbyStore, StreamInfo, add_frame
+from remusdb.checkpoint.epoch import Epoch, EpochError, StreamInfo, add_frame
+from remusdb.checkpoint.store import StandbyStore
 from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
 from remusdb.disk import nbd
 from remusdb.disk.image import data_extents

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.store import Epoch, EpochError, StandbyStore, StreamInfo, add_frame
+from remusdb.checkpoint.epoch import Epoch, EpochError, StreamInfo, add_frame
+from remusdb.checkpoint.store import StandbyStore
 from remusdb.checkpoint.stream import PAGE_SIZE, Configuration, RamBlock
 
 INFO = StreamInfo(Configuration("pc-i440fx-7.2"), [RamBlock("ram0", 256 * PAGE_SIZE),
