@@ -6,29 +6,12 @@ import json
 import struct
 from collections.abc import Iterable
 
-from remusdb.checkpoint.stream.format import (
-    CONFIGURATION,
-    F_EOS,
-    F_MEM_SIZE,
-    F_PAGE,
-    FOOTER,
-    MAGIC,
-    PAGE_SIZE,
-    SECTION_START,
-    SUBSECTION,
-    VERSION,
-    VM_EOF,
-    VMDESCRIPTION,
-    Colo,
-    Configuration,
-    RamBlock,
-    StreamError,
-)
+from remusdb.checkpoint.stream import format as fmt
+from remusdb.checkpoint.stream.format import Colo, Configuration, RamBlock, StreamError
 
 
 def message(msg: Colo, value: int | None = None) -> bytes:
     return struct.pack(">I", msg) + (struct.pack(">Q", value) if value is not None else b"")
-
 
 
 def _idstr(s: str) -> bytes:
@@ -38,9 +21,9 @@ def _idstr(s: str) -> bytes:
 
 def write_configuration(cfg: Configuration) -> bytes:
     name = cfg.machine.encode("ascii")
-    out = [bytes([CONFIGURATION]), struct.pack(">I", len(name)), name]
+    out = [bytes([fmt.CONFIGURATION]), struct.pack(">I", len(name)), name]
     if cfg.capabilities:
-        out += [bytes([SUBSECTION]), _idstr("configuration/capabilities"), struct.pack(">I", 1),
+        out += [bytes([fmt.SUBSECTION]), _idstr("configuration/capabilities"), struct.pack(">I", 1),
                 struct.pack(">I", len(cfg.capabilities)), *(_idstr(c) for c in cfg.capabilities)]
     return b"".join(out)
 
@@ -51,23 +34,23 @@ def write_incoming(config: Configuration, ram_sid: int, ram_version: int,
     """Header, configuration, a RAM start section (MEM_SIZE + given pages + EOS), devices, and an
     empty VM description. With x-ignore-shared the shared-file RAM blocks are not in `pages`:
     QEMU maps them from the standby's RAM image."""
-    out = [struct.pack(">II", MAGIC, VERSION), write_configuration(config)]
-    out += [bytes([SECTION_START]), struct.pack(">I", ram_sid), _idstr("ram"),
+    out = [struct.pack(">II", fmt.MAGIC, fmt.VERSION), write_configuration(config)]
+    out += [bytes([fmt.SECTION_START]), struct.pack(">I", ram_sid), _idstr("ram"),
             struct.pack(">II", 0, ram_version)]
     total = sum(b.length for b in blocks)
-    out.append(struct.pack(">Q", total | F_MEM_SIZE))
+    out.append(struct.pack(">Q", total | fmt.F_MEM_SIZE))
     ignore = "x-ignore-shared" in config.capabilities
     for b in blocks:
         out += [_idstr(b.name), struct.pack(">Q", b.length)]
         if ignore:
             out.append(struct.pack(">Q", gpa.get(b.name, 0)))
     for block, index, data in pages:
-        out += [struct.pack(">Q", index * PAGE_SIZE | F_PAGE), _idstr(blocks[block].name), data]
-    out += [struct.pack(">Q", F_EOS), bytes([FOOTER]), struct.pack(">I", ram_sid)]
-    if devices[-1:] != bytes([VM_EOF]):
+        out += [struct.pack(">Q", index * fmt.PAGE_SIZE | fmt.F_PAGE), _idstr(blocks[block].name), data]
+    out += [struct.pack(">Q", fmt.F_EOS), bytes([fmt.FOOTER]), struct.pack(">I", ram_sid)]
+    if devices[-1:] != bytes([fmt.VM_EOF]):
         raise StreamError("device state must end with EOF")
     out.append(devices)
-    desc = json.dumps({"page_size": PAGE_SIZE, "devices": []}).encode()
-    out += [bytes([VMDESCRIPTION]), struct.pack(">I", len(desc)), desc]
+    desc = json.dumps({"page_size": fmt.PAGE_SIZE, "devices": []}).encode()
+    out += [bytes([fmt.VMDESCRIPTION]), struct.pack(">I", len(desc)), desc]
     return b"".join(out)
 
