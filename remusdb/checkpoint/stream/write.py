@@ -45,7 +45,8 @@ def write_incoming(config: Configuration, ram_sid: int, ram_version: int,
         if ignore:
             out.append(struct.pack(">Q", gpa.get(b.name, 0)))
     for block, index, data in pages:
-        out += [struct.pack(">Q", index * fmt.PAGE_SIZE | fmt.F_PAGE), _idstr(blocks[block].name), data]
+        out += [struct.pack(">Q", index * fmt.PAGE_SIZE | fmt.F_PAGE),
+                _idstr(blocks[block].name), data]
     out += [struct.pack(">Q", fmt.F_EOS), bytes([fmt.FOOTER]), struct.pack(">I", ram_sid)]
     if devices[-1:] != bytes([fmt.VM_EOF]):
         raise StreamError("device state must end with EOF")
