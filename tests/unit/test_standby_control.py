@@ -226,3 +226,19 @@ def test_a_bug_in_the_standby_is_not_bad_data_and_never_fails_over(tmp_path, mon
         conn.close()
     finally:
         d.stopped.set()
+
+
+def test_state_changes_are_logged_once_each(tmp_path, caplog):
+    caplog.set_level("INFO", logger="remusdb.checkpoint.standby")
+    d, cfg, resumed = fenced_daemon(tmp_path, "exit 1")
+    start(d)
+    try:
+        conn = seed(cfg)
+        assert wait_state(d, {StandbyState.PRIMARY_SILENT}) == StandbyState.PRIMARY_SILENT
+        changes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("state:")]
+        assert changes == ["state: waiting -> receiving", "state: receiving -> fencing",
+                           "state: fencing -> primary-silent"]
+        assert any("fence command exited 1" in r.getMessage() for r in caplog.records)
+        conn.close()
+    finally:
+        d.stopped.set()
