@@ -25,7 +25,8 @@ DISK_CHUNK = 1 << 20  # the disk-equality check compares 1 MiB chunks
 def page_digests(pages: np.ndarray, group: int = VERIFY_GROUP) -> np.ndarray:
     """xxh3-64 of every `group` consecutive pages of an (n, 4096) array: the RAM-equality
     check's fingerprint. A differing digest means 1 to `group` differing pages."""
-    mv = memoryview(np.ascontiguousarray(pages)).cast("B")
+    # numpy's stubs declare ndarray.__buffer__ for Python 3.12+ only (3.11 has the protocol)
+    mv = memoryview(np.ascontiguousarray(pages)).cast("B")  # type: ignore[arg-type]
     size = pages.shape[1] * group
     count = -(-len(pages) // group)
     f = xxhash.xxh3_64_intdigest
