@@ -251,7 +251,8 @@ def _build_section(cls, section: str, raw: Any):
 
 
 def from_dict(raw: dict) -> Config:
-    sections = {f.name: f.default_factory for f in fields(Config)}
+    # every field of Config is a section with a default_factory (the filter narrows the type)
+    sections = {f.name: f.default_factory for f in fields(Config) if callable(f.default_factory)}
     built = {}
     for name, value in raw.items():
         if name not in sections:

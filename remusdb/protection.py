@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 from remusdb.checkpoint import participants
 from remusdb.checkpoint.participants import SessionAids
@@ -66,7 +67,9 @@ def protect(cfg: Config, run_dir: Path, aids: SessionAids | None = None,
     done = _on_signals(daemon.stop)
     for p in parts:
         if isinstance(p, Recorder):
-            signal.signal(signal.SIGUSR1, lambda sig, frame, r=p: r.start())
+            def start_recording(sig: int, frame: FrameType | None, r: Recorder = p) -> None:
+                r.start()
+            signal.signal(signal.SIGUSR1, start_recording)
     try:
         daemon.protect()
         while not done.wait(0.5) and guest.running:

@@ -43,6 +43,7 @@ def run_logged(cmd: list[str], log: Path, what: str, progress: Progress,
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", env=env, cwd=cwd)
         tail: list[str] = []
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             logf.write(line)
             line = line.rstrip()

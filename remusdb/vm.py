@@ -225,7 +225,7 @@ def save_snapshot(guest: QemuGuest, snap: Path) -> None:
         tmp.rename(snap)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    guest.monitor.cont()
+    guest.qmp().cont()
     size = (snap / "state").stat().st_size
     log.info(f"saved snapshot {snap.name} ({size / 2**20:.0f} MiB) in "
              f"{time.monotonic() - t0:.1f} s")

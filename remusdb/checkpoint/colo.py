@@ -65,7 +65,9 @@ class ColoEndpoint:
         paused = self.paused_since = time.monotonic()
         start = self.r.offset
         pages = pages if pages is not None else PageSet()
-        read_live_state(self.r, self.ram, self.initial.ram_section.section_id, pages)
+        ram, initial = self.ram, self.initial
+        assert ram is not None and initial is not None  # read_initial() comes first
+        read_live_state(self.r, ram, initial.ram_section.section_id, pages)
         read_message(self.r, Colo.VMSTATE_SIZE)
         size = self.r.u64()
         devices = self.r.bytes(size)

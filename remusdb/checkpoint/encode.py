@@ -33,7 +33,8 @@ def _chunks(rows: np.ndarray, size: int) -> Iterator[slice | np.ndarray]:
 
 def disk_frames(number: int, writes: Iterable[DiskWrite]) -> Iterator[list]:
     """DISK frames of an epoch's writes, in order, each within MAX_PAYLOAD."""
-    part, size = [], 4
+    part: list[DiskWrite] = []
+    size = 4
     for w in writes:
         need = 13 + (w.length if w.kind == DATA else 0)
         if part and size + need > wire.MAX_PAYLOAD:

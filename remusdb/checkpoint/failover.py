@@ -32,8 +32,8 @@ class FailoverTimes:
 
 
 def incoming_stream(store: StandbyStore) -> bytes:
-    info = store.info
-    pages = []
+    info = store.stream()
+    pages: list[tuple[int, int, bytes]] = []
     for i, b in enumerate(info.blocks):
         if b.name == info.shared_block:
             continue
@@ -59,15 +59,16 @@ def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float =
     t_built = time.monotonic()
     guest.start(incoming="defer")
     try:
-        guest.monitor.set_migration_capabilities(x_ignore_shared=True)
-        guest.monitor.migrate_incoming(f"exec:cat {shlex.quote(str(stream_file))}")
-        guest.monitor.wait_status({"paused", "postmigrate", "running"}, timeout)
+        monitor = guest.qmp()
+        monitor.set_migration_capabilities(x_ignore_shared=True)
+        monitor.migrate_incoming(f"exec:cat {shlex.quote(str(stream_file))}")
+        monitor.wait_status({"paused", "postmigrate", "running"}, timeout)
         t_loaded = time.monotonic()
-        guest.monitor.cont()
+        monitor.cont()
         t_run = time.monotonic()
         # Re-protecting this VM later must send its RAM again.
-        guest.monitor.set_migration_capabilities(x_ignore_shared=False)
-        guest.monitor.execute("announce-self", initial=50, max=550, rounds=5, step=100)
+        monitor.set_migration_capabilities(x_ignore_shared=False)
+        monitor.execute("announce-self", initial=50, max=550, rounds=5, step=100)
     except BaseException:
         guest.kill()
         raise

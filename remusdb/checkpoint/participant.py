@@ -47,5 +47,6 @@ class Participant:
     def on_stop(self, reason: str) -> None:
         """Protection ended with the VM running on unprotected."""
 
-    def summary(self) -> dict | None:
+    def summary(self) -> dict | int | None:
+        """The value of PrimaryStatus.<status_key>: a table, or a count (recordings_done)."""
         return None

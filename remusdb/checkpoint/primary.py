@@ -164,6 +164,7 @@ class PrimaryDaemon:
         srv.bind(str(path))
         srv.listen(1)
         mon = self.guest.monitor
+        assert mon is not None  # the guest runs (QemuGuest.start) before protection starts
         mon.set_migration_capabilities(x_colo=True)
         mon.execute("migrate-set-parameters",
                     **{"x-checkpoint-delay": self.cfg.checkpoint.interval_ms})
@@ -303,7 +304,9 @@ class PrimaryDaemon:
                 except Exception:  # the others and the BYE must still happen
                     log.exception("%s could not stop", type(p).__name__)
             try:
-                self.guest.monitor.execute("x-colo-lost-heartbeat")
+                mon = self.guest.monitor
+                assert mon is not None  # see _start_colo()
+                mon.execute("x-colo-lost-heartbeat")
             except Exception:
                 pass
         if self.conn is not None:

@@ -40,13 +40,17 @@ class RecordedEpoch:
 
 
 def write_epoch(f, number: int, block, index, data, zero_block, zero_index) -> int:
-    parts = [_HEAD.pack(b"RDBC", number, len(index), len(zero_index)),
-             np.asarray(block, "<u2").tobytes(), np.asarray(index, "<u8").tobytes(),
-             np.ascontiguousarray(data), np.asarray(zero_block, "<u2").tobytes(),
-             np.asarray(zero_index, "<u8").tobytes()]
+    parts: list[bytes | np.ndarray] = [
+        _HEAD.pack(b"RDBC", number, len(index), len(zero_index)),
+        np.asarray(block, "<u2").tobytes(), np.asarray(index, "<u8").tobytes(),
+        np.ascontiguousarray(data), np.asarray(zero_block, "<u2").tobytes(),
+        np.asarray(zero_index, "<u8").tobytes()]
+    size = 0
     for p in parts:
         f.write(p)
-    return sum(len(memoryview(p).cast("B")) for p in parts)
+        # numpy's stubs declare ndarray.__buffer__ for Python 3.12+ only (3.11 has the protocol)
+        size += len(memoryview(p).cast("B"))  # type: ignore[arg-type]
+    return size
 
 
 def read_epochs(path: Path) -> Iterator[RecordedEpoch]:

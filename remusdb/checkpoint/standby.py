@@ -183,7 +183,8 @@ class StandbyDaemon:
         self.epoch_bytes.add(epoch.wire_bytes)
         publish = epoch.number % 10 == 0 or epoch.number < 2
         if done.digests is not None:
-            shared = [b.name for b in self.store.info.blocks].index(self.store.info.shared_block)
+            info = self.store.stream()
+            shared = [b.name for b in info.blocks].index(info.shared_block)
             self.comparison.ram(epoch.number, self.store.image(shared), done.digests)
             publish = True
         if done.disk_sums is not None:

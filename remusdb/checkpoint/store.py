@@ -95,9 +95,16 @@ class StandbyStore:
     def journal_dir(self) -> Path:
         return self.root / "journal"
 
+    def stream(self) -> StreamInfo:
+        """The stream description, of a store that has one (opened, or given set_stream())."""
+        info = self.info
+        assert info is not None, "the store has no stream description yet"
+        return info
+
     def shared_block_path(self) -> Path:
-        names = [b.name for b in self.info.blocks]
-        return self.block_path(names.index(self.info.shared_block))
+        info = self.stream()
+        names = [b.name for b in info.blocks]
+        return self.block_path(names.index(info.shared_block))
 
     # Lifecycle
     def create(self, info: StreamInfo | None, session: str, disk_size: int = 0) -> None:
@@ -184,7 +191,7 @@ class StandbyStore:
     def _map_ram(self) -> None:
         self._images = [np.memmap(self.block_path(i), np.uint8, "r+",
                                   shape=(b.length // PAGE_SIZE, PAGE_SIZE))
-                        for i, b in enumerate(self.info.blocks)]
+                        for i, b in enumerate(self.stream().blocks)]
 
     def _write_meta(self) -> None:
         meta = {"session": self.session, "committed": self.committed,
@@ -279,7 +286,7 @@ class StandbyStore:
             for b, i, d in zip(block.tolist(), index.tolist(), disk_block.tolist(),
                                strict=True):
                 self._images[b][i] = np.frombuffer(
-                    os.pread(self._disk_fd, PAGE_SIZE, d * PAGE_SIZE), np.uint8)
+                    os.pread(self._disk(), PAGE_SIZE, d * PAGE_SIZE), np.uint8)
         if epoch.refs:
             for m in self._images:
                 m.flush()
@@ -308,12 +315,19 @@ class StandbyStore:
         at = 0
         for kind, off, n in zip(kinds.tolist(), offsets.tolist(), lengths.tolist(), strict=True):
             if kind == DATA:
-                pwrite_all(self._disk_fd, data[at : at + n], off)
+                pwrite_all(self._disk(), data[at : at + n], off)
                 at += n
             else:
-                zero_range(self._disk_fd, off, n)
+                zero_range(self._disk(), off, n)
         if sync:
-            os.fdatasync(self._disk_fd)
+            os.fdatasync(self._disk())
+
+    def _disk(self) -> int:
+        fd = self._disk_fd
+        # open whenever disk_size is set; check_disk() and check_refs() refuse disk records
+        # and references on a store without a disk
+        assert fd is not None
+        return fd
 
     # Reads (failover, tests)
     @property

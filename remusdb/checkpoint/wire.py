@@ -15,6 +15,7 @@ import json
 import socket
 import struct
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ class WireError(PeerError):
 class Frame:
     kind: Kind
     epoch: int
-    payload: bytes | memoryview = b""
+    payload: bytes | bytearray | memoryview = b""
     flags: int = 0
     header: bytes = b""  # as received, so a frame can be journaled verbatim
 
@@ -98,7 +99,7 @@ def decode_header(hdr: bytes) -> tuple[Kind, int, int, int, int]:
     return kind, flags, epoch, length, _SUM.unpack_from(hdr, _HDR.size)[0]
 
 
-def verify(hdr: bytes, payload: bytes | memoryview, checksum: int) -> None:
+def verify(hdr: bytes, payload: bytes | bytearray | memoryview, checksum: int) -> None:
     h = xxhash.xxh3_64(hdr[: _HDR.size])
     h.update(payload)
     if h.intdigest() != checksum:
@@ -199,7 +200,8 @@ def unpack_zeros(payload):
     return b.astype(np.uint16), i.astype(np.uint64), f.copy()
 
 
-def pack_disk(kinds: list[int], offsets: list[int], lengths: list[int], data: list[bytes]) -> list:
+def pack_disk(kinds: list[int], offsets: list[int], lengths: list[int],
+              data: Sequence[bytes | bytearray]) -> list:
     """DISK payload: count | kind u8[n] | offset u64[n] | length u32[n] | the DATA records'
     bytes, in order (ZERO records carry none). Parts, for sendmsg without a copy."""
     head = b"".join([_COUNT.pack(len(kinds)), bytes(kinds), np.array(offsets, ">u8").tobytes(),

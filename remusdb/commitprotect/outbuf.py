@@ -58,15 +58,18 @@ class OutputBuffer:
         key = None
         if self.cp:
             if dscp(buf, off, n) == self.codepoint:
-                state = self.flows.get(flow(buf, off, n)) if self.flows else None
+                behind = flow(buf, off, n) if self.flows else None
+                state = self.flows.get(behind) if behind is not None else None
                 if state is None:
                     self.count.unprotected += 1
                     return True
                 self.count.queued_behind += 1
-                self._keep(state[1], bytes(buf[off:off + n]), flow(buf, off, n))
+                self._keep(state[1], bytes(buf[off:off + n]), behind)
                 return False
             key = flow(buf, off, n)
         self.count.held += 1
+        # protecting is set only by mark(), which opens an epoch; stop() clears both together
+        assert self.open is not None
         self._keep(self.open, bytes(buf[off:off + n]), key)
         return False
 
@@ -92,9 +95,11 @@ class OutputBuffer:
         if not self.protecting:
             self.protecting = True
         else:
-            if epoch != self.open.number:
-                raise ValueError(f"checkpoint {epoch} while epoch {self.open.number} is open")
-            self.closed.append(self.open)
+            current = self.open
+            assert current is not None  # protecting: mark() opened an epoch (see add())
+            if epoch != current.number:
+                raise ValueError(f"checkpoint {epoch} while epoch {current.number} is open")
+            self.closed.append(current)
         self.open = _Epoch(epoch + 1)
 
     def release(self, acked: int) -> list[bytes]:

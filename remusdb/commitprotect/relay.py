@@ -149,9 +149,11 @@ class NetRelay:
             self.trace.close()
 
     def _trace(self, how: str, epoch: int, frames) -> None:
+        trace = self.trace
+        assert trace is not None  # every caller checks self.trace first
         t = f"{time.time():.6f},{how},{epoch},"
-        self.trace.writelines(f"{t}{xxh3_64_hexdigest(f)}\n" for f in frames)
-        self.trace.flush()
+        trace.writelines(f"{t}{xxh3_64_hexdigest(f)}\n" for f in frames)
+        trace.flush()
 
     # The relay thread
     def _run(self) -> None:

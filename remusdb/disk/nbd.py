@@ -93,7 +93,7 @@ def export_info(size: int) -> list[bytes]:
             struct.pack(">HIII", INFO_BLOCK_SIZE, MIN_BLOCK, PREFERRED_BLOCK, MAX_REQUEST)]
 
 
-def parse_go(data: bytes) -> str:
+def parse_go(data: bytes | bytearray) -> str:
     """The export name an OPT_GO / OPT_INFO asks for."""
     if len(data) < 6:
         raise ValueError("short NBD_OPT_GO")
@@ -106,7 +106,7 @@ def parse_go(data: bytes) -> str:
     return data[4 : 4 + n].decode(errors="replace")
 
 
-def parse_request(hdr: bytes) -> Request:
+def parse_request(hdr: bytes | bytearray) -> Request:
     magic, flags, typ, handle, offset, length = REQUEST.unpack(hdr)
     if magic != REQUEST_MAGIC:
         raise ProtocolError(f"bad NBD request magic {magic:#x}")

@@ -16,12 +16,16 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from remusdb.disk import nbd
 from remusdb.disk.image import pwrite_all, zero_range
 from remusdb.disk.writelog import DATA, ZERO, DiskWrite, WriteLog
 from remusdb.errors import RemusError
 from remusdb.sockio import recv_into_all
+
+if TYPE_CHECKING:
+    from remusdb.readtrack.index import BlockIndex
 
 log = logging.getLogger(__name__)
 EXPORT = "disk"
@@ -41,7 +45,7 @@ class DiskServer:
                       "flushes": 0, "zeroes": 0, "errors": 0}
         self._srv: socket.socket | None = None
         self._closed = threading.Event()
-        self.index = None  # RT's BlockIndex, when read tracking is on
+        self.index: BlockIndex | None = None  # when read tracking is on
 
     # Serving
     def start(self) -> None:
@@ -59,9 +63,11 @@ class DiskServer:
         self.socket_path.unlink(missing_ok=True)
 
     def _accept(self) -> None:
+        srv = self._srv
+        assert srv is not None  # start() sets it before it starts this thread
         while not self._closed.is_set():
             try:
-                conn, _ = self._srv.accept()
+                conn, _ = srv.accept()
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(conn,), name="nbd-conn",
@@ -118,9 +124,9 @@ class DiskServer:
                 if option == nbd.OPT_GO:
                     return True
             elif option == nbd.OPT_LIST:
-                name = EXPORT.encode()
+                export = EXPORT.encode()
                 conn.sock.sendall(nbd.option_reply(option, nbd.REP_SERVER,
-                                                   len(name).to_bytes(4, "big") + name)
+                                                   len(export).to_bytes(4, "big") + export)
                                   + nbd.option_reply(option, nbd.REP_ACK))
             else:  # structured replies, meta contexts, TLS: not offered
                 conn.sock.sendall(nbd.option_reply(option, nbd.REP_ERR_UNSUP))
@@ -223,7 +229,7 @@ class _Conn:
         self.sock = sock
         self.buf = bytearray(size)
         self.start = self.end = 0
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self._rbuf = bytearray(0)
 
     def read_buffer(self, n: int) -> memoryview:
@@ -261,7 +267,7 @@ class _Conn:
                 raise ConnectionError("peer closed the connection")
             self.end += k
 
-    def reply(self, handle: int, error: int, data: bytes = b"") -> None:
+    def reply(self, handle: int, error: int, data: bytes | memoryview = b"") -> None:
         self.out.append(nbd.simple_reply(handle, error))
         if data:
             self.out.append(data)

@@ -19,7 +19,7 @@ class DiskWrite:
     kind: int  # DATA or ZERO
     offset: int
     length: int
-    data: bytes = b""
+    data: bytes | bytearray = b""  # a large write is received into its own bytearray
 
 
 

@@ -10,6 +10,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from remusdb.drill import report, workload
@@ -22,7 +23,7 @@ KILL_POINTS = ("random", "mid-epoch", "mid-transfer")
 OPTIMIZATIONS = ("asc", "rt", "cp")
 
 
-def optimizations(opts: set[str]) -> dict:
+def optimizations(opts: AbstractSet[str]) -> dict:
     return {"compression": "xor-lz4" if "asc" in opts else "off", "rt": "rt" in opts,
             "cp": "cp" in opts}
 
@@ -49,7 +50,8 @@ def _kill_delay(kill_at: str, interval_ms: int, rng: random.Random, trace: Path)
         time.sleep(0.002)
 
 
-def drill(db: str = "postgres", interval_ms: int = 100, opts: set[str] = frozenset(OPTIMIZATIONS),
+def drill(db: str = "postgres", interval_ms: int = 100,
+          opts: AbstractSet[str] = frozenset(OPTIMIZATIONS),
           kill_at: str = "random", clients: int = 4, warmup_s: float = 5.0,
           after_s: float = 45.0, seed: int | None = None, say=print) -> dict:
     """`after_s`: how long after the failover the clients may take to commit again; longer
@@ -96,7 +98,9 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
             raise RemusError(f"no transfer committed in {warmup_s:.0f} s of warm-up")
         _kill_delay(kill_at, interval_ms, rng, trace)
         killed_at = time.monotonic()
-        p.primary.kill(signal.SIGKILL)
+        primary = p.primary
+        assert primary is not None  # started by Protected.__enter__
+        primary.kill(signal.SIGKILL)
         say(f"kill -9 of the primary ({kill_at}) after {before} acknowledged transfers")
         st = wait_status(p.standby_status, lambda s: s["state"] == "active", 120,
                          "the standby's failover", [p.standby])

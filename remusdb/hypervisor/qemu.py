@@ -238,6 +238,12 @@ class QemuGuest:
             return "no log"
         return lines[-1] if lines else "no output"
 
+    def qmp(self) -> Monitor:
+        """The monitor of a started guest."""
+        monitor = self.monitor
+        assert monitor is not None, "QEMU was not started"  # start() sets it first
+        return monitor
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -260,13 +266,14 @@ class QemuGuest:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Quit QEMU over QMP (the guest is not shut down: its state is either saved or moot)."""
-        if self.running and self.monitor is not None:
+        proc, monitor = self.proc, self.monitor
+        if proc is not None and proc.poll() is None and monitor is not None:  # running
             try:
-                self.monitor.quit()
+                monitor.quit()
             except Exception:
                 pass
             try:
-                self.proc.wait(timeout)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
@@ -291,8 +298,9 @@ class QemuGuest:
     def save(self, state_file: Path, timeout: float = 300.0) -> None:
         tmp = Path(f"{state_file}.partial")
         tmp.unlink(missing_ok=True)
-        self.monitor.migrate(f"exec:cat > {shlex.quote(str(tmp))}")
-        self.monitor.wait_migration(timeout)
+        monitor = self.qmp()
+        monitor.migrate(f"exec:cat > {shlex.quote(str(tmp))}")
+        monitor.wait_migration(timeout)
         tmp.rename(state_file)
 
     def restore(self, state_file: Path, timeout: float = 120.0) -> None:
@@ -300,7 +308,8 @@ class QemuGuest:
         if not Path(state_file).is_file():
             raise QemuError(f"saved VM state not found: {state_file}")
         self.start(incoming="defer")
-        self.monitor.migrate_incoming(f"exec:cat {shlex.quote(str(state_file))}")
-        self.monitor.wait_status({"paused", "postmigrate", "running"}, timeout)
-        self.monitor.wait_migration(timeout)
-        self.monitor.cont()
+        monitor = self.qmp()
+        monitor.migrate_incoming(f"exec:cat {shlex.quote(str(state_file))}")
+        monitor.wait_status({"paused", "postmigrate", "running"}, timeout)
+        monitor.wait_migration(timeout)
+        monitor.cont()

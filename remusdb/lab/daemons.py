@@ -86,7 +86,8 @@ class Protected:
         self.cfg = write_config(self.layout.config, lab, interval_ms=interval_ms,
                                 optimizations=optimizations, **(vm or {}))
         self.protect_args, self.standby_args = list(protect_args), list(standby_args)
-        self.standby = self.primary = None
+        self.standby: Daemon | None = None
+        self.primary: Daemon | None = None
         self.standby_status = self.layout.standby_status
         self.primary_status = self.layout.primary_status
 
@@ -110,7 +111,7 @@ class Protected:
     def daemons(self) -> list[Daemon]:
         return [d for d in (self.standby, self.primary) if d is not None]
 
-    def status(self, role: str) -> dict:
+    def status(self, role: str) -> dict | None:
         return read_status(self.primary_status if role == "primary" else self.standby_status)
 
     def __exit__(self, *exc) -> None:

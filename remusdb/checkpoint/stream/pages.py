@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from remusdb.checkpoint.stream.format import PAGE_SIZE
@@ -39,7 +41,8 @@ class PageSet:
         self.n += len(indexes)
         self.seq += len(indexes)
 
-    def add_zeros(self, block: int, indexes: np.ndarray, fills: np.ndarray) -> None:
+    def add_zeros(self, block: int, indexes: np.ndarray | Sequence[int],
+                  fills: np.ndarray | Sequence[int]) -> None:
         k = len(indexes)
         self._zeros.append((block, np.array(indexes, np.uint64), np.array(fills, np.uint8),
                             np.arange(self.seq, self.seq + k)))

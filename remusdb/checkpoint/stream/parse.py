@@ -89,10 +89,11 @@ class RamParser:
     def read_body(self, r: Reader, pages: PageSet) -> None:
         while True:
             at = r.offset
-            if self.current is not None:
+            current = self.current
+            if current is not None:
                 if r.available() < _BULK_MIN:
                     r.fill_greedy(_BULK_TARGET)
-                if self._page_run(r, pages) or self._zero_run(r, pages):
+                if self._page_run(r, pages, current) or self._zero_run(r, pages, current):
                     continue
             word = r.u64()
             flags, addr = word & _FLAG_MASK, word & ~_FLAG_MASK
@@ -116,43 +117,49 @@ class RamParser:
             else:
                 raise StreamError(f"RAM record at offset {at}: unknown flags {flags:#x}")
 
-    def _run(self, r: Reader, size: int, want: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def _run(self, r: Reader, size: int, want: int
+             ) -> tuple[int, np.ndarray, np.ndarray] | None:
         """How many records of `size` bytes with flags `want` follow back to back in the buffer,
-        their page indexes, and a (run, size) view of the records. Plain reshapes and slices:
-        this runs once per socket read, so its fixed cost is spread over only the few dozen
-        pages one read brings."""
+        their page indexes, and a (run, size) view of the records; None if none does. Plain
+        reshapes and slices: this runs once per socket read, so its fixed cost is spread over
+        only the few dozen pages one read brings."""
         k = r.available() // size
         if k == 0:
-            return 0, None, None
+            return None
         recs = r.peek_array(k * size).reshape(k, size)
         ok = (recs[:, 7] == (want & 0xFF)) & ((recs[:, 6] & 0x0F) == (want >> 8))
         run = k if ok.all() else int(ok.argmin())
         if run == 0:
-            return 0, None, None
+            return None
         recs = recs[:run]
         idx = np.ascontiguousarray(recs[:, :8]).view(">u8").ravel() >> _PAGE_SHIFT
         self._check_range(idx, r.offset)
         return run, idx, recs
 
-    def _page_run(self, r: Reader, pages: PageSet) -> bool:
-        run, idx, recs = self._run(r, _PAGE_RECORD, F_PAGE | F_CONTINUE)
-        if run:
-            pages.add_pages(self.current, idx, recs[:, 8:])
+    def _page_run(self, r: Reader, pages: PageSet, block: int) -> bool:
+        found = self._run(r, _PAGE_RECORD, F_PAGE | F_CONTINUE)
+        if found is not None:
+            run, idx, recs = found
+            pages.add_pages(block, idx, recs[:, 8:])
             r.skip(run * _PAGE_RECORD)
-        return bool(run)
+        return found is not None
 
-    def _zero_run(self, r: Reader, pages: PageSet) -> bool:
-        run, idx, recs = self._run(r, 9, F_ZERO | F_CONTINUE)
-        if run:
-            pages.add_zeros(self.current, idx, recs[:, 8])
+    def _zero_run(self, r: Reader, pages: PageSet, block: int) -> bool:
+        found = self._run(r, 9, F_ZERO | F_CONTINUE)
+        if found is not None:
+            run, idx, recs = found
+            pages.add_zeros(block, idx, recs[:, 8])
             r.skip(run * 9)
-        return bool(run)
+        return found is not None
 
     def _check_range(self, idx: np.ndarray, at: int) -> None:
-        limit = self.blocks[self.current].pages if self.current is not None else 0
+        current = self.current
+        limit = self.blocks[current].pages if current is not None else 0
         if len(idx) and idx.max() >= limit:
+            # every caller has a current block: _block() sets it before a record is checked
+            assert current is not None
             raise StreamError(f"RAM record at offset {at}: page beyond the end of block "
-                              f"{self.blocks[self.current].name!r}")
+                              f"{self.blocks[current].name!r}")
 
     def _read_mem_size(self, r: Reader, total: int) -> None:
         blocks, seen = [], 0

@@ -48,7 +48,8 @@ class Reader:
         self.pool = pool or BufferPool(chunk)
         self.arr = self.pool.get(max(chunk, len(data)))
         self.used = [self.arr]  # buffers handed out since the last detach()
-        self.buf = memoryview(self.arr)
+        # numpy's stubs declare ndarray.__buffer__ for Python 3.12+ only (3.11 has the protocol)
+        self.buf = memoryview(self.arr)  # type: ignore[arg-type]
         self.buf[: len(data)] = data
         self.start, self.end = 0, len(data)
         self.consumed = 0  # stream offset of self.start, for error messages
@@ -92,7 +93,8 @@ class Reader:
             return
         self.arr = self.pool.get(max(self.chunk, avail + want))
         self.used.append(self.arr)
-        new = memoryview(self.arr)
+        # numpy's stubs declare ndarray.__buffer__ for Python 3.12+ only (3.11 has the protocol)
+        new = memoryview(self.arr)  # type: ignore[arg-type]
         new[:avail] = self.buf[self.start : self.end]
         self.buf = new
         self.start, self.end = 0, avail
@@ -121,7 +123,8 @@ class Reader:
         unread."""
         used = self.used
         self.arr = self.pool.get(max(self.chunk, self.available()))
-        new = memoryview(self.arr)
+        # numpy's stubs declare ndarray.__buffer__ for Python 3.12+ only (3.11 has the protocol)
+        new = memoryview(self.arr)  # type: ignore[arg-type]
         n = self.available()
         new[:n] = self.buf[self.start : self.end]
         self.buf, self.start, self.end, self.used = new, 0, n, [self.arr]
