@@ -19,6 +19,7 @@ test-unit: deps
 
 lint: deps
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 clean:
 	rm -rf .venv *.egg-info .pytest_cache
