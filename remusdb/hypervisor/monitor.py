@@ -47,10 +47,8 @@ class Monitor:
         """QMP's `return` member: a JSON value whose shape depends on the command."""
         try:
             return self._qmp.cmd(name, **args)
-        except ExecuteError as e:
-            # BUG, reported and left as is: an ErrorResponse has no desc (QEMU's text is
-            # e.error.error.desc), so a failed command raises AttributeError, not MonitorError
-            raise MonitorError(f"QMP {name} failed: {e.error.desc}") from None  # type: ignore[attr-defined]
+        except ExecuteError as e:  # QEMU's text is the ErrorResponse's error.desc
+            raise MonitorError(f"QMP {name} failed: {e.error.error.desc}") from None
 
     # Typed commands used by the drivers.
     def status(self) -> str:
