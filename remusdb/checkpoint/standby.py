@@ -152,10 +152,12 @@ class StandbyDaemon:
         if not isinstance(disk_size, int) or disk_size < 0 or disk_size % 512:
             raise wire.WireError(f"HELLO with a bad disk size {disk_size!r}")
         local_io(self.store.create, None, str(hello_data["session"]), disk_size)
-        conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {"committed": -1}))
-        self.session_open = True
+        # Open before WELCOME leaves: from then on the primary may send, and a manual failover
+        # asked meanwhile must see a session that is sending.
         self.last_frame = time.monotonic()
+        self.session_open = True
         self.states.set(StandbyState.RECEIVING)
+        conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {"committed": -1}))
 
     def _receive(self, conn: wire.Connection) -> None:
         rx = EpochReceiver(self.store)
