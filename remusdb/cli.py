@@ -99,8 +99,7 @@ def cmd_status(args) -> int:
     cfg = configmod.load(args.config)
     found = {}
     for doc in (PrimaryStatus, StandbyStatus):
-        st = doc.read(protection.role_dir(cfg, doc.role, args.run_dir)
-                      / doc.file_name(doc.role))
+        st = doc.read(protection.role_dir(cfg, doc.role, args.run_dir) / doc.file_name())
         if st is not None:
             found[doc.role] = st
     if args.json:

@@ -12,6 +12,11 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def role_dir(vm_name: str, role: str, base: str) -> Path:
+    """A daemon's runtime directory: `<base>/<vm>/<role>` (base: vm.run_dir or --run-dir)."""
+    return Path(base) / vm_name / role
+
+
 def project_root() -> Path:
     """The source checkout (dbpatches/ lives beside the package)."""
     return Path(__file__).resolve().parent.parent

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from remusdb import paths
 from remusdb.checkpoint import participants
 from remusdb.checkpoint.participants import SessionAids
 from remusdb.checkpoint.primary import PrimaryDaemon
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def role_dir(cfg: Config, role: str, base: str | None = None) -> Path:
-    return Path(base or cfg.vm.run_dir) / cfg.vm.name / role
+    return paths.role_dir(cfg.vm.name, role, base or cfg.vm.run_dir)
 
 
 def _on_signals(handler: Callable[[], None]) -> threading.Event:

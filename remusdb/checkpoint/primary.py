@@ -47,7 +47,7 @@ class PrimaryDaemon:
         self.participants = list(participants)
         self.queue: queue.Queue[EpochOut | None] = queue.Queue(queue_depth)
         self.stall_timeout = stall_timeout
-        self.status = StatusFile(self.run_dir / PrimaryStatus.file_name("primary"))
+        self.status = StatusFile(self.run_dir / PrimaryStatus.file_name())
         self.states = StateHolder(PrimaryState.STARTING, log, self._publish)
         self.metrics = EpochMetrics()
         self.captured = self.sent = self.acked = -1

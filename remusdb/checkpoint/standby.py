@@ -50,7 +50,7 @@ class StandbyDaemon:
         self.timeout = heartbeat_timeout
         self.fence_command = fence_command
         self.store = StandbyStore(self.run_dir / "store")
-        self.status = StatusFile(self.run_dir / StandbyStatus.file_name("standby"))
+        self.status = StatusFile(self.run_dir / StandbyStatus.file_name())
         self.states = StateHolder(StandbyState.WAITING, log, self._publish)
         self.last_frame = 0.0
         self.session_open = False

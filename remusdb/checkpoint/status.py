@@ -46,9 +46,9 @@ class StatusDoc:
         d = read_status(path)
         return cls.from_json(d) if d is not None else None
 
-    @staticmethod
-    def file_name(role: str) -> str:
-        return f"{role}.status.json"
+    @classmethod
+    def file_name(cls) -> str:
+        return f"{cls.role}.status.json"
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Where a lab run's files are, named once: tests, benchmarks and drills ask a `RunLayout`
 instead of spelling paths like `run / "pg1/primary/primary.status.json"`.
 
-The daemons' directories are the product's rule (`protection.role_dir`: `<run>/<vm>/<role>`,
-each daemon writing `<role>.status.json` there), so they are computed by it; the config, the
-logs and the traces are the lab's own choice, made here.
+The daemons' directories are the product's rule (`paths.role_dir`: `<run>/<vm>/<role>`,
+each daemon writing its status document's file there), so they are computed by it; the
+config, the logs and the traces are the lab's own choice, made here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from remusdb.config import Config, VMConfig
-from remusdb.protection import role_dir
+from remusdb import paths
+from remusdb.checkpoint.status import PrimaryStatus, StandbyStatus, StatusDoc
 
 VM_NAME = "pg1"  # the protected VM of every lab run
 
@@ -28,10 +28,11 @@ class RunLayout:
 
     def role_dir(self, role: str) -> Path:
         """The daemon's directory (`remusdb protect|standby --run-dir` unset: vm.run_dir)."""
-        return role_dir(Config(vm=VMConfig(name=self.vm)), role, str(self.root))
+        return paths.role_dir(self.vm, role, str(self.root))
 
     def status(self, role: str) -> Path:
-        return self.role_dir(role) / f"{role}.status.json"
+        docs: dict[str, type[StatusDoc]] = {"primary": PrimaryStatus, "standby": StandbyStatus}
+        return self.role_dir(role) / docs[role].file_name()
 
     def log(self, role: str) -> Path:
         """The daemon's stdout and stderr."""
