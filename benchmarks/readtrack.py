@@ -27,7 +27,7 @@ def measure(lab, run: Path, opts: dict, workload: str, args) -> dict:
         load_pgbench(lab, args.scale)
         before = p.status("primary")["totals"]
         if workload == "scan":
-            cold_scans(lab, p.layout.primary_agent, rounds=args.rounds)
+            cold_scans(lab, p.layout.primary_vm.agent, rounds=args.rounds)
         else:
             out = pgbench(lab, "-n", "-c", "4", "-T", str(args.seconds)).communicate()[0]
             if "tps" not in out:

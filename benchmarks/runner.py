@@ -176,7 +176,7 @@ def _vm(lab, mode: str, run: Path, plan: Plan, interval_ms: int, buffer_pool: in
                    vm={"memory": vm.memory, "vcpus": vm.vcpus, "accel": vm.accel}) as p:
         if buffer_pool:
             from remusdb.hypervisor.agent import GuestAgent
-            agent = GuestAgent(p.layout.primary_agent)
+            agent = GuestAgent(p.layout.primary_vm.agent)
             try:
                 _set_buffer_pool(agent, plan.db, buffer_pool)
             finally:

@@ -133,6 +133,10 @@ class RunFiles:
     def qemu_log(self) -> Path:
         return self.dir / "qemu.log"
 
+    @property
+    def pid(self) -> Path:
+        return self.dir / "qemu.pid"
+
 
 def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None) -> list[str]:
     accel = ["-accel", "kvm"] if spec.accel == "kvm" else ["-accel", "tcg,thread=multi"]
@@ -216,7 +220,7 @@ class QemuGuest:
                                      preexec_fn=_die_with_parent if self.die_with_parent
                                      else None)
         log.close()
-        (self.files.dir / "qemu.pid").write_text(f"{self.proc.pid}\n")
+        self.files.pid.write_text(f"{self.proc.pid}\n")
         self.monitor = Monitor(self.files.qmp)
         deadline = time.monotonic() + timeout
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from remusdb import paths
 from remusdb.checkpoint.status import PrimaryStatus, StandbyStatus, StatusDoc
+from remusdb.hypervisor.qemu import RunFiles
 
 VM_NAME = "pg1"  # the protected VM of every lab run
 
@@ -62,15 +63,11 @@ class RunLayout:
         return self.root / "commits.csv"
 
     @property
-    def primary_agent(self) -> Path:
-        """The guest agent's socket of the VM the primary runs (QEMU's files: role dir)."""
-        return self.role_dir("primary") / "qga.sock"
+    def primary_vm(self) -> RunFiles:
+        """QEMU's files (agent socket, pid…) of the VM the primary runs: in its role dir."""
+        return RunFiles(self.role_dir("primary"))
 
     @property
-    def primary_qemu_pid(self) -> Path:
-        return self.role_dir("primary") / "qemu.pid"
-
-    @property
-    def standby_agent(self) -> Path:
-        """The guest agent's socket of the VM the standby resumed at failover."""
-        return self.role_dir("standby") / "vm" / "qga.sock"
+    def standby_vm(self) -> RunFiles:
+        """QEMU's files of the VM the standby resumed at failover."""
+        return RunFiles(self.role_dir("standby") / "vm")

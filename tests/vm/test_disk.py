@@ -68,7 +68,7 @@ def failed_over(lab, run):
     again = pgbench(lab, "-c", "2", "-t", "20", "-n")
     out = again.communicate(timeout=300)[0]
     assert again.returncode == 0, out
-    agent = GuestAgent(run.standby_agent)
+    agent = GuestAgent(run.standby_vm.agent)
     agent.wait_ready(30)
     try:
         r = agent.exec(["su", "postgres", "-c",

@@ -70,7 +70,7 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         # Verification is over (its 0.2 s hashing pauses cost the guest clock more than the
         # checkpoints do): after normal checkpoints under load, the guest keeps host time.
         time.sleep(3)
-        off = guest_clock_offset(run.primary_agent)
+        off = guest_clock_offset(run.primary_vm.agent)
         pst = read_status(run.primary_status)
         assert abs(off) < 1.0, (off, pst["guest_clock"])
         # Fenced manual failover: refused while the primary is still sending.
@@ -79,7 +79,7 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         r = cli(lab, "standby", "status", str(cfg))
         assert r.returncode == 0 and "primary: protected" in r.stdout, r.stdout + r.stderr
 
-        qemu_pid = int(run.primary_qemu_pid.read_text())
+        qemu_pid = int(run.primary_vm.pid.read_text())
         primary.kill(signal.SIGKILL)
         killed = time.monotonic()
         st = wait_status(sb_status, lambda s: s["state"] == "active", 60, "failover", [standby])
@@ -94,8 +94,8 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         answered = time.monotonic() - killed
         assert n == SCALE * 100_000
 
-        assert abs(guest_clock_offset(run.standby_agent)) < 1.0
-        agent = GuestAgent(run.standby_agent)
+        assert abs(guest_clock_offset(run.standby_vm.agent)) < 1.0
+        agent = GuestAgent(run.standby_vm.agent)
         agent.wait_ready(30)
         dmesg = agent.exec(["dmesg"]).stdout
         for bad in ("BUG:", "Oops", "general protection", "Call Trace", "segfault"):
@@ -123,7 +123,7 @@ def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
         pstatus = run.primary_status
         wait_status(pstatus, lambda s: s["epoch_acked"] >= 5, 300, "protection",
                     [standby, primary])
-        qemu_pid = int(run.primary_qemu_pid.read_text())
+        qemu_pid = int(run.primary_vm.pid.read_text())
         standby.kill(signal.SIGKILL)
         st = wait_status(pstatus, lambda s: s["state"] == "unprotected", 30, "unprotected",
                          [primary])

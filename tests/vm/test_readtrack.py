@@ -11,7 +11,7 @@ def scan_run(lab, base, rt: bool) -> dict:
         load_pgbench(lab, scale=3)
         before = p.status("primary")["totals"]
         checks = p.status("standby")["verify"]["checks"]
-        cold_scans(lab, p.layout.primary_agent, rounds=3)
+        cold_scans(lab, p.layout.primary_vm.agent, rounds=3)
         st = wait_status(p.standby_status, lambda s: s["verify"]["checks"] >= checks + 3, 120,
                          "RAM checks during the scans", p.daemons)
         pst = p.status("primary")
