@@ -78,14 +78,18 @@ class EpochOut:
     rows: np.ndarray | None = None  # page rows sent as data (default: every page's last record)
     refs: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # rows sent as RT
     ref_blocks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # their blocks
+    _latest: tuple | None = field(default=None, repr=False)
 
     @property
     def pause_ms(self) -> float:
         return (self.resumed_at - self.paused_at) * 1000
 
     def latest(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Rows to send as data, and the zero pages (each page's last record)."""
-        rows, zeros = self.pages.latest()
+        """Rows to send as data, and the zero pages (each page's last record); worked out once
+        (read tracking and the encoder both ask)."""
+        if self._latest is None:
+            self._latest = self.pages.latest()
+        rows, zeros = self._latest
         return (rows if self.rows is None else self.rows), zeros
 
 

@@ -81,6 +81,8 @@ class Recorder(Participant):
     """Benchmarks (`protect --record DIR`): on request, the next `epochs` epochs' pages as the
     sender sees them, to `DIR/recording-K.rdbc`."""
 
+    status_key = "recordings_done"
+
     def __init__(self, directory: Path, epochs: int = 100):
         self.dir, self.epochs = Path(directory), epochs
         self.done = 0
@@ -110,8 +112,6 @@ class Recorder(Participant):
             self._file = None
             self.done += 1
             log.info("recording complete: %s", self._path)
-
-    status_key = "recordings_done"
 
     def summary(self) -> int:
         return self.done
