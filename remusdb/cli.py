@@ -245,10 +245,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (a test may have swapped it and
+    closed the old one while a daemon thread still logs)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbosity: int) -> None:
     """One format for every module's logger: time, module, message, on stderr."""
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
-    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+    logging.basicConfig(level=level, handlers=[_Stderr()], force=True,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 

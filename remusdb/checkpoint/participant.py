@@ -6,7 +6,8 @@ tracking, verification, recording, trace), so adding one never touches the daemo
 in the thread of their phase: `on_seed` in the daemon's main thread before QEMU's initial copy
 (the VM runs), `on_pause` and `on_resume` in the capture thread (the VM is paused in between),
 `on_send` in the sender thread, `on_ack` in the receiver thread, `on_stop` wherever protection
-ends (also a signal handler). Each must be quick in `on_pause`: the VM waits.
+ends (also a signal handler). Each must be quick in `on_pause`: the VM waits. A checkpoint in
+flight when protection ends may still bring `on_pause`/`on_resume` after `on_stop`.
 """
 
 from __future__ import annotations

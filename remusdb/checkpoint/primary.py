@@ -235,6 +235,9 @@ class PrimaryDaemon:
                 fn()
             except (OSError, ConnectionError, RemusError) as e:
                 self._fail(f"standby link lost: {e}")
+            except Exception as e:  # a bug: end protection in order, not by the watchdog
+                log.exception("internal error in the %s thread", threading.current_thread().name)
+                self._fail(f"internal error in the primary daemon: {type(e).__name__}: {e}")
         return run
 
     def _sender(self) -> None:

@@ -127,7 +127,11 @@ class StandbyDaemon:
         except TimeoutError:
             reason = f"no checkpoint or heartbeat for {self.timeout:.1f} s"
         except (ConnectionError, OSError) as e:
-            reason, closed = f"connection to the primary lost ({e})", True
+            if self._said_bye(conn):
+                log.info("primary ended protection (BYE) as the link closed: no failover")
+                self.states.set(StandbyState.WAITING)
+            else:
+                reason, closed = f"connection to the primary lost ({e})", True
         except PeerError as e:  # corrupt frame or a lying peer: no proof of death
             reason = f"bad data from the primary: {e}"
         except LocalError as e:
@@ -140,6 +144,17 @@ class StandbyDaemon:
             conn.close()
         if reason:
             self._primary_failed(reason, closed)
+
+    def _said_bye(self, conn: wire.Connection) -> bool:
+        """Whether a BYE waits unread: an ACK that failed to go out (the primary shut the link
+        right after its BYE) must not turn an orderly end into a "death" and a second copy."""
+        try:
+            conn.sock.settimeout(0.5)
+            while True:
+                if conn.recv().kind == wire.Kind.BYE:
+                    return True
+        except (OSError, RemusError):
+            return False
 
     def _welcome(self, conn: wire.Connection) -> None:
         hello = conn.recv()

@@ -84,15 +84,22 @@ class FakeQemu:
         init, last = fx.initial_stream([("ram0", i, page(i)) for i in range(8)])
         sock.sendall(init)
         assert sock.recv(4) == s.message(s.Colo.CHECKPOINT_READY)
-        for n in range(1, CHECKPOINTS + 1):
-            body, last = fx.checkpoint_stream([("ram0", n, page(100 + n)), ("ram0", 40, n)],
-                                              last)
-            sock.sendall(body)
-            reply = b""
-            while len(reply) < 12:  # CHECKPOINT_REPLY, VMSTATE_RECEIVED, VMSTATE_LOADED
-                reply += sock.recv(12 - len(reply))
-        self.p.acked[CHECKPOINTS].wait(10)  # the standby has it all: now "QEMU" goes away
-        sock.close()
+        try:
+            for n in range(1, CHECKPOINTS + 1):
+                body, last = fx.checkpoint_stream([("ram0", n, page(100 + n)), ("ram0", 40, n)],
+                                                  last)
+                sock.sendall(body)
+                reply = b""
+                while len(reply) < 12:  # CHECKPOINT_REPLY, VMSTATE_RECEIVED, VMSTATE_LOADED
+                    got = sock.recv(12 - len(reply))
+                    if not got:
+                        return  # the daemon ended the migration
+                    reply += got
+            self.p.acked[CHECKPOINTS].wait(10)  # the standby has it all: now "QEMU" goes away
+        except OSError:
+            return
+        finally:
+            sock.close()
 
 
 @pytest.fixture
@@ -152,3 +159,28 @@ def test_a_participant_that_fails_to_stop_does_not_keep_the_others_or_bye_from_r
     primary = PrimaryDaemon(cfg, guest, tmp_path, [Broken(), fake])
     primary.protect()
     assert fake.calls[-1][0] == "stop" and primary.state == PrimaryState.UNPROTECTED
+
+
+def test_a_bug_in_the_sender_ends_protection_in_order_not_by_the_watchdog(pair, tmp_path):
+    cfg, standby = pair
+
+    class Buggy(Participant):
+        def on_send(self, out):
+            if out.number == 2:
+                raise TypeError("a bug of the primary's own")
+
+    fake = Recorder()
+    qemu = FakeQemu(fake)
+    guest = SimpleNamespace(monitor=qemu, files=RunFiles(tmp_path / "vm"))
+    primary = PrimaryDaemon(cfg, guest, tmp_path, [Buggy(), fake], stall_timeout=30)
+    t0 = time.monotonic()
+    primary.protect()
+    assert time.monotonic() - t0 < 20  # well before the 30 s watchdog
+    assert primary.failure.startswith("internal error in the primary daemon: TypeError")
+    stops = [c for c in fake.calls if c[0] == "stop"]
+    assert stops == [("stop", primary.failure)]
+    assert ("send", 2) not in fake.calls and ("ack", 2) not in fake.calls
+    deadline = time.monotonic() + 5
+    while standby.state != StandbyState.WAITING and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert standby.states.history[-1] == StandbyState.WAITING  # BYE: no failover
