@@ -74,6 +74,8 @@ def cmd_qemu_build(args) -> int:
 def cmd_protect(args) -> int:
     from remusdb import protection
     from remusdb.checkpoint.participants import SessionAids
+    from remusdb.reprotect.node import NodeOptions
+    from remusdb.reprotect.roles import Role
     cfg = configmod.load(args.config)
     if args.no_compression:
         cfg.optimizations.compression = "off"
@@ -82,26 +84,62 @@ def cmd_protect(args) -> int:
                        record_dir=Path(args.record) if args.record else None,
                        record_epochs=args.record_epochs,
                        output_commit=not args.unsafe_no_output_commit)
-    return protection.protect(cfg, protection.role_dir(cfg, "primary", args.run_dir), aids,
-                              net_trace=Path(args.net_trace) if args.net_trace else None)
+    options = NodeOptions(aids, net_trace=Path(args.net_trace) if args.net_trace else None)
+    return protection.run_node(cfg, "primary", Role.PRIMARY,
+                               protection.role_dir(cfg, "primary", args.run_dir), options)
 
 
 def cmd_standby(args) -> int:
     from remusdb import protection
+    from remusdb.reprotect.node import NodeOptions
+    from remusdb.reprotect.roles import Role
     cfg = configmod.load(args.config)
-    return protection.standby(cfg, protection.role_dir(cfg, "standby", args.run_dir),
-                              trace=Path(args.trace) if args.trace else None)
+    options = NodeOptions(standby_trace=Path(args.trace) if args.trace else None)
+    return protection.run_node(cfg, "standby", Role.STANDBY,
+                               protection.role_dir(cfg, "standby", args.run_dir), options)
+
+
+def cmd_node(args) -> int:
+    from remusdb import protection
+    from remusdb.checkpoint.participants import SessionAids
+    from remusdb.reprotect.node import NodeOptions
+    from remusdb.reprotect.roles import Role
+    cfg = configmod.load(args.config)
+    options = NodeOptions(SessionAids(verify_every=args.verify_every,
+                                      verify_count=args.verify_count),
+                          standby_trace=Path(args.trace) if args.trace else None)
+    return protection.run_node(cfg, args.host, Role.STANDBY,
+                               protection.role_dir(cfg, args.host, args.run_dir), options)
+
+
+def cmd_node_request(args) -> int:
+    """reprotect / switchover: asked of the node that runs the VM."""
+    from remusdb import protection
+    from remusdb.checkpoint.status import NodeStatus
+    from remusdb.reprotect import control
+    cfg = configmod.load(args.config)
+    for host in ("primary", "standby"):
+        d = protection.role_dir(cfg, host, args.run_dir)
+        st = NodeStatus.read(d / NodeStatus.file_name())
+        if st is not None and st.state.startswith("primary") and (d / control.NODE_SOCKET
+                                                                   ).exists():
+            reply = control.request(d, args.command)
+            print(f"{args.command}: asked the node on host {host} ({reply.failover})")
+            return 0
+    raise RemusError(f"no node daemon here runs VM {cfg.vm.name} as primary")
 
 
 def cmd_status(args) -> int:
     from remusdb import protection
-    from remusdb.checkpoint.status import PrimaryStatus, StandbyStatus
+    from remusdb.checkpoint.status import NodeStatus, PrimaryStatus, StandbyStatus
     cfg = configmod.load(args.config)
     found = {}
-    for doc in (PrimaryStatus, StandbyStatus):
-        st = doc.read(protection.role_dir(cfg, doc.role, args.run_dir) / doc.file_name())
-        if st is not None:
-            found[doc.role] = st
+    for host in ("primary", "standby"):  # each host's node directory (one machine: both)
+        d = protection.role_dir(cfg, host, args.run_dir)
+        for doc in (NodeStatus, PrimaryStatus, StandbyStatus):
+            st = doc.read(d / doc.file_name())
+            if st is not None:
+                found[f"{host}/{doc.role}"] = st
     if args.json:
         print(json.dumps({role: st.to_json() for role, st in found.items()}, indent=1))
         return 0 if found else 1
@@ -198,6 +236,22 @@ def _add_daemons(sub) -> None:
     sb.add_argument("--trace", metavar="CSV", help="tests: append one line per committed epoch "
                     "(time, epoch), written before its acknowledgement is sent")
     sb.set_defaults(func=cmd_standby)
+    nd = sub.add_parser("node", help="this host's node daemon, started as a standby (it "
+                        "rejoins the peer; roles then move by failover and switchover)")
+    _daemon_args(nd)
+    nd.add_argument("--host", choices=("primary", "standby"), required=True,
+                    help="which config section is this host")
+    nd.add_argument("--verify-every", type=_count, default=0, metavar="N",
+                    help="test mode, once primary: compare RAM and disk every Nth epoch")
+    nd.add_argument("--verify-count", type=_count, default=0, metavar="K")
+    nd.add_argument("--trace", metavar="CSV", help="tests: one line per committed epoch")
+    nd.set_defaults(func=cmd_node)
+    for name, text in (("reprotect", "protect the VM again now (the node retries by itself)"),
+                       ("switchover", "planned role swap: the standby runs the VM from the "
+                                      "last checkpoint, this host becomes its standby")):
+        rq = sub.add_parser(name, help=text)
+        _daemon_args(rq)
+        rq.set_defaults(func=cmd_node_request)
     st = sub.add_parser("status", help="protection state of a VM")
     _daemon_args(st)
     st.add_argument("--json", action="store_true")

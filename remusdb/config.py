@@ -6,6 +6,7 @@ Sections and keys (all optional; defaults make a working single-machine setup):
                     tap, bridge, qemu, ram_dir, run_dir
     [checkpoint]    interval_ms
     [optimizations] compression, rt, cp, cp_dscp, page_cache
+    [primary]       address, port (the host that starts the VM; roles swap at failover)
     [standby]       address, port, heartbeat_timeout_ms, fence_command
 """
 
@@ -220,6 +221,15 @@ class OptimizationsConfig:
 
 
 @dataclass
+class PrimaryConfig:
+    """The host that runs the VM first. After a failover the roles swap: each node daemon
+    listens on its own host's address and port, and connects to the other's as primary."""
+
+    address: str = field(default="127.0.0.1", metadata={"check": _check_address})
+    port: int = field(default=7788, metadata={"check": _check_int(1, 65535)})
+
+
+@dataclass
 class StandbyConfig:
     address: str = field(default="127.0.0.1", metadata={"check": _check_address})
     port: int = field(default=7787, metadata={"check": _check_int(1, 65535)})
@@ -232,7 +242,16 @@ class Config:
     vm: VMConfig = field(default_factory=VMConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     optimizations: OptimizationsConfig = field(default_factory=OptimizationsConfig)
+    primary: PrimaryConfig = field(default_factory=PrimaryConfig)
     standby: StandbyConfig = field(default_factory=StandbyConfig)
+
+    def host(self, name: str) -> tuple[str, int]:
+        """(address, port) of host `name` ("primary" or "standby": the section naming it)."""
+        if name == "primary":
+            return self.primary.address, self.primary.port
+        if name == "standby":
+            return self.standby.address, self.standby.port
+        raise ConfigError(f"unknown host {name!r}: expected primary or standby")
 
 
 def _build_section(cls, section: str, raw: Any):
@@ -308,6 +327,10 @@ cp = false               # commit protection: only commit acks wait (much faster
                          # (e.g. libpq tcp_user_timeout) and reconnect
 cp_dscp = 11             # the DSCP of unprotected output (the guest's remusdb_cp.dscp)
 page_cache = 0.10        # fraction of guest RAM for the compression page cache
+
+[primary]
+address = "127.0.0.1"    # the host that starts the VM (its node listens here once it is a
+port = 7788              # standby after a failover; the new primary connects to it)
 
 [standby]
 address = "127.0.0.1"    # where the standby daemon listens (the primary connects to it)

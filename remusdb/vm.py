@@ -164,9 +164,10 @@ def launch(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = No
 
 
 def launch_served(cfg: Config, image: GuestImage, run_dir: Path, netns: str | None = None,
+                  raw: Path | None = None, lineage: str = "",
                   **over) -> tuple[QemuGuest, DiskServer]:
     """The database VM with its disk served by a DiskServer (protection): from the saved
-    snapshot, whose disk becomes a private raw image in run_dir."""
+    snapshot, whose disk becomes a private raw image (`raw`, default in run_dir)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sock = run_dir / "disk.sock"
@@ -175,13 +176,14 @@ def launch_served(cfg: Config, image: GuestImage, run_dir: Path, netns: str | No
     if not (snap / "state").is_file():  # make it once, the ordinary way
         launch(cfg, image, run_dir / "first-boot", netns=netns, **over).kill()
         shutil.rmtree(run_dir / "first-boot", ignore_errors=True)
-    raw = run_dir / "disk.raw"
+    raw = raw or run_dir / "disk.raw"
+    raw.parent.mkdir(parents=True, exist_ok=True)
     raw.unlink(missing_ok=True)
     r = subprocess.run(["qemu-img", "convert", "-O", "raw", str(snap / "disk.qcow2"), str(raw)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise RemusError(f"qemu-img convert of the snapshot disk failed: {r.stderr.strip()}")
-    server = DiskServer(raw, sock)
+    server = DiskServer(raw, sock, lineage)
     server.start()
     guest = QemuGuest(spec, run_dir)
     try:

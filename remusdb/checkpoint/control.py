@@ -13,11 +13,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from remusdb.errors import RemusError
 
 log = logging.getLogger(__name__)
 SOCKET_NAME = "standby.sock"
+R = TypeVar("R")
 
 
 @dataclass
@@ -54,11 +56,13 @@ class ControlReply:
         return cls(bool(d.get("ok")), str(d.get("error", "")), bool(d.get("already")), rest)
 
 
-class ControlServer(threading.Thread):
-    def __init__(self, path: Path, handle: Callable[[FailoverRequest], ControlReply],
-                 stopped: threading.Event):
+class ControlServer(threading.Thread, Generic[R]):
+    """One JSON line in (`parse` makes it a request or raises ValueError), one reply out."""
+
+    def __init__(self, path: Path, parse: Callable[[object], R],
+                 handle: Callable[[R], ControlReply], stopped: threading.Event):
         super().__init__(name="control", daemon=True)
-        self.path, self.handle, self.stopped = Path(path), handle, stopped
+        self.path, self.parse, self.handle, self.stopped = Path(path), parse, handle, stopped
 
     def run(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -72,7 +76,7 @@ class ControlServer(threading.Thread):
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            req = FailoverRequest.from_json(json.loads(conn.makefile().readline() or "{}"))
+            req = self.parse(json.loads(conn.makefile().readline() or "{}"))
             reply = self.handle(req)
         except Exception as e:  # the control socket must outlive any one request
             reply = ControlReply(False, str(e))
@@ -82,21 +86,25 @@ class ControlServer(threading.Thread):
             pass
 
 
-def request_failover(run_dir: Path, force: bool = False, timeout: float = 120.0) -> ControlReply:
-    path = Path(run_dir) / SOCKET_NAME
+def call(path: Path, request: dict, timeout: float = 120.0) -> ControlReply:
+    """One request to a daemon's control socket; a clear error if nobody answers."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(str(path))
     except OSError:
-        raise RemusError(f"no standby daemon answers at {path}") from None
+        raise RemusError(f"no remusdb daemon answers at {path}") from None
     with s:
-        s.sendall(json.dumps(FailoverRequest(force).to_json()).encode() + b"\n")
+        s.sendall(json.dumps(request).encode() + b"\n")
         line = s.makefile().readline()
     try:
-        reply = ControlReply.from_json(json.loads(line or "null"))
+        return ControlReply.from_json(json.loads(line or "null"))
     except ValueError:
-        reply = ControlReply(False, "garbled reply from the standby daemon")
+        return ControlReply(False, "garbled reply from the daemon")
+
+
+def request_failover(run_dir: Path, force: bool = False, timeout: float = 120.0) -> ControlReply:
+    reply = call(Path(run_dir) / SOCKET_NAME, FailoverRequest(force).to_json(), timeout)
     if not reply.ok:
         raise RemusError(f"failover {reply.error or 'failed'}")
     return reply

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +47,12 @@ def incoming_stream(store: StandbyStore) -> bytes:
                           {info.shared_block: 0}, pages, store.devices())
 
 
-def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float = 60.0
+def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float = 60.0,
+           before_cont: Callable[[QemuGuest], None] | None = None
            ) -> tuple[QemuGuest, FailoverTimes]:
-    """Start the VM from the store; returns once it runs. The RAM image becomes live memory."""
+    """Start the VM from the store; returns once it runs. The RAM image becomes live memory.
+    `before_cont` runs with the state loaded, the VM not yet running (the net relay connects
+    there)."""
     t0 = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
     stream_file = run_dir / "incoming.stream"
@@ -64,6 +68,8 @@ def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float =
         monitor.migrate_incoming(f"exec:cat {shlex.quote(str(stream_file))}")
         monitor.wait_status({"paused", "postmigrate", "running"}, timeout)
         t_loaded = time.monotonic()
+        if before_cont is not None:
+            before_cont(guest)
         monitor.cont()
         t_run = time.monotonic()
         # Re-protecting this VM later must send its RAM again.
@@ -84,11 +90,12 @@ class TakenOver:
     clock: ClockKeeper | None = None
 
 
-def take_over(store: StandbyStore, spec: GuestSpec, run_dir: Path, cp: bool) -> TakenOver:
+def take_over(store: StandbyStore, spec: GuestSpec, run_dir: Path, cp: bool,
+              before_cont: Callable[[QemuGuest], None] | None = None) -> TakenOver:
     """Resume the VM, then what a resumed VM needs: with commit protection, the sessions that
     were not committing aborted; the guest clock stepped over the failover gap, then kept."""
     epoch = store.committed
-    guest, times = resume(store, spec, run_dir)
+    guest, times = resume(store, spec, run_dir, before_cont=before_cont)
     done = TakenOver(guest, {"epoch": epoch, "stream_built_s": round(times.stream_built, 3),
                              "loaded_s": round(times.loaded, 3),
                              "running_s": round(times.running, 3)})

@@ -13,12 +13,24 @@ flight when protection ends may still bring `on_pause`/`on_resume` after `on_sto
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from remusdb.checkpoint.encode import EpochOut
 
 Send = Callable[[list], None]  # sends one encoded frame to the standby
+
+
+@dataclass
+class Welcome:
+    """The standby's answer to HELLO: its fields, and its disk's block digests when it asks
+    for a resync instead of a full copy."""
+
+    fields: dict = field(default_factory=dict)
+    digests: np.ndarray | None = None
 
 
 class Participant:
@@ -29,6 +41,9 @@ class Participant:
     def hello(self) -> dict:
         """Fields this participant adds to the HELLO frame."""
         return {}
+
+    def on_welcome(self, welcome: Welcome) -> None:
+        """The standby accepted the session (before on_seed)."""
 
     def on_seed(self, send: Send) -> None:
         """Protection begins, the VM running: send what must precede QEMU's initial copy."""
@@ -45,8 +60,9 @@ class Participant:
     def on_ack(self, epoch: int) -> None:
         """The standby committed `epoch`."""
 
-    def on_stop(self, reason: str) -> None:
-        """Protection ended with the VM running on unprotected."""
+    def on_stop(self, reason: str, vm_gone: bool = False) -> None:
+        """Protection ended: the VM runs on unprotected, or (`vm_gone`, a switchover) it was
+        stopped here at the last checkpoint and the standby runs it."""
 
     def summary(self) -> dict | int | None:
         """The value of PrimaryStatus.<status_key>: a table, or a count (recordings_done)."""

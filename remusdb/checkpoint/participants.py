@@ -10,28 +10,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from remusdb.checkpoint.encode import EpochOut, disk_copy, disk_frames
-from remusdb.checkpoint.participant import Participant, Send
+from remusdb.checkpoint.participant import Participant, Send, Welcome
 from remusdb.checkpoint.recording import Recorder
 from remusdb.checkpoint.status import Window
 from remusdb.checkpoint.stream.format import PAGE_SIZE
 from remusdb.checkpoint.verify import Verifier
+from remusdb.checkpoint.wire import WireError
 from remusdb.commitprotect.relay import NetRelay
 from remusdb.config import Config
+from remusdb.disk.image import allocated_bytes
 from remusdb.disk.server import DiskServer
+from remusdb.disk.writelog import DiskWrite
 from remusdb.readtrack.index import BlockIndex
 from remusdb.readtrack.tracker import ReadTracker
+from remusdb.reprotect import resync
 
 log = logging.getLogger(__name__)
 
 
 class DiskLog(Participant):
-    """The disk: a full copy before QEMU's (the VM running), then each epoch's writes, cut while
-    the VM is paused (QEMU has drained its I/O: every write acknowledged belongs to it)."""
+    """The disk: a full copy (or, for a standby whose disk shares our history, only the blocks
+    that differ) before QEMU's copy, the VM running; then each epoch's writes, cut while the VM
+    is paused (QEMU has drained its I/O: every write acknowledged belongs to it)."""
 
     status_key = "disk"
 
@@ -39,17 +45,47 @@ class DiskLog(Participant):
         self.server = server
         self.copied = 0  # DISK records of the full copy
         self.writes_per_epoch = Window()
+        self.welcome = Welcome()
+        self.seed: dict = {}  # which path the seeding took, and what it sent
 
     def hello(self) -> dict:
-        return {"disk_size": self.server.size}
+        return {"disk_size": self.server.size, "disk_lineage": self.server.lineage}
+
+    def on_welcome(self, welcome: Welcome) -> None:
+        self.welcome = welcome
 
     def on_seed(self, send: Send) -> None:
         # Writes from the copy's start on are logged and replayed with epoch 0, so the copy
         # need not be a pause: a big disk on a slow link takes minutes.
-        self.server.writes.cut()
-        copier = _Copier(self.server, send)
+        self.server.writes.start()
+        copier = _Copier(self.server, send, self._source)
         copier.start()
         self.copied = copier.finish()
+        self.seed.update(records=copier.records, sent_bytes=copier.bytes,
+                         seconds=round(copier.seconds, 2))
+
+    def _source(self) -> Iterable[DiskWrite]:
+        """What epoch 0 sends of the disk: the differing blocks, or all of it."""
+        fd, size = self.server.fd, self.server.size
+        changed = int(self.server.changed.sum()) * resync.BLOCK
+        theirs = self.welcome.digests
+        if theirs is None:
+            why = self.welcome.fields.get("why", "the standby asked for a full copy")
+            self.seed = {"path": "full", "why": why, "changed_bytes": changed}
+            log.info("disk: full copy (%s)", why)
+            return disk_copy(fd, size)
+        t0 = time.monotonic()
+        try:
+            blocks = resync.differing(resync.digests(fd, size), theirs)
+        except ValueError as e:
+            raise WireError(f"disk resync: {e}") from None
+        self.seed = {"path": "resync", "why": "the standby's disk shares this disk's history",
+                     "changed_bytes": changed, "differing_blocks": len(blocks),
+                     "digest_s": round(time.monotonic() - t0, 2)}
+        log.info("disk resync: %d blocks (%.1f MiB) differ; %.1f MiB written here since the "
+                 "disk server started", len(blocks), len(blocks) * resync.BLOCK / 2**20,
+                 changed / 2**20)
+        return resync.writes(fd, blocks)
 
     def on_pause(self, out: EpochOut) -> None:
         out.disk = self.server.writes.cut()
@@ -58,37 +94,49 @@ class DiskLog(Participant):
         else:
             self.writes_per_epoch.add(len(out.disk))
 
-    def on_stop(self, reason: str) -> None:
+    def on_stop(self, reason: str, vm_gone: bool = False) -> None:
         self.server.writes.stop()  # nobody cuts the log any more
 
     def summary(self) -> dict:
-        return {"writes_per_epoch": self.writes_per_epoch.percentiles(), **self.server.stats}
+        return {"writes_per_epoch": self.writes_per_epoch.percentiles(), "seed": self.seed,
+                **self.server.stats}
 
 
 class _Copier(threading.Thread):
-    """The whole image (allocated extents), streamed, in its own thread: a signal handler that
-    ends protection meanwhile can still get the link for its BYE."""
+    """Epoch 0's disk records, streamed, in their own thread (a signal handler that ends
+    protection meanwhile can still get the link for its BYE), with progress in the log."""
 
-    def __init__(self, server: DiskServer, send: Send):
+    def __init__(self, server: DiskServer, send: Send,
+                 source: Callable[[], Iterable[DiskWrite]]):
         super().__init__(name="disk-copy", daemon=True)
-        self.server, self.send = server, send
+        self.server, self.send, self.source = server, send, source
         self.records = self.bytes = 0
+        self.seconds = 0.0
         self.error: BaseException | None = None
 
     def run(self) -> None:
         t0 = time.monotonic()
         try:
-            for parts in disk_frames(0, self._counted()):
+            for parts in disk_frames(0, self._counted(self.source(), t0)):
                 self.send(parts)
         except BaseException as e:
             self.error = e
             return
-        log.info("disk copy: %.0f MiB in %.1f s", self.bytes / 2**20, time.monotonic() - t0)
+        self.seconds = time.monotonic() - t0
+        log.info("disk copy: %.0f MiB in %.1f s", self.bytes / 2**20, self.seconds)
 
-    def _counted(self):
-        for w in disk_copy(self.server.fd, self.server.size):  # streamed, not held
+    def _counted(self, writes: Iterable[DiskWrite], t0: float) -> Iterator[DiskWrite]:
+        total = allocated_bytes(self.server.fd, self.server.size)
+        shown = t0
+        for w in writes:  # streamed, not held
             self.records += 1
             self.bytes += w.length
+            now = time.monotonic()
+            if now - shown > 2:
+                shown = now
+                rate = self.bytes / (now - t0)
+                log.info("disk copy: %.0f MiB sent (%.0f MiB/s; the disk holds %.0f MiB)",
+                         self.bytes / 2**20, rate / 2**20, total / 2**20)
             yield w
 
     def finish(self) -> int:
@@ -131,6 +179,7 @@ class OutputCommit(Participant):
 
     def __init__(self, relay: NetRelay):
         self.relay = relay
+        relay.new_session()
 
     def on_pause(self, out: EpochOut) -> None:
         self.relay.mark(out.number)  # what the guest sent so far belongs to this epoch
@@ -138,8 +187,11 @@ class OutputCommit(Participant):
     def on_ack(self, epoch: int) -> None:
         self.relay.release(epoch)
 
-    def on_stop(self, reason: str) -> None:
-        self.relay.stop_protection()  # like Remus: unprotected, the held output goes out
+    def on_stop(self, reason: str, vm_gone: bool = False) -> None:
+        if vm_gone:  # held output is of epochs the standby may lack: it must never go out
+            self.relay.drop_held()
+        else:
+            self.relay.stop_protection()  # like Remus: unprotected, the held output goes out
 
     def summary(self) -> dict:
         return self.relay.summary()
@@ -160,7 +212,7 @@ class EpochTrace(Participant):
                                 f"{out.pages.pages},{out.pages.zero_count},"
                                 f"{out.stream_bytes}\n")
 
-    def on_stop(self, reason: str) -> None:
+    def on_stop(self, reason: str, vm_gone: bool = False) -> None:
         with self.lock:
             if self.file is not None:
                 self.file.close()

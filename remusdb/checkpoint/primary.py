@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
+import numpy as np
+
 from remusdb.checkpoint import wire
 from remusdb.checkpoint.colo import ColoEndpoint
 from remusdb.checkpoint.encode import EpochOut, epoch_frames
 from remusdb.checkpoint.epoch import StreamInfo
-from remusdb.checkpoint.participant import Participant
+from remusdb.checkpoint.participant import Participant, Welcome
 from remusdb.checkpoint.state import PrimaryState, StateHolder
 from remusdb.checkpoint.status import EpochMetrics, PrimaryStatus, StatusFile
 from remusdb.checkpoint.stream.format import PAGE_SIZE, RamBlock, StreamError
@@ -39,16 +41,34 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.1
 
 
+class Refused(RemusError):
+    """The peer refused our HELLO (it runs the VM, or it has seen a newer term)."""
+
+    def __init__(self, fields: dict):
+        self.fields = fields if isinstance(fields, dict) else {}
+        super().__init__(f"the peer refused protection: {self.fields.get('reason', '?')}")
+
+    @property
+    def peer_term(self) -> int:
+        term = self.fields.get("term", 0)
+        return term if isinstance(term, int) and not isinstance(term, bool) else 0
+
+
 class PrimaryDaemon:
     def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path,
                  participants: Iterable[Participant] = (), stall_timeout: float = 10.0,
-                 queue_depth: int = 4):
+                 queue_depth: int = 4, term: int = 0,
+                 peer: tuple[str, int] | None = None, clock: ClockKeeper | None = None,
+                 on_state: Callable[[PrimaryState], None] | None = None):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
+        self.term = term  # carried in HELLO: a standby of a newer term refuses us
+        self.peer = peer or (cfg.standby.address, cfg.standby.port)
         self.participants = list(participants)
         self.queue: queue.Queue[EpochOut | None] = queue.Queue(queue_depth)
         self.stall_timeout = stall_timeout
         self.status = StatusFile(self.run_dir / PrimaryStatus.file_name())
-        self.states = StateHolder(PrimaryState.STARTING, log, self._publish)
+        self.on_state = on_state  # the node daemon follows the session's states
+        self.states = StateHolder(PrimaryState.STARTING, log, self._changed)
         self.metrics = EpochMetrics()
         self.captured = self.sent = self.acked = -1
         self.failure: str | None = None
@@ -56,17 +76,20 @@ class PrimaryDaemon:
         self.endpoint: ColoEndpoint | None = None
         self._stop = threading.Event()
         self.conn: wire.Connection | None = None
-        self.clock = ClockKeeper(guest.files.agent)
+        # One keeper per VM, whatever the sessions: qemu-ga serves one client at a time.
+        self.clock = clock or ClockKeeper(guest.files.agent)
         self.compressor: Compressor | None = None
+        self._handover = threading.Event()
+        self.handed_over = False  # switchover: the standby committed our last epoch
 
     @property
     def state(self) -> PrimaryState:
         return self.states.current
 
     # Protection, phase by phase
-    def protect(self) -> None:
+    def protect(self, connect_wait: float = 30.0) -> None:
         """Run until protection ends (standby lost, QEMU gone, or stop())."""
-        self.conn = self._connect_standby()
+        self.conn = self._connect_standby(connect_wait)
         # Seeding has no watchdog yet and holds the VM paused at its end: a standby that stops
         # reading must end it, not keep the VM waiting until TCP gives up.
         self.conn.sock.settimeout(max(30.0, self.stall_timeout))
@@ -85,9 +108,9 @@ class PrimaryDaemon:
         finally:
             self._end_capture(endpoint)
 
-    def _connect_standby(self) -> wire.Connection:
-        addr = (self.cfg.standby.address, self.cfg.standby.port)
-        deadline = time.monotonic() + 30
+    def _connect_standby(self, wait: float = 30.0) -> wire.Connection:
+        addr = self.peer
+        deadline = time.monotonic() + wait
         while True:
             try:
                 s = socket.create_connection(addr, timeout=5)
@@ -100,17 +123,39 @@ class PrimaryDaemon:
                 time.sleep(0.5)
 
     def _handshake(self, conn: wire.Connection) -> None:
-        hello = {"session": uuid.uuid4().hex, "vm": self.cfg.vm.name,
+        hello = {"session": uuid.uuid4().hex, "vm": self.cfg.vm.name, "term": self.term,
                  "interval_ms": self.cfg.checkpoint.interval_ms, "disk_size": 0}
         for p in self.participants:
             hello.update(p.hello())
         try:
             conn.send(wire.encode_json(wire.Kind.HELLO, 0, hello))
-            welcome = conn.recv()
+            welcome = self._read_welcome(conn)
         except OSError as e:
             self._link_lost("before protection started", e)
-        if welcome.kind != wire.Kind.WELCOME:
-            raise RemusError(f"standby answered {welcome.kind.name} to HELLO")
+        for p in self.participants:
+            p.on_welcome(welcome)
+
+    def _read_welcome(self, conn: wire.Connection) -> Welcome:
+        reply = conn.recv()
+        if reply.kind == wire.Kind.REFUSE:
+            raise Refused(reply.json())
+        if reply.kind != wire.Kind.WELCOME:
+            raise RemusError(f"standby answered {reply.kind.name} to HELLO")
+        fields = reply.json()
+        if not isinstance(fields, dict):
+            raise wire.WireError("WELCOME is not a JSON object")
+        frames = fields.get("digest_frames", 0)
+        if not isinstance(frames, int) or not 0 <= frames <= 1024:
+            raise wire.WireError(f"WELCOME announces {frames!r} digest frames")
+        if fields.get("disk") != "resync":
+            return Welcome(fields)
+        parts = []
+        for _ in range(frames):
+            f = conn.recv()
+            if f.kind != wire.Kind.DIGESTS:
+                raise wire.WireError(f"expected DIGESTS, got {f.kind.name}")
+            parts.append(wire.unpack_digests(f.payload))
+        return Welcome(fields, np.concatenate(parts) if parts else np.empty(0, np.uint64))
 
     def _seed(self, conn: wire.Connection) -> ColoEndpoint:
         """Epoch 0, the full copy: what participants send first (the disk, the VM running),
@@ -184,7 +229,8 @@ class PrimaryDaemon:
                              (self._guard(self._receiver), "receiver"),
                              (self._watchdog, "watchdog")):
             threading.Thread(target=target, name=name, daemon=True).start()
-        self.clock.start()
+        if not self.clock.is_alive():
+            self.clock.start()
 
     def _capture_loop(self, endpoint: ColoEndpoint) -> None:
         while not self._stop.is_set():
@@ -194,6 +240,9 @@ class PrimaryDaemon:
             for p in self.participants:
                 p.on_pause(out)
             self._enqueue(out)
+            if self._handover.is_set():
+                self._finish_handover(ck.seq)
+                return
             out.resumed_at = endpoint.ack()
             self.captured = ck.seq
             self.metrics.captured(out.pause_ms, ck.pages.pages, ck.stream_bytes)
@@ -227,6 +276,49 @@ class PrimaryDaemon:
                 except queue.Empty:
                     pass
         endpoint.conn.close()
+
+    # Switchover
+    def hand_over(self) -> None:
+        """Planned role swap: the next checkpoint is the last; the VM stays paused after it
+        and dies here, then the standby runs it (`_finish_handover`)."""
+        if self.states.current != PrimaryState.PROTECTED:
+            raise RemusError(f"switchover needs a protected VM (primary state {self.state})")
+        self._handover.set()
+
+    def _finish_handover(self, last: int, timeout: float = 5.0) -> None:
+        """The VM is paused at checkpoint `last`. Once the standby has committed it, our VM
+        dies and HANDOVER tells the standby to run it. Without that ack the VM dies all the
+        same and the link closes without BYE: the standby fails over from what it has (it
+        never saw output of an epoch it lacks). Either way the VM runs exactly once."""
+        deadline = time.monotonic() + min(timeout, self.stall_timeout / 2)
+        while self.acked < last and time.monotonic() < deadline and self.failure is None:
+            time.sleep(0.005)
+        ok = self.acked >= last and self.failure is None
+        with self._qmp_lock:
+            self.failure = "handed over" if ok else "switchover: no ack for the last epoch"
+            self._stop.set()
+        self.guest.kill()
+        assert self.conn is not None
+        if ok:
+            try:
+                self.conn.send(wire.encode_json(wire.Kind.HANDOVER, last, {"term": self.term}),
+                               lock_timeout=5.0)
+                self.handed_over = True
+            except OSError as e:
+                log.warning("switchover: HANDOVER not sent (%s): the standby fails over", e)
+        log.info("switchover: the VM stopped here at epoch %d; the standby %s", last,
+                 "takes over" if self.handed_over else "fails over from its last checkpoint")
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for p in self.participants:
+            try:
+                p.on_stop(self.failure, vm_gone=True)
+            except Exception:
+                log.exception("%s could not stop", type(p).__name__)
+        self.clock.stop()
+        self.states.set(PrimaryState.UNPROTECTED)
 
     # Threads
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
@@ -324,6 +416,11 @@ class PrimaryDaemon:
     def stop(self) -> None:
         """Orderly end (operator): the standby is told, the VM runs on unprotected."""
         self._fail("stopped by the operator")
+
+    def _changed(self) -> None:
+        if self.on_state is not None:
+            self.on_state(self.states.current)
+        self._publish()
 
     def _publish(self) -> None:
         doc = PrimaryStatus(

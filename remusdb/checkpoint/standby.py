@@ -14,12 +14,16 @@ Failure detection distinguishes a primary that is gone from one that is merely u
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from remusdb.checkpoint import failover, wire
 from remusdb.checkpoint.control import SOCKET_NAME, ControlReply, ControlServer, FailoverRequest
@@ -31,6 +35,9 @@ from remusdb.checkpoint.verify import Comparison
 from remusdb.config import Config
 from remusdb.errors import LocalError, PeerError, RemusError
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
+from remusdb.reprotect import resync
+from remusdb.reprotect.record import NodeRecord
+from remusdb.reprotect.roles import Node, judge_hello
 
 log = logging.getLogger(__name__)
 SEEDING_TIMEOUT = 300.0
@@ -40,15 +47,47 @@ UNSURE = (StandbyState.PRIMARY_SILENT, StandbyState.RECOVERED, StandbyState.FENC
           StandbyState.INTERNAL_ERROR)
 
 
+def listen(address: str, port: int) -> socket.socket:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        srv.bind((address, port))
+    except OSError as e:
+        srv.close()
+        raise RemusError(f"cannot listen on {address}:{port}: {e.strerror}") from None
+    srv.listen(4)
+    return srv
+
+
+class _Quiet(Exception):
+    """A connection that was no session (a query, a refused HELLO): nothing to act on."""
+
+
+class _HandedOver(Exception):
+    """Switchover: the primary stopped its VM after we committed epoch `epoch`."""
+
+    def __init__(self, epoch: int):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
+@dataclass
+class _DiskPlan:
+    digests: np.ndarray | None  # the block digests to offer, or None: a full copy
+    why: str
+
+
 class StandbyDaemon:
     def __init__(self, cfg: Config, run_dir: Path, make_spec: Callable[[], GuestSpec],
                  heartbeat_timeout: float = 1.0, fence_command: str = "",
-                 trace: Path | None = None, take_over: TakeOver = failover.take_over):
+                 trace: Path | None = None, take_over: TakeOver = failover.take_over,
+                 node: NodeRecord | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.make_spec, self.take_over = make_spec, take_over
         self.timeout = heartbeat_timeout
         self.fence_command = fence_command
+        self.node = node  # the node's term and role (None: a standby alone, term 0)
         self.store = StandbyStore(self.run_dir / "store")
         self.status = StatusFile(self.run_dir / StandbyStatus.file_name())
         self.states = StateHolder(StandbyState.WAITING, log, self._publish)
@@ -60,6 +99,7 @@ class StandbyDaemon:
         self._lock = threading.Lock()
         self._conn: wire.Connection | None = None
         self.stopped = threading.Event()
+        self._started = False
         # Tests: one line per committed epoch (time, epoch), written before its ACK leaves.
         self.trace = open(trace, "a", buffering=1) if trace else None
 
@@ -76,17 +116,16 @@ class StandbyDaemon:
         return self.run_dir / SOCKET_NAME
 
     # Serving
-    def serve(self, ready: Callable[[], None] | None = None) -> None:
-        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            srv.bind((self.cfg.standby.address, self.cfg.standby.port))
-        except OSError as e:
-            raise RemusError(f"cannot listen on {self.cfg.standby.address}:"
-                             f"{self.cfg.standby.port}: {e.strerror}") from None
-        srv.listen(1)
-        self._recover_store()
-        ControlServer(self.control_path, self._handle, self.stopped).start()
+    def serve(self, ready: Callable[[], None] | None = None,
+              listener: socket.socket | None = None) -> None:
+        """Take sessions until this host runs the VM (a failover) or stop. `listener`: the
+        node daemon's socket, which outlives this role; else one of our own."""
+        srv = listener or listen(self.cfg.standby.address, self.cfg.standby.port)
+        if not self._started:
+            self._started = True
+            self._recover_store()
+            ControlServer(self.control_path, FailoverRequest.from_json, self._handle,
+                          self.stopped).start()
         self._publish()
         if ready:
             ready()
@@ -98,7 +137,13 @@ class StandbyDaemon:
                 continue
             log.info("primary connected from %s", peer[0])
             self._session(wire.Connection(sock))
-        srv.close()
+        if listener is None:
+            srv.close()
+
+    def rejoin(self) -> None:
+        """This host no longer runs the VM (it handed it over, or it died): a standby again."""
+        self.taken = None
+        self.states.set(StandbyState.WAITING)
 
     def _recover_store(self) -> None:
         """A restarted standby keeps what it had: a crash mid-apply is finished from the
@@ -124,6 +169,11 @@ class StandbyDaemon:
             self._receive(conn)
             log.info("primary ended protection (BYE): no failover")
             self.states.set(StandbyState.WAITING)
+        except _Quiet:
+            pass
+        except _HandedOver as h:  # its VM stopped at our committed epoch: run it here
+            reason, closed = (f"switchover: the primary handed over at epoch {h.epoch} "
+                              f"(committed here: {self.store.committed})"), True
         except TimeoutError:
             reason = f"no checkpoint or heartbeat for {self.timeout:.1f} s"
         except (ConnectionError, OSError) as e:
@@ -158,6 +208,9 @@ class StandbyDaemon:
 
     def _welcome(self, conn: wire.Connection) -> None:
         hello = conn.recv()
+        if hello.kind == wire.Kind.QUERY:
+            conn.send(wire.encode_json(wire.Kind.ROLE, 0, self._role()))
+            raise _Quiet("answered a query")
         if hello.kind != wire.Kind.HELLO:
             raise wire.WireError(f"expected HELLO, got {hello.kind.name}")
         hello_data = hello.json()
@@ -166,19 +219,67 @@ class StandbyDaemon:
         disk_size = hello_data.get("disk_size", 0)
         if not isinstance(disk_size, int) or disk_size < 0 or disk_size % 512:
             raise wire.WireError(f"HELLO with a bad disk size {disk_size!r}")
-        local_io(self.store.create, None, str(hello_data["session"]), disk_size)
+        verdict = judge_hello(self.node.node if self.node else Node(), hello_data.get("term", 0))
+        if not verdict.accept:  # judged before the store is touched: nothing is lost
+            log.warning("refusing the primary: %s", verdict.reason)
+            conn.send(wire.encode_json(wire.Kind.REFUSE, 0, {"reason": verdict.reason,
+                                                             **self._role()}))
+            raise _Quiet(verdict.reason)
+        if self.node is not None:
+            self.node.adopt(verdict.term)
+        lineage = str(hello_data.get("disk_lineage", ""))
+        plan = self._disk_plan(lineage, disk_size)
+        local_io(self.store.create, None, str(hello_data["session"]), disk_size, lineage,
+                 plan.digests is not None)
         # Open before WELCOME leaves: from then on the primary may send, and a manual failover
         # asked meanwhile must see a session that is sending.
         self.last_frame = time.monotonic()
         self.session_open = True
         self.states.set(StandbyState.RECEIVING)
-        conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {"committed": -1}))
+        frames = [] if plan.digests is None else [
+            wire.encode(wire.Kind.DIGESTS, 0, wire.pack_digests(plan.digests[i:i + n]))
+            for n in [wire.DIGESTS_PER_FRAME] for i in range(0, len(plan.digests), n)]
+        conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {
+            "committed": -1, "term": verdict.term, "why": plan.why,
+            "disk": "full" if plan.digests is None else "resync", "digest_frames": len(frames)}))
+        for f in frames:
+            conn.send(f)
+
+    def _disk_plan(self, lineage: str, size: int) -> _DiskPlan:
+        """A resync if this host's disk descends from the same first copy as the primary's;
+        else a full copy, and why."""
+        mine, my_size = self.store.disk_history()
+        if not lineage or not size:
+            return _DiskPlan(None, "the primary's disk has no lineage")
+        if not mine:
+            return _DiskPlan(None, "this host has no disk of this VM")
+        if mine != lineage or my_size != size:
+            return _DiskPlan(None, f"this host's disk (lineage {mine[:8]}, {my_size} bytes) "
+                                   f"does not descend from the primary's ({lineage[:8]})")
+        if size % resync.BLOCK:
+            return _DiskPlan(None, "the disk is not a whole number of 4 KiB blocks")
+        t0 = time.monotonic()
+        fd = os.open(self.store.disk_path, os.O_RDONLY)
+        try:
+            digests = resync.digests(fd, size)
+        finally:
+            os.close(fd)
+        log.info("disk resync offered: %d block digests in %.1f s", len(digests),
+                 time.monotonic() - t0)
+        return _DiskPlan(digests, "this host's disk shares the primary's history")
+
+    def _role(self) -> dict:
+        node = self.node.node if self.node else Node()
+        return {"state": node.state.value, "term": node.term,
+                "committed": self.store.committed}
 
     def _receive(self, conn: wire.Connection) -> None:
         rx = EpochReceiver(self.store)
         while not rx.ended:
             f = conn.recv()
             self.last_frame = time.monotonic()
+            if f.kind == wire.Kind.HANDOVER:
+                raise _HandedOver(f.epoch)
             done = rx.feed(f)
             if done is not None:
                 self._commit(conn, done)

@@ -140,6 +140,31 @@ class StandbyStatus(StatusDoc):
         return out
 
 
+@dataclass
+class NodeStatus(StatusDoc):
+    """The node daemon: this host's role, its term, the peer, the last sessions' seeding."""
+
+    role: ClassVar[str] = "node"
+    host: str = ""
+    term: int = 0
+    peer: str = ""
+    sessions: list = field(default_factory=list)
+
+    def headline(self, now: float) -> str:
+        return (f"node {self.host}: {self.state}, term {self.term} (pid {self.pid}, updated "
+                f"{now - self.updated_at:.0f} s ago; peer {self.peer})")
+
+    def lines(self) -> list[str]:
+        out = []
+        for s in self.sessions[-1:]:
+            seed = s.get("seed", {})
+            out.append(f"  last seeding: disk {seed.get('path')} ({seed.get('why')}): "
+                       f"{(seed.get('sent_bytes') or 0) / 2**20:.1f} MiB in "
+                       f"{seed.get('seconds')} s; {'protected' if s.get('protected') else ''}"
+                       f"{s.get('failure') or ''}")
+        return out
+
+
 class StatusFile:
     def __init__(self, path: Path):
         self.path = Path(path)

@@ -69,6 +69,7 @@ class StandbyStore:
         self.info: StreamInfo | None = None
         self.committed = -1
         self.session = ""
+        self.lineage = ""  # which first copy the disk descends from (a resync needs the same)
         self._images: list[np.memmap] = []
         self.disk_size = 0
         self._disk_fd: int | None = None
@@ -107,16 +108,17 @@ class StandbyStore:
         return self.block_path(names.index(info.shared_block))
 
     # Lifecycle
-    def create(self, info: StreamInfo | None, session: str, disk_size: int = 0) -> None:
-        """Start a new protection session: an empty disk, and empty RAM images once the stream
-        is known (`set_stream`; the primary learns it only at the end of QEMU's initial copy,
-        while the disk's full copy is already on its way)."""
+    def create(self, info: StreamInfo | None, session: str, disk_size: int = 0,
+               lineage: str = "", keep_disk: bool = False) -> None:
+        """Start a new protection session: an empty disk (or, for a resync, the disk as it
+        is), and empty RAM images once the stream is known (`set_stream`; the primary learns
+        it only at the end of QEMU's initial copy, while the disk's copy is on its way)."""
         self.close()
         self.root.mkdir(parents=True, exist_ok=True)
         # First say "no checkpoint" on disk, then wipe: a crash in between leaves a store that
         # claims nothing, never an old epoch number over blank images.
         self.info, self.session, self.committed = None, session, -1
-        self.disk_size = disk_size
+        self.disk_size, self.lineage = disk_size, lineage
         self._write_meta()
         for p in self.journal_dir.glob("*") if self.journal_dir.exists() else []:
             p.unlink()
@@ -125,9 +127,10 @@ class StandbyStore:
         for old in (self.root / "ram").glob("*.img"):
             old.unlink()
         self.devices_path.unlink(missing_ok=True)
-        self.disk_path.unlink(missing_ok=True)
+        if not keep_disk:
+            self.disk_path.unlink(missing_ok=True)
         if disk_size:
-            with open(self.disk_path, "wb") as f:
+            with open(self.disk_path, "ab") as f:
                 f.truncate(disk_size)
             self._disk_fd = os.open(self.disk_path, os.O_RDWR)
         if info is not None:
@@ -153,6 +156,7 @@ class StandbyStore:
             self.info = StreamInfo.from_json(meta["stream"])
             self.session, self.committed = str(meta["session"]), int(meta["committed"])
             self.disk_size = int(meta.get("disk_size", 0))
+            self.lineage = str(meta.get("lineage", ""))
         except FileNotFoundError:
             raise StoreError(f"no standby store at {self.root}") from None
         except (ValueError, KeyError, TypeError):
@@ -172,6 +176,31 @@ class StandbyStore:
                     raise StoreError(f"journal {p.name} unreadable: {e}") from None
             else:
                 p.unlink()
+
+    def disk_history(self) -> tuple[str, int]:
+        """(lineage, size) of the disk this store holds, from its meta file; ("", 0) when
+        there is none: what a rejoining standby offers for a resync."""
+        try:
+            meta = json.loads(self.meta_path.read_text())
+            lineage, size = str(meta.get("lineage", "")), int(meta.get("disk_size", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return "", 0
+        try:
+            if self.disk_path.stat().st_size != size:
+                return "", 0
+        except OSError:
+            return "", 0
+        return lineage, size
+
+    def adopt_disk(self, lineage: str, size: int) -> None:
+        """This store's disk is now a running VM's (failover, or the first primary): no
+        committed checkpoint any more (the images are live memory, the device state old), but
+        the disk's history stays known for a later resync."""
+        self.close()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.info, self.committed = None, -1
+        self.lineage, self.disk_size = lineage, size
+        self._write_meta()
 
     def close(self) -> None:
         for m in self._images:
@@ -195,7 +224,7 @@ class StandbyStore:
 
     def _write_meta(self) -> None:
         meta = {"session": self.session, "committed": self.committed,
-                "disk_size": self.disk_size,
+                "disk_size": self.disk_size, "lineage": self.lineage,
                 "stream": self.info.to_json() if self.info else None,
                 "updated_at": time.time()}
         _write_atomic(self.meta_path, json.dumps(meta, indent=1).encode())

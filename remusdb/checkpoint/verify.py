@@ -49,6 +49,7 @@ class Verifier(Participant):
         self.ram_file, self.every = ram_file, every
         self.left = count or -1
         self.disk = disk  # (image fd, write log): which chunks were written
+        self.whole_disk = True  # the first check of a session covers every chunk (a resync)
 
     def on_pause(self, out: EpochOut) -> None:
         if out.number == 0 or out.number % self.every or not self.left:
@@ -59,7 +60,11 @@ class Verifier(Participant):
         del ram
         if self.disk is not None:
             fd, writes = self.disk
-            chunks = np.array(sorted(writes.touched), np.uint64)
+            if self.whole_disk:
+                self.whole_disk = False
+                chunks = np.arange(-(-os.fstat(fd).st_size // DISK_CHUNK), dtype=np.uint64)
+            else:
+                chunks = np.array(sorted(writes.touched), np.uint64)
             out.disk_digests = (chunks, disk_digests(fd, chunks))
 
 

@@ -49,6 +49,11 @@ class Kind(enum.IntEnum):
     VERIFY_DISK = 13  # p->s: test mode, xxh3 of every disk chunk written since protection began
     BLOCKREF = 14  # p->s: RT, pages to fill from the standby's disk at this checkpoint
     STREAM = 15  # p->s: JSON description of the VM's RAM blocks (after the disk copy started)
+    DIGESTS = 16  # s->p: disk resync, xxh3 of each 4 KiB block of the standby's disk (u64)
+    QUERY = 17  # any->node: who are you (answered by ROLE, then the connection closes)
+    ROLE = 18  # node->any: JSON state, term, committed epoch
+    REFUSE = 19  # s->p: JSON reason; the HELLO is refused (a stale term, not a standby)
+    HANDOVER = 20  # p->s: switchover: this epoch is the last, the primary's VM is gone; run it
 
 
 class WireError(PeerError):
@@ -226,6 +231,19 @@ def unpack_disk(payload, disk_size: int):
     if len(payload) != need:
         raise WireError(f"DISK frame of {len(payload)} bytes, its records need {need}")
     return kinds, offsets, lengths, mv[4 + 13 * n :]
+
+
+def pack_digests(d: np.ndarray) -> bytes:
+    return d.astype(">u8").tobytes()
+
+
+def unpack_digests(payload) -> np.ndarray:
+    if len(payload) % 8:
+        raise WireError(f"DIGESTS frame of {len(payload)} bytes is not whole digests")
+    return np.frombuffer(memoryview(payload), ">u8").astype(np.uint64)
+
+
+DIGESTS_PER_FRAME = MAX_PAYLOAD // 8
 
 
 def pack_refs(block: np.ndarray, index: np.ndarray, disk_block: np.ndarray) -> bytes:

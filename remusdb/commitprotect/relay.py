@@ -108,6 +108,14 @@ class NetRelay:
         return self
 
     # Called from other threads
+    def new_session(self) -> None:
+        """A new protection session (epochs count from 0 again): a fresh output buffer. The
+        last one was stopped, so nothing is held in it."""
+        with self.lock:
+            old = self.buffer
+            self._to_world(old.stop())
+            self.buffer = OutputBuffer(old.cp, old.codepoint)
+
     def mark(self, epoch: int) -> None:
         with self.lock:
             if self.error is None:  # a dead relay reads nothing more; the epochs still turn
@@ -131,6 +139,15 @@ class NetRelay:
             if self.trace:
                 self._trace("r", -1, frames)
             self._to_world(frames)
+
+    def drop_held(self) -> None:
+        """The VM was stopped for good at a checkpoint (switchover): what it sent after the
+        last acknowledged epoch is dropped, never released."""
+        with self.lock:
+            frames = self.buffer.stop()
+            self.stats["dropped_to_world"] += len(frames)
+            if self.trace:
+                self._trace("d", -1, frames)
 
     def summary(self) -> dict:
         with self.lock:

@@ -53,3 +53,8 @@ def data_extents(fd: int, size: int, chunk: int = 4 << 20):
             yield off, min(chunk, end - off)
         at = end
 
+
+
+def allocated_bytes(fd: int, size: int) -> int:
+    """Bytes of allocated data in a sparse image (what a full copy sends)."""
+    return sum(n for _, n in data_extents(fd, size, 1 << 62))

@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from remusdb.disk import nbd
 from remusdb.disk.image import pwrite_all, zero_range
 from remusdb.disk.writelog import DATA, ZERO, DiskWrite, WriteLog
@@ -32,7 +34,7 @@ EXPORT = "disk"
 
 
 class DiskServer:
-    def __init__(self, image: Path, socket_path: Path):
+    def __init__(self, image: Path, socket_path: Path, lineage: str = ""):
         self.image, self.socket_path = Path(image), Path(socket_path)
         try:
             self.fd = os.open(self.image, os.O_RDWR)
@@ -46,6 +48,10 @@ class DiskServer:
         self._srv: socket.socket | None = None
         self._closed = threading.Event()
         self.index: BlockIndex | None = None  # when read tracking is on
+        self.lineage = lineage  # which first copy this disk descends from (resync)
+        # 4 KiB blocks written since the server started (a failover): what a resync must at
+        # least send; the report compares it with what the resync did send.
+        self.changed = np.zeros(-(-self.size // 4096), bool)
 
     # Serving
     def start(self) -> None:
@@ -168,6 +174,7 @@ class DiskServer:
                 if index is not None:
                     index.saw(req.offset, data)
                 self.writes.record(DiskWrite(DATA, req.offset, len(data), data))
+                self.changed[req.offset >> 12 : (req.offset + len(data) + 4095) >> 12] = True
             stats["writes"] += 1
             stats["written_bytes"] += len(data)
             if req.flags & nbd.CMD_FLAG_FUA:
@@ -208,6 +215,7 @@ class DiskServer:
             err = self._io(zero_range, self.fd, req.offset, req.length)
             if not err:
                 self.writes.record(DiskWrite(ZERO, req.offset, req.length))
+                self.changed[req.offset >> 12 : (req.offset + req.length + 4095) >> 12] = True
             self.stats["zeroes"] += 1
             if req.flags & nbd.CMD_FLAG_FUA:
                 err = self._io(os.fdatasync, self.fd)

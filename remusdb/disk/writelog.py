@@ -27,7 +27,7 @@ class WriteLog:
     def __init__(self):
         self._lock = threading.Lock()
         self._writes: list[DiskWrite] = []
-        self.logging = True
+        self.logging = False  # until a protection session starts()
         self.touched: set[int] = set()  # 1 MiB chunks written since start (the disk check)
 
     def cut(self) -> list[DiskWrite]:
@@ -35,6 +35,12 @@ class WriteLog:
         with self._lock:
             writes, self._writes = self._writes, []
         return writes
+
+    def start(self) -> None:
+        """A protection session begins: keep every write from now on, until stop()."""
+        with self._lock:
+            self.logging = True
+            self._writes = []
 
     def stop(self) -> None:
         """Protection ended: nobody cuts the log any more, so stop keeping writes."""

@@ -30,6 +30,7 @@ def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = 
         "vm": {"name": VM_NAME, "gateway": lab.gateway, "run_dir": str(path.parent), **vm},
         "checkpoint": {"interval_ms": interval_ms},
         "optimizations": dict(optimizations or {}),
+        "primary": {"address": lab.members["primary"].address.split("/")[0]},
         "standby": {"address": lab.members["standby"].address.split("/")[0],
                     "heartbeat_timeout_ms": 1000},
     })

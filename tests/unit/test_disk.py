@@ -30,6 +30,7 @@ def server(tmp_path):
         f.truncate(SIZE)
     s = DiskServer(img, tmp_path / "disk.sock")
     s.start()
+    s.writes.start()
     yield s
     s.close()
 

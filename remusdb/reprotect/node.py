@@ -1,0 +1,294 @@
+"""The node daemon: one per host and VM, moving between the standby and primary roles.
+
+As a standby it runs the standby daemon (sessions, commits, failover). When that takes over,
+or when `remusdb protect` starts the VM here, it is the primary: the VM runs through the disk
+server and the net relay, and the node keeps trying to protect it — it connects to the peer's
+node, resyncs its disk, lets QEMU copy RAM, checkpoints; when the standby goes away it tries
+again, with back-off, for as long as the VM runs. Meanwhile it answers the peer's queries and
+refuses HELLOs (a primary that comes back stale is told the term it missed). A switchover hands
+the VM to the standby and makes this node its standby. What may happen when is `roles.py`'s
+decision; this module only does it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from remusdb.checkpoint import participants, wire
+from remusdb.checkpoint.control import ControlReply, ControlServer
+from remusdb.checkpoint.participants import SessionAids
+from remusdb.checkpoint.primary import PrimaryDaemon, Refused
+from remusdb.checkpoint.standby import StandbyDaemon, listen
+from remusdb.checkpoint.state import PrimaryState
+from remusdb.checkpoint.status import NodeStatus, StatusFile
+from remusdb.config import Config
+from remusdb.errors import RemusError
+from remusdb.hypervisor.clock import ClockKeeper
+from remusdb.image.builder import GuestImage
+from remusdb.reprotect import served
+from remusdb.reprotect.control import NODE_SOCKET, NodeRequest
+from remusdb.reprotect.record import NodeRecord
+from remusdb.reprotect.roles import (
+    Event,
+    NodeState,
+    PeerView,
+    Role,
+    TransitionError,
+    judge_hello,
+    judge_start,
+)
+
+log = logging.getLogger(__name__)
+BACKOFF_S = (1, 2, 4, 8, 10)
+
+
+def other(host: str) -> str:
+    return "standby" if host == "primary" else "primary"
+
+
+def query_peer(address: str, port: int, timeout: float = 3.0) -> PeerView | None:
+    """Ask the peer's node who it is; None if nobody answers (or it speaks no remusdb)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as s:
+            conn = wire.Connection(s)
+            conn.send(wire.encode_json(wire.Kind.QUERY, 0, {}))
+            reply = conn.recv()
+    except (OSError, RemusError):
+        return None
+    if reply.kind != wire.Kind.ROLE:
+        return None
+    try:
+        d = reply.json()
+        return PeerView(NodeState(d["state"]), int(d["term"]), int(d.get("committed", -1)))
+    except (RemusError, KeyError, ValueError, TypeError):
+        return None
+
+
+@dataclass
+class NodeOptions:
+    """What the command line adds to the config: test and benchmark aids, traces."""
+
+    aids: SessionAids = field(default_factory=SessionAids)
+    net_trace: Path | None = None
+    standby_trace: Path | None = None
+
+
+class NodeDaemon:
+    def __init__(self, cfg: Config, host: str, run_dir: Path, image: GuestImage,
+                 options: NodeOptions | None = None):
+        self.cfg, self.host, self.run_dir = cfg, host, Path(run_dir)
+        self.image = image
+        self.options = options or NodeOptions()
+        self.address = cfg.host(host)
+        self.peer = cfg.host(other(host))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.status = StatusFile(self.run_dir / NodeStatus.file_name())
+        self.record = NodeRecord(self.run_dir, host, self._publish)
+        self.taker = served.TakeOver(cfg, image, self.run_dir, self.options.net_trace)
+        sb = cfg.standby
+        self.standby = StandbyDaemon(
+            cfg, self.run_dir, lambda: self.taker.spec(self.standby.store),
+            heartbeat_timeout=sb.heartbeat_timeout_ms / 1000, fence_command=sb.fence_command,
+            trace=self.options.standby_trace, take_over=self.taker, node=self.record)
+        self.vm: served.ServedVM | None = None
+        self.clock: ClockKeeper | None = None
+        self.primary: PrimaryDaemon | None = None
+        self.stopped = self.standby.stopped  # one stop for both roles
+        self._retry = threading.Event()  # `remusdb reprotect`: try the peer now
+        self.sessions: list[dict] = []  # per protection session: how it went (the drill)
+        self.listener = listen(*self.address)
+
+    # The loop
+    def run(self, start_as: Role) -> None:
+        ControlServer(self.run_dir / NODE_SOCKET, NodeRequest.from_json, self._control,
+                      self.stopped).start()
+        if start_as is Role.PRIMARY:
+            role, why = judge_start(self.record.node, query_peer(*self.peer))
+            log.info("start: %s", why)
+            if role is Role.PRIMARY:
+                self.vm = served.start_fresh(self.cfg, self.image, self.run_dir,
+                                             self.standby.store, self.options.net_trace)
+                self.record.apply(Event.STARTED_VM)
+        try:
+            while not self.stopped.is_set():
+                if self.record.node.role is Role.PRIMARY:
+                    self._primary_phase()
+                else:
+                    self._standby_phase()
+        finally:
+            self.listener.close()
+            if self.vm is not None:
+                self.vm.close()
+
+    def stop(self) -> None:
+        """Operator stop: protection ends in order (BYE) and the VM stops with the node."""
+        self.stopped.set()
+        self._retry.set()
+        if self.primary is not None:
+            self.primary.stop()
+
+    def _standby_phase(self) -> None:
+        self.standby.serve(listener=self.listener)
+        taken = self.taker.served
+        if self.stopped.is_set() or taken is None:
+            return
+        self.taker.served = None
+        self.vm = taken
+        self.clock = self.standby.taken.clock if self.standby.taken else None
+        self.record.apply(Event.TOOK_OVER)
+
+    def _primary_phase(self) -> None:
+        vm = self.vm
+        assert vm is not None  # the primary role begins with a running VM
+        gate = _Gate(self.listener, self)
+        gate.start()
+        tries = 0
+        try:
+            while not self.stopped.is_set() and vm.running:
+                outcome = self._session(vm)
+                if outcome in ("handed-over", "stale"):
+                    break
+                tries = 0 if outcome == "protected" else tries + 1
+                self._retry.wait(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
+                self._retry.clear()
+        finally:
+            gate.stop()
+        self.primary = None
+        if self.stopped.is_set():
+            return
+        handed = self.record.state is NodeState.HANDING_OVER or not vm.running
+        vm.close(stop_vm=True)
+        self.vm = None
+        if self.clock is not None:
+            self.clock.stop()
+        self.clock = None
+        self.record.apply(Event.HANDED_OVER if self.record.state is NodeState.HANDING_OVER
+                          else Event.VM_LOST)
+        log.info("this host no longer runs the VM (%s): standby from here",
+                 "handed over" if handed else "it stopped")
+        self.standby.rejoin()
+
+    def _session(self, vm: served.ServedVM) -> str:
+        """One attempt to protect the VM; how it ended."""
+        if self.clock is None:
+            self.clock = ClockKeeper(vm.guest.files.agent)
+        parts = participants.build(self.cfg, vm.ram_file, vm.disk, vm.relay, self.options.aids)
+        daemon = PrimaryDaemon(self.cfg, vm.guest, self.run_dir, parts, term=self.record.term,
+                               peer=self.peer, clock=self.clock, on_state=self._followed)
+        self.primary = daemon
+        t0 = time.monotonic()
+        try:
+            daemon.protect(connect_wait=0)
+        except Refused as e:
+            return self._refused(vm, e)
+        except RemusError as e:
+            if daemon.states.history[-1] is PrimaryState.STARTING:
+                log.debug("standby not reachable: %s", e)
+                return "unreachable"
+            log.warning("protection session failed: %s", e)
+        reached = PrimaryState.PROTECTED in daemon.states.history
+        if PrimaryState.SEEDING in daemon.states.history:
+            disk = next((p.summary() for p in parts if p.status_key == "disk"), {})
+            self.sessions.append({"protected": reached, "seconds": round(
+                time.monotonic() - t0, 1), "failure": daemon.failure,
+                "seed": disk.get("seed", {}) if isinstance(disk, dict) else {}})
+        if daemon.handed_over or (self.record.state is NodeState.HANDING_OVER):
+            return "handed-over"
+        return "protected" if reached else "failed"
+
+    def _refused(self, vm: served.ServedVM, e: Refused) -> str:
+        if e.peer_term > self.record.term and e.fields.get("state") != "standby":
+            # The peer runs the VM in a newer term: ours is a stale copy. Never run both.
+            log.error("%s; this host's VM is a stale copy (term %d): stopping it", e,
+                      self.record.term)
+            vm.guest.kill()
+            return "stale"
+        log.warning("%s", e)
+        return "refused"
+
+    def _followed(self, state: PrimaryState) -> None:
+        """The session's states, as node events."""
+        now = self.record.state
+        try:
+            if state is PrimaryState.SEEDING and now is NodeState.PRIMARY_UNPROTECTED:
+                self.record.apply(Event.PEER_JOINED)
+            elif state is PrimaryState.PROTECTED and now is NodeState.PRIMARY_SEEDING:
+                self.record.apply(Event.SEEDED)
+            elif state is PrimaryState.UNPROTECTED and now in (NodeState.PRIMARY_SEEDING,
+                                                               NodeState.PRIMARY_PROTECTED):
+                self.record.apply(Event.PEER_LOST)
+        except TransitionError:
+            log.exception("node state machine")
+
+    # Control: `remusdb switchover`, `remusdb reprotect`
+    def _control(self, req: NodeRequest) -> ControlReply:
+        if req.cmd == "reprotect":
+            if self.record.node.role is not Role.PRIMARY:
+                return ControlReply(False, f"this host is a {self.record.state.value}: "
+                                           "reprotect runs where the VM runs")
+            self._retry.set()
+            return ControlReply(True, failover={"state": self.record.state.value})
+        daemon = self.primary
+        if self.record.state is not NodeState.PRIMARY_PROTECTED or daemon is None:
+            return ControlReply(False, f"switchover needs a protected primary (this host: "
+                                       f"{self.record.state.value})")
+        self.record.apply(Event.SWITCHOVER)
+        try:
+            daemon.hand_over()
+        except RemusError as e:
+            self.record.apply(Event.PEER_LOST)
+            return ControlReply(False, str(e))
+        return ControlReply(True, failover={"state": self.record.state.value})
+
+    def _publish(self) -> None:
+        self.status.write(NodeStatus(
+            state=self.record.state.value, vm=self.cfg.vm.name, host=self.host,
+            term=self.record.term, peer=f"{self.peer[0]}:{self.peer[1]}",
+            sessions=self.sessions[-5:]))
+
+
+class _Gate(threading.Thread):
+    """While this host is the primary: answer QUERY, refuse HELLO (nobody feeds a primary)."""
+
+    def __init__(self, listener: socket.socket, node: NodeDaemon):
+        super().__init__(name="gate", daemon=True)
+        self.listener, self.node = listener, node
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(2)
+
+    def run(self) -> None:
+        self.listener.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with sock:
+                self._answer(sock)
+
+    def _answer(self, sock: socket.socket) -> None:
+        rec = self.node.record
+        role = {"state": rec.state.value, "term": rec.term, "committed": -1}
+        try:
+            sock.settimeout(2.0)
+            conn = wire.Connection(sock)
+            first = conn.recv()
+            if first.kind == wire.Kind.QUERY:
+                conn.send(wire.encode_json(wire.Kind.ROLE, 0, role))
+            elif first.kind == wire.Kind.HELLO:
+                hello = first.json()
+                verdict = judge_hello(rec.node, hello.get("term") if isinstance(hello, dict)
+                                      else None)
+                log.warning("refused a HELLO: %s", verdict.reason)
+                conn.send(wire.encode_json(wire.Kind.REFUSE, 0,
+                                           {"reason": verdict.reason, **role}))
+        except (OSError, RemusError) as e:
+            log.debug("gate: %s", e)
