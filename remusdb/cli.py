@@ -91,10 +91,13 @@ def cmd_protect(args) -> int:
 
 def cmd_standby(args) -> int:
     from remusdb import protection
+    from remusdb.checkpoint.participants import SessionAids
     from remusdb.reprotect.node import NodeOptions
     from remusdb.reprotect.roles import Role
     cfg = configmod.load(args.config)
-    options = NodeOptions(standby_trace=Path(args.trace) if args.trace else None)
+    options = NodeOptions(SessionAids(verify_every=args.verify_every,
+                                      verify_count=args.verify_count),
+                          standby_trace=Path(args.trace) if args.trace else None)
     return protection.run_node(cfg, "standby", Role.STANDBY,
                                protection.role_dir(cfg, "standby", args.run_dir), options)
 
@@ -123,9 +126,19 @@ def cmd_node_request(args) -> int:
         st = NodeStatus.read(d / NodeStatus.file_name())
         if st is not None and st.state.startswith("primary") and (d / control.NODE_SOCKET
                                                                    ).exists():
-            reply = control.request(d, args.command)
-            print(f"{args.command}: asked the node on host {host} ({reply.failover})")
-            return 0
+            control.request(d, args.command)
+            if args.command == "reprotect":
+                print(f"reprotect: the node on host {host} tries its standby now")
+                return 0
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                st = NodeStatus.read(d / NodeStatus.file_name())
+                if st is not None and not st.state.startswith(("primary", "handing")):
+                    print(f"switchover: host {host} handed the VM over (term {st.term}); "
+                          "it is the standby now")
+                    return 0
+                time.sleep(0.2)
+            raise RemusError(f"switchover: host {host} still runs the VM after 60 s")
     raise RemusError(f"no node daemon here runs VM {cfg.vm.name} as primary")
 
 
@@ -209,6 +222,14 @@ def _daemon_args(sp) -> None:
     sp.add_argument("--run-dir", help="base directory for runtime files (default vm.run_dir)")
 
 
+def _once_primary(sp) -> None:
+    """A node started as a standby is a primary after a failover: its test aids."""
+    sp.add_argument("--verify-every", type=_count, default=0, metavar="N",
+                    help="test mode, once primary: compare RAM and disk every Nth epoch")
+    sp.add_argument("--verify-count", type=_count, default=0, metavar="K",
+                    help="stop verifying after K checks (0: never stop)")
+
+
 def _add_daemons(sub) -> None:
     """protect, standby, status, failover: running protection."""
     pr = sub.add_parser("protect", help="start the VM and protect it (primary daemon)")
@@ -235,15 +256,14 @@ def _add_daemons(sub) -> None:
     _daemon_args(sb)
     sb.add_argument("--trace", metavar="CSV", help="tests: append one line per committed epoch "
                     "(time, epoch), written before its acknowledgement is sent")
+    _once_primary(sb)
     sb.set_defaults(func=cmd_standby)
     nd = sub.add_parser("node", help="this host's node daemon, started as a standby (it "
                         "rejoins the peer; roles then move by failover and switchover)")
     _daemon_args(nd)
     nd.add_argument("--host", choices=("primary", "standby"), required=True,
                     help="which config section is this host")
-    nd.add_argument("--verify-every", type=_count, default=0, metavar="N",
-                    help="test mode, once primary: compare RAM and disk every Nth epoch")
-    nd.add_argument("--verify-count", type=_count, default=0, metavar="K")
+    _once_primary(nd)
     nd.add_argument("--trace", metavar="CSV", help="tests: one line per committed epoch")
     nd.set_defaults(func=cmd_node)
     for name, text in (("reprotect", "protect the VM again now (the node retries by itself)"),

@@ -135,7 +135,7 @@ class StandbyDaemon:
                 sock, peer = srv.accept()
             except TimeoutError:
                 continue
-            log.info("primary connected from %s", peer[0])
+            log.info("connection from %s", peer[0])
             self._session(wire.Connection(sock))
         if listener is None:
             srv.close()

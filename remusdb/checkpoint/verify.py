@@ -91,5 +91,7 @@ class Comparison:
         diff = int(np.count_nonzero(mine != sums))
         self.counts["disk_checks"] += 1
         self.counts["disk_chunks"] = len(chunks)
+        self.counts["disk_chunks_checked"] = self.counts.get("disk_chunks_checked", 0) + len(
+            chunks)
         self.counts["differing_disk_chunks"] += diff
         self.counts["last_disk"] = {"epoch": n, "chunks": len(chunks), "differing": diff}

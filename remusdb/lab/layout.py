@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remusdb import paths
-from remusdb.checkpoint.status import PrimaryStatus, StandbyStatus, StatusDoc
+from remusdb.checkpoint.status import NodeStatus, PrimaryStatus, StandbyStatus, StatusDoc
 from remusdb.hypervisor.qemu import RunFiles
 
 VM_NAME = "pg1"  # the protected VM of every lab run
@@ -32,8 +32,14 @@ class RunLayout:
         return paths.role_dir(self.vm, role, str(self.root))
 
     def status(self, role: str) -> Path:
-        docs: dict[str, type[StatusDoc]] = {"primary": PrimaryStatus, "standby": StandbyStatus}
-        return self.role_dir(role) / docs[role].file_name()
+        return self.status_at(role, role)
+
+    def status_at(self, host: str, doc: str) -> Path:
+        """The status file `doc` (node, primary or standby) written on `host`: after a
+        failover the standby host's node writes a primary's status too."""
+        docs: dict[str, type[StatusDoc]] = {"primary": PrimaryStatus, "standby": StandbyStatus,
+                                            "node": NodeStatus}
+        return self.role_dir(host) / docs[doc].file_name()
 
     def log(self, role: str) -> Path:
         """The daemon's stdout and stderr."""

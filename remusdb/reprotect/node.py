@@ -100,7 +100,9 @@ class NodeDaemon:
         self.primary: PrimaryDaemon | None = None
         self.stopped = self.standby.stopped  # one stop for both roles
         self._retry = threading.Event()  # `remusdb reprotect`: try the peer now
-        self.sessions: list[dict] = []  # per protection session: how it went (the drill)
+        self.sessions: list[dict] = []  # per protected session: its seeding (status, drill)
+        self._parts: list = []  # the current session's participants
+        self._t0 = 0.0
         self.listener = listen(*self.address)
 
     # The loop
@@ -108,12 +110,17 @@ class NodeDaemon:
         ControlServer(self.run_dir / NODE_SOCKET, NodeRequest.from_json, self._control,
                       self.stopped).start()
         if start_as is Role.PRIMARY:
-            role, why = judge_start(self.record.node, query_peer(*self.peer))
+            peer = query_peer(*self.peer)
+            role, why = judge_start(self.record.node, peer)
             log.info("start: %s", why)
             if role is Role.PRIMARY:
                 self.vm = served.start_fresh(self.cfg, self.image, self.run_dir,
                                              self.standby.store, self.options.net_trace)
-                self.record.apply(Event.STARTED_VM)
+                self.record.apply(Event.STARTED_VM, peer.term if peer else 0)
+        else:  # a primary without a standby retries when asked: our query is that nudge
+            peer = query_peer(*self.peer)
+            log.info("start: the peer is %s", f"a {peer.state.value} (term {peer.term})"
+                     if peer else "not answering")
         try:
             while not self.stopped.is_set():
                 if self.record.node.role is Role.PRIMARY:
@@ -177,11 +184,17 @@ class NodeDaemon:
         """One attempt to protect the VM; how it ended."""
         if self.clock is None:
             self.clock = ClockKeeper(vm.guest.files.agent)
+        peer = query_peer(*self.peer)  # cheap: no participants built for nobody
+        if peer is None:
+            return "unreachable"
+        if peer.state.role is Role.PRIMARY:
+            return self._refused(vm, Refused({"reason": f"the peer is a {peer.state.value}",
+                                              "state": peer.state.value, "term": peer.term}))
         parts = participants.build(self.cfg, vm.ram_file, vm.disk, vm.relay, self.options.aids)
         daemon = PrimaryDaemon(self.cfg, vm.guest, self.run_dir, parts, term=self.record.term,
                                peer=self.peer, clock=self.clock, on_state=self._followed)
         self.primary = daemon
-        t0 = time.monotonic()
+        self._parts, self._t0 = parts, time.monotonic()
         try:
             daemon.protect(connect_wait=0)
         except Refused as e:
@@ -192,11 +205,9 @@ class NodeDaemon:
                 return "unreachable"
             log.warning("protection session failed: %s", e)
         reached = PrimaryState.PROTECTED in daemon.states.history
-        if PrimaryState.SEEDING in daemon.states.history:
-            disk = next((p.summary() for p in parts if p.status_key == "disk"), {})
-            self.sessions.append({"protected": reached, "seconds": round(
-                time.monotonic() - t0, 1), "failure": daemon.failure,
-                "seed": disk.get("seed", {}) if isinstance(disk, dict) else {}})
+        if reached:
+            self.sessions[-1]["ended"] = daemon.failure
+            self._publish()
         if daemon.handed_over or (self.record.state is NodeState.HANDING_OVER):
             return "handed-over"
         return "protected" if reached else "failed"
@@ -218,12 +229,24 @@ class NodeDaemon:
             if state is PrimaryState.SEEDING and now is NodeState.PRIMARY_UNPROTECTED:
                 self.record.apply(Event.PEER_JOINED)
             elif state is PrimaryState.PROTECTED and now is NodeState.PRIMARY_SEEDING:
+                self._seeded()
                 self.record.apply(Event.SEEDED)
             elif state is PrimaryState.UNPROTECTED and now in (NodeState.PRIMARY_SEEDING,
                                                                NodeState.PRIMARY_PROTECTED):
                 self.record.apply(Event.PEER_LOST)
         except TransitionError:
             log.exception("node state machine")
+
+    def _seeded(self) -> None:
+        """What the seeding of the session that just became protected took (status, drill)."""
+        disk = next((p.summary() for p in self._parts if p.status_key == "disk"), None)
+        seed = disk.get("seed", {}) if isinstance(disk, dict) else {}
+        self.sessions.append({"at": round(time.time(), 3), "term": self.record.term,
+                              "to_protected_s": round(time.monotonic() - self._t0, 2),
+                              "seed": seed, "ended": None})
+        log.info("protected in %.1f s (disk %s: %.1f MiB sent, %.1f MiB written here "
+                 "since this host took the VM)", time.monotonic() - self._t0, seed.get("path"),
+                 (seed.get("sent_bytes") or 0) / 2**20, (seed.get("changed_bytes") or 0) / 2**20)
 
     # Control: `remusdb switchover`, `remusdb reprotect`
     def _control(self, req: NodeRequest) -> ControlReply:
@@ -258,15 +281,15 @@ class _Gate(threading.Thread):
     def __init__(self, listener: socket.socket, node: NodeDaemon):
         super().__init__(name="gate", daemon=True)
         self.listener, self.node = listener, node
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join(2)
 
     def run(self) -> None:
         self.listener.settimeout(0.5)
-        while not self._stop.is_set():
+        while not self._done.is_set():
             try:
                 sock, _ = self.listener.accept()
             except (TimeoutError, OSError):
@@ -283,6 +306,7 @@ class _Gate(threading.Thread):
             first = conn.recv()
             if first.kind == wire.Kind.QUERY:
                 conn.send(wire.encode_json(wire.Kind.ROLE, 0, role))
+                self.node._retry.set()  # maybe a standby coming up: try it now
             elif first.kind == wire.Kind.HELLO:
                 hello = first.json()
                 verdict = judge_hello(rec.node, hello.get("term") if isinstance(hello, dict)

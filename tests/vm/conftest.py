@@ -42,6 +42,9 @@ def base():
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
     yield d
+    if os.environ.get("REMUSDB_KEEP_RUN"):  # debugging: keep the daemons' logs and files
+        print(f"kept {d}")
+        return
     shutil.rmtree(d, ignore_errors=True)
 
 
