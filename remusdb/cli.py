@@ -181,6 +181,11 @@ def cmd_drill(args) -> int:
                             args.json)
 
 
+def cmd_drill_reprotect(args) -> int:
+    from remusdb.drill import command
+    return command.reprotect(args.db, args.interval, args.cycles, args.out, args.json)
+
+
 def cmd_demo(args) -> int:
     from remusdb.lab import demo
     return demo.run(interval_ms=args.interval)
@@ -300,6 +305,15 @@ def _add_drill(sub) -> None:
     df.add_argument("--runs", type=_count, default=1, metavar="N")
     df.add_argument("--json", action="store_true", help="print the reports as JSON")
     df.set_defaults(func=cmd_drill)
+    dr = drsub.add_parser("reprotect", help="kill -9 the primary host, fail over, restart the "
+                          "host's node (it rejoins, resynced), verify; N cycles, ledger running")
+    dr.add_argument("--db", choices=("postgres", "mariadb"), default="postgres")
+    dr.add_argument("--interval", type=_count, default=100, metavar="MS")
+    dr.add_argument("--cycles", type=_count, default=3, metavar="N")
+    dr.add_argument("--out", default=".", metavar="DIR",
+                    help="where the JSON and the throughput PNG go (default: here)")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_drill_reprotect)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -21,13 +21,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
-
-from remusdb.checkpoint import wire
+from remusdb.checkpoint import handshake, wire
 from remusdb.checkpoint.colo import ColoEndpoint
 from remusdb.checkpoint.encode import EpochOut, epoch_frames
 from remusdb.checkpoint.epoch import StreamInfo
-from remusdb.checkpoint.participant import Participant, Welcome
+from remusdb.checkpoint.participant import Participant
 from remusdb.checkpoint.state import PrimaryState, StateHolder
 from remusdb.checkpoint.status import EpochMetrics, PrimaryStatus, StatusFile
 from remusdb.checkpoint.stream.format import PAGE_SIZE, RamBlock, StreamError
@@ -39,19 +37,6 @@ from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.1
-
-
-class Refused(RemusError):
-    """The peer refused our HELLO (it runs the VM, or it has seen a newer term)."""
-
-    def __init__(self, fields: dict):
-        self.fields = fields if isinstance(fields, dict) else {}
-        super().__init__(f"the peer refused protection: {self.fields.get('reason', '?')}")
-
-    @property
-    def peer_term(self) -> int:
-        term = self.fields.get("term", 0)
-        return term if isinstance(term, int) and not isinstance(term, bool) else 0
 
 
 class PrimaryDaemon:
@@ -129,33 +114,11 @@ class PrimaryDaemon:
             hello.update(p.hello())
         try:
             conn.send(wire.encode_json(wire.Kind.HELLO, 0, hello))
-            welcome = self._read_welcome(conn)
+            welcome = handshake.read_welcome(conn)
         except OSError as e:
             self._link_lost("before protection started", e)
         for p in self.participants:
             p.on_welcome(welcome)
-
-    def _read_welcome(self, conn: wire.Connection) -> Welcome:
-        reply = conn.recv()
-        if reply.kind == wire.Kind.REFUSE:
-            raise Refused(reply.json())
-        if reply.kind != wire.Kind.WELCOME:
-            raise RemusError(f"standby answered {reply.kind.name} to HELLO")
-        fields = reply.json()
-        if not isinstance(fields, dict):
-            raise wire.WireError("WELCOME is not a JSON object")
-        frames = fields.get("digest_frames", 0)
-        if not isinstance(frames, int) or not 0 <= frames <= 1024:
-            raise wire.WireError(f"WELCOME announces {frames!r} digest frames")
-        if fields.get("disk") != "resync":
-            return Welcome(fields)
-        parts = []
-        for _ in range(frames):
-            f = conn.recv()
-            if f.kind != wire.Kind.DIGESTS:
-                raise wire.WireError(f"expected DIGESTS, got {f.kind.name}")
-            parts.append(wire.unpack_digests(f.payload))
-        return Welcome(fields, np.concatenate(parts) if parts else np.empty(0, np.uint64))
 
     def _seed(self, conn: wire.Connection) -> ColoEndpoint:
         """Epoch 0, the full copy: what participants send first (the disk, the VM running),

@@ -14,18 +14,14 @@ Failure detection distinguishes a primary that is gone from one that is merely u
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from remusdb.checkpoint import failover, wire
+from remusdb.checkpoint import failover, handshake, wire
 from remusdb.checkpoint.control import SOCKET_NAME, ControlReply, ControlServer, FailoverRequest
 from remusdb.checkpoint.receive import Complete, EpochReceiver
 from remusdb.checkpoint.state import StandbyState, StateHolder
@@ -35,7 +31,6 @@ from remusdb.checkpoint.verify import Comparison
 from remusdb.config import Config
 from remusdb.errors import LocalError, PeerError, RemusError
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
-from remusdb.reprotect import resync
 from remusdb.reprotect.record import NodeRecord
 from remusdb.reprotect.roles import Node, judge_hello
 
@@ -59,22 +54,12 @@ def listen(address: str, port: int) -> socket.socket:
     return srv
 
 
-class _Quiet(Exception):
-    """A connection that was no session (a query, a refused HELLO): nothing to act on."""
-
-
 class _HandedOver(Exception):
     """Switchover: the primary stopped its VM after we committed epoch `epoch`."""
 
     def __init__(self, epoch: int):
         super().__init__(epoch)
         self.epoch = epoch
-
-
-@dataclass
-class _DiskPlan:
-    digests: np.ndarray | None  # the block digests to offer, or None: a full copy
-    why: str
 
 
 class StandbyDaemon:
@@ -169,7 +154,7 @@ class StandbyDaemon:
             self._receive(conn)
             log.info("primary ended protection (BYE): no failover")
             self.states.set(StandbyState.WAITING)
-        except _Quiet:
+        except handshake.Quiet:
             pass
         except _HandedOver as h:  # its VM stopped at our committed epoch: run it here
             reason, closed = (f"switchover: the primary handed over at epoch {h.epoch} "
@@ -210,7 +195,7 @@ class StandbyDaemon:
         hello = conn.recv()
         if hello.kind == wire.Kind.QUERY:
             conn.send(wire.encode_json(wire.Kind.ROLE, 0, self._role()))
-            raise _Quiet("answered a query")
+            raise handshake.Quiet("answered a query")
         if hello.kind != wire.Kind.HELLO:
             raise wire.WireError(f"expected HELLO, got {hello.kind.name}")
         hello_data = hello.json()
@@ -224,11 +209,11 @@ class StandbyDaemon:
             log.warning("refusing the primary: %s", verdict.reason)
             conn.send(wire.encode_json(wire.Kind.REFUSE, 0, {"reason": verdict.reason,
                                                              **self._role()}))
-            raise _Quiet(verdict.reason)
+            raise handshake.Quiet(verdict.reason)
         if self.node is not None:
             self.node.adopt(verdict.term)
         lineage = str(hello_data.get("disk_lineage", ""))
-        plan = self._disk_plan(lineage, disk_size)
+        plan = handshake.disk_plan(self.store, lineage, disk_size)
         local_io(self.store.create, None, str(hello_data["session"]), disk_size, lineage,
                  plan.digests is not None)
         # Open before WELCOME leaves: from then on the primary may send, and a manual failover
@@ -236,37 +221,8 @@ class StandbyDaemon:
         self.last_frame = time.monotonic()
         self.session_open = True
         self.states.set(StandbyState.RECEIVING)
-        frames = [] if plan.digests is None else [
-            wire.encode(wire.Kind.DIGESTS, 0, wire.pack_digests(plan.digests[i:i + n]))
-            for n in [wire.DIGESTS_PER_FRAME] for i in range(0, len(plan.digests), n)]
-        conn.send(wire.encode_json(wire.Kind.WELCOME, 0, {
-            "committed": -1, "term": verdict.term, "why": plan.why,
-            "disk": "full" if plan.digests is None else "resync", "digest_frames": len(frames)}))
-        for f in frames:
+        for f in handshake.welcome_frames(verdict.term, plan):
             conn.send(f)
-
-    def _disk_plan(self, lineage: str, size: int) -> _DiskPlan:
-        """A resync if this host's disk descends from the same first copy as the primary's;
-        else a full copy, and why."""
-        mine, my_size = self.store.disk_history()
-        if not lineage or not size:
-            return _DiskPlan(None, "the primary's disk has no lineage")
-        if not mine:
-            return _DiskPlan(None, "this host has no disk of this VM")
-        if mine != lineage or my_size != size:
-            return _DiskPlan(None, f"this host's disk (lineage {mine[:8]}, {my_size} bytes) "
-                                   f"does not descend from the primary's ({lineage[:8]})")
-        if size % resync.BLOCK:
-            return _DiskPlan(None, "the disk is not a whole number of 4 KiB blocks")
-        t0 = time.monotonic()
-        fd = os.open(self.store.disk_path, os.O_RDONLY)
-        try:
-            digests = resync.digests(fd, size)
-        finally:
-            os.close(fd)
-        log.info("disk resync offered: %d block digests in %.1f s", len(digests),
-                 time.monotonic() - t0)
-        return _DiskPlan(digests, "this host's disk shares the primary's history")
 
     def _role(self) -> dict:
         node = self.node.node if self.node else Node()

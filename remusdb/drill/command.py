@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from pathlib import Path
 
 from remusdb.drill import run as drillrun
 from remusdb.errors import RemusError
@@ -69,3 +70,24 @@ def failover(db: str, interval_ms: int, opts: str, kill_at: str, runs: int, as_j
             f"{summary['downtime_p50_s']} s, max {summary['downtime_max_s']} s; connections "
             f"survived {summary['connection_survival']}")
     return 0 if summary["passed"] == summary["drills"] else 1
+
+
+def reprotect(db: str, interval_ms: int, cycles: int, out: str, as_json: bool,
+              stdout=sys.stdout) -> int:
+    """`remusdb drill reprotect`: the cycles, one line each, then the totals (exit 1 unless
+    nothing was lost and every reprotection verified equal)."""
+    from remusdb.drill import cycles as drillcycles
+    if cycles < 1:
+        raise RemusError("--cycles: at least 1")
+    if interval_ms < 10 or interval_ms > 10_000:
+        raise RemusError(f"--interval: {interval_ms} ms is outside 10..10000")
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr if as_json else stdout, flush=True)
+    result = drillcycles.drill(db, cycles, interval_ms, out=Path(out), say=say)
+    total = drillcycles.summarize(result)
+    if as_json:
+        print(json.dumps({"summary": total, **result}, indent=1), file=stdout)
+    else:
+        say(f"totals: {total}")
+    return 0 if total["ok"] else 1

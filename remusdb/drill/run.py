@@ -84,7 +84,7 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
         with lab.inside("client"):
             return workload.connect(db, VM_IP)
 
-    setup = _retry(open_conn)
+    setup = retry_connect(open_conn)
     workload.create(setup)
     setup.close()
     stop = threading.Event()
@@ -113,7 +113,7 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
         stop.set()
         for c in clients:
             c.join(30)
-    check = _retry(open_conn)
+    check = retry_connect(open_conn)
     try:
         ledger, balances = workload.read_back(check)
     finally:
@@ -128,7 +128,7 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
             "window_s": round(time.monotonic() - killed_at, 1)}
 
 
-def _retry(fn, timeout: float = 60.0):
+def retry_connect(fn, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while True:
         try:

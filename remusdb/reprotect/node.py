@@ -21,8 +21,9 @@ from pathlib import Path
 
 from remusdb.checkpoint import participants, wire
 from remusdb.checkpoint.control import ControlReply, ControlServer
+from remusdb.checkpoint.handshake import Refused
 from remusdb.checkpoint.participants import SessionAids
-from remusdb.checkpoint.primary import PrimaryDaemon, Refused
+from remusdb.checkpoint.primary import PrimaryDaemon
 from remusdb.checkpoint.standby import StandbyDaemon, listen
 from remusdb.checkpoint.state import PrimaryState
 from remusdb.checkpoint.status import NodeStatus, StatusFile

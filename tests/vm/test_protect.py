@@ -112,7 +112,8 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
 
 def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
     """kill -9 the standby: the primary ends COLO (x-colo-lost-heartbeat), so the VM is not left
-    paused, and keeps serving; SIGTERM then stops the primary daemon and its QEMU."""
+    paused, and keeps serving; the standby restarts and the VM is protected again; SIGTERM then
+    stops the primary daemon and its QEMU."""
     run = RunLayout(base)
     cfg = write_config(run.config, lab, interval_ms=100)
     standby = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
@@ -131,6 +132,15 @@ def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
         with lab.inside("client"):
             assert dbclient.query_one(dbclient.postgres, VM_IP, "SELECT 1", timeout=30) == 1
         assert process_alive(qemu_pid, wait=0)
+        # The standby host comes back: its node rejoins by itself, its store's disk resynced
+        # (it shares the primary's history), the same VM protected again, no restart of it.
+        standby = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby-again"))
+        node = wait_status(run.status_at("primary", "node"), lambda s: s["state"] ==
+                           "primary-protected" and len(s["sessions"]) == 2, 120,
+                           "protected again", [standby, primary])
+        assert node["sessions"][-1]["seed"]["path"] == "resync", node["sessions"]
+        assert node["term"] == 1  # no failover happened
+        assert int(run.primary_vm.pid.read_text()) == qemu_pid
         primary.kill(signal.SIGTERM)
         assert primary.proc.returncode == 0, primary.text()[-2000:]
         assert not process_alive(qemu_pid, wait=5.0)
