@@ -58,7 +58,7 @@ class DiskLog(Participant):
         # Writes from the copy's start on are logged and replayed with epoch 0, so the copy
         # need not be a pause: a big disk on a slow link takes minutes.
         self.server.writes.start()
-        copier = _Copier(self.server, send, self._source)
+        copier = _Copier(self.server, send, self._source, lambda: self.seed.get("total_bytes", 0))
         copier.start()
         self.copied = copier.finish()
         self.seed.update(records=copier.records, sent_bytes=copier.bytes,
@@ -71,7 +71,8 @@ class DiskLog(Participant):
         theirs = self.welcome.digests
         if theirs is None:
             why = self.welcome.fields.get("why", "the standby asked for a full copy")
-            self.seed = {"path": "full", "why": why, "changed_bytes": changed}
+            self.seed = {"path": "full", "why": why, "changed_bytes": changed,
+                         "total_bytes": allocated_bytes(fd, size)}
             log.info("disk: full copy (%s)", why)
             return disk_copy(fd, size)
         t0 = time.monotonic()
@@ -81,6 +82,7 @@ class DiskLog(Participant):
             raise WireError(f"disk resync: {e}") from None
         self.seed = {"path": "resync", "why": "the standby's disk shares this disk's history",
                      "changed_bytes": changed, "differing_blocks": len(blocks),
+                     "total_bytes": len(blocks) * resync.BLOCK,
                      "digest_s": round(time.monotonic() - t0, 2)}
         log.info("disk resync: %d blocks (%.1f MiB) differ; %.1f MiB written here since the "
                  "disk server started", len(blocks), len(blocks) * resync.BLOCK / 2**20,
@@ -107,9 +109,9 @@ class _Copier(threading.Thread):
     protection meanwhile can still get the link for its BYE), with progress in the log."""
 
     def __init__(self, server: DiskServer, send: Send,
-                 source: Callable[[], Iterable[DiskWrite]]):
+                 source: Callable[[], Iterable[DiskWrite]], total: Callable[[], int]):
         super().__init__(name="disk-copy", daemon=True)
-        self.server, self.send, self.source = server, send, source
+        self.server, self.send, self.source, self.total = server, send, source, total
         self.records = self.bytes = 0
         self.seconds = 0.0
         self.error: BaseException | None = None
@@ -126,7 +128,6 @@ class _Copier(threading.Thread):
         log.info("disk copy: %.0f MiB in %.1f s", self.bytes / 2**20, self.seconds)
 
     def _counted(self, writes: Iterable[DiskWrite], t0: float) -> Iterator[DiskWrite]:
-        total = allocated_bytes(self.server.fd, self.server.size)
         shown = t0
         for w in writes:  # streamed, not held
             self.records += 1
@@ -134,9 +135,10 @@ class _Copier(threading.Thread):
             now = time.monotonic()
             if now - shown > 2:
                 shown = now
-                rate = self.bytes / (now - t0)
-                log.info("disk copy: %.0f MiB sent (%.0f MiB/s; the disk holds %.0f MiB)",
-                         self.bytes / 2**20, rate / 2**20, total / 2**20)
+                rate, total = self.bytes / (now - t0), self.total()
+                log.info("disk copy: %.0f of %.0f MiB sent, %.0f MiB/s, about %.0f s left",
+                         self.bytes / 2**20, total / 2**20, rate / 2**20,
+                         max(0, total - self.bytes) / max(rate, 1))
             yield w
 
     def finish(self) -> int:

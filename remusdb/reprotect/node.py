@@ -113,6 +113,8 @@ class NodeDaemon:
         if start_as is Role.PRIMARY:
             peer = query_peer(*self.peer)
             role, why = judge_start(self.record.node, peer)
+            if role is None:
+                raise RemusError(f"not starting the VM: {why}")
             log.info("start: %s", why)
             if role is Role.PRIMARY:
                 self.vm = served.start_fresh(self.cfg, self.image, self.run_dir,
@@ -169,7 +171,7 @@ class NodeDaemon:
         self.primary = None
         if self.stopped.is_set():
             return
-        handed = self.record.state is NodeState.HANDING_OVER or not vm.running
+        handed = self.record.state is NodeState.HANDING_OVER
         vm.close(stop_vm=True)
         self.vm = None
         if self.clock is not None:

@@ -130,13 +130,18 @@ class PeerView:
     committed: int = -1  # a standby's committed epoch
 
 
-def judge_start(me: Node, peer: PeerView | None) -> tuple[Role, str]:
-    """`remusdb protect` on this host: start the VM here, or join the peer that runs it.
-    An unreachable peer cannot say; the operator's request stands (the witness issue closes
-    that gap under partitions)."""
+def judge_start(me: Node, peer: PeerView | None) -> tuple[Role | None, str]:
+    """`remusdb protect` on this host: start the VM here (from its image), join the peer that
+    runs it, or refuse (None) when the peer holds a committed checkpoint: starting afresh would
+    throw away every commit since the image; that host must fail over instead. An unreachable
+    peer cannot say; the operator's request stands (the witness issue closes that gap)."""
     if peer is None:
         return Role.PRIMARY, "the peer did not answer: starting the VM here"
     if peer.state.role is Role.PRIMARY:
         return Role.STANDBY, (f"the peer runs the VM as primary (term {peer.term}): joining "
                               "it as its standby instead of starting a second copy")
+    if peer.committed >= 0:
+        return None, (f"the peer holds a committed checkpoint (epoch {peer.committed}, term "
+                      f"{peer.term}): run 'remusdb failover --force' there instead of starting "
+                      "the VM from its image here")
     return Role.PRIMARY, f"the peer is a {peer.state.value} (term {peer.term})"

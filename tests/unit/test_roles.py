@@ -93,6 +93,9 @@ def test_start_rules():
     role, why = judge_start(me, PeerView(S.PRIMARY_PROTECTED, 4))
     assert role is Role.STANDBY and "joining it as its standby" in why
     assert judge_start(me, PeerView(S.PRIMARY_UNPROTECTED, 1))[0] is Role.STANDBY
+    # The peer holds a committed checkpoint: starting from the image would lose its commits.
+    role, why = judge_start(me, PeerView(S.STANDBY, 4, committed=120))
+    assert role is None and "remusdb failover --force" in why
 
 
 def test_record_keeps_the_term_across_restarts_and_starts_as_standby(tmp_path):

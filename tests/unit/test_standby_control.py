@@ -242,3 +242,93 @@ def test_state_changes_are_logged_once_each(tmp_path, caplog):
         conn.close()
     finally:
         d.stopped.set()
+
+
+def node_daemon(tmp_path, term):
+    from remusdb.reprotect.record import NodeRecord
+    cfg = Config()
+    cfg.standby.port = free_port()
+    rec = NodeRecord(tmp_path, "standby")
+    rec.adopt(term)
+    d = StandbyDaemon(cfg, tmp_path, lambda: no_vm(d), heartbeat_timeout=0.5, node=rec)
+    d.failover_attempts = 0
+    return d, cfg, rec
+
+
+def test_a_stale_hello_is_refused_and_the_committed_checkpoint_kept(tmp_path):
+    """A primary of an older term (it missed a failover) is told so; the store is untouched."""
+    st = StandbyStore(tmp_path / "store")
+    st.create(INFO, "s")
+    st.apply(epoch_with(0, {(0, 1): 7}))
+    st.close()
+    d, cfg, rec = node_daemon(tmp_path, 5)
+    start(d)
+    try:
+        conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+        conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x", "term": 4}))
+        reply = conn.recv()
+        assert reply.kind == wire.Kind.REFUSE
+        assert "term 4 is older than this host's term 5" in reply.json()["reason"]
+        assert reply.json()["term"] == 5
+        conn.close()
+        time.sleep(0.3)
+        assert d.store.committed == 0 and d.state == "recovered"  # nothing wiped, no failover
+        assert d.failover_attempts == 0
+        # A query is answered with the role and the committed epoch, and is no session.
+        q = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+        q.send(wire.encode_json(wire.Kind.QUERY, 0, {}))
+        role = q.recv()
+        assert role.kind == wire.Kind.ROLE
+        assert role.json() == {"state": "standby", "term": 5, "committed": 0}
+        q.close()
+        # A newer term is adopted (a failover this host missed) and persisted.
+        conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+        conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "y", "term": 7}))
+        welcome = conn.recv()
+        assert welcome.kind == wire.Kind.WELCOME and welcome.json()["term"] == 7
+        assert welcome.json()["disk"] == "full"  # no disk here: nothing to resync
+        assert rec.term == 7
+        conn.close()
+    finally:
+        d.stopped.set()
+
+
+def test_a_disk_of_the_same_lineage_is_offered_for_a_resync(tmp_path):
+    from remusdb.reprotect import resync
+    size = 8 << 20
+    st = StandbyStore(tmp_path / "store")
+    st.create(INFO, "s", disk_size=size, lineage="L1")
+    st.apply(epoch_with(0, {(0, 1): 7}))
+    with open(st.disk_path, "r+b") as f:
+        f.seek(4096 * 3)
+        f.write(b"z" * 4096)
+    st.close()
+    d, cfg, _ = node_daemon(tmp_path, 1)
+    start(d)
+    try:
+        for lineage, want in (("L2", "full"), ("L1", "resync")):
+            conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+            conn.send(wire.encode_json(wire.Kind.HELLO, 0, {
+                "session": lineage, "term": 1, "disk_size": size, "disk_lineage": lineage}))
+            welcome = conn.recv()
+            assert welcome.json()["disk"] == want, welcome.json()
+            if want == "resync":
+                assert welcome.json()["digest_frames"] == 1
+                digests = wire.unpack_digests(conn.recv().payload)
+                assert len(digests) == size // 4096
+                assert np.flatnonzero(digests != resync.ZERO_DIGEST).tolist() == [3]
+            else:
+                assert "does not descend from the primary's" in welcome.json()["why"]
+            conn.send(wire.encode_json(wire.Kind.BYE, 0, {"reason": "test"}))
+            conn.close()
+            time.sleep(0.3)
+            # L2 wiped the disk (a full copy comes); recreate it for the next round
+            if want == "full":
+                st = StandbyStore(tmp_path / "store")
+                st.create(INFO, "s", disk_size=size, lineage="L1")
+                with open(st.disk_path, "r+b") as f:
+                    f.seek(4096 * 3)
+                    f.write(b"z" * 4096)
+                st.close()
+    finally:
+        d.stopped.set()
