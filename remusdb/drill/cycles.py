@@ -43,6 +43,10 @@ class _Cluster:
         self.daemons[host] = Daemon(self.lab, host, args,
                                     self.run.log(f"{host}-{self.starts}"))
 
+    def kill(self, host: str) -> None:
+        """kill -9 of the host's node (its QEMU dies with it); no longer watched."""
+        self.daemons.pop(host).kill(signal.SIGKILL)
+
     def node(self, host: str, pred, timeout: float, what: str) -> dict:
         return wait_status(self.run.status_at(host, "node"), pred, timeout, what,
                            list(self.daemons.values()))
@@ -130,7 +134,7 @@ def _cycle(cluster: _Cluster, victim: str, clients, open_conn, marks, t_start) -
     survivor = other(victim)
     before = sum(len(c.acked) for c in clients)
     killed = time.monotonic()
-    cluster.daemons[victim].kill(signal.SIGKILL)
+    cluster.kill(victim)
     marks.append(("kill", round(killed - t_start, 2)))
     cluster.node(survivor, lambda s: s["state"] == "primary-unprotected", 120, "the failover")
     fo = wait_status(cluster.run.status_at(survivor, "standby"), lambda s: s["failover"],
@@ -188,9 +192,7 @@ def _allocated(cluster: _Cluster, host: str) -> int | None:
 def _ram_copy_s(cluster: _Cluster, host: str) -> float | None:
     """QEMU's initial RAM copy of the last session, from the node's log."""
     d = cluster.daemons.get(host)
-    if d is None:
-        return None
-    for line in reversed(d.text().splitlines()):
+    for line in reversed(d.text().splitlines() if d else []):
         if "initial copy:" in line and " in " in line:
             try:
                 return float(line.split(" in ")[1].split(" s")[0])
