@@ -41,7 +41,11 @@ def create(conn) -> None:
 
 
 def read_back(conn) -> tuple[list, dict]:
+    """The ledger and the balances from one snapshot (clients may still be writing)."""
     with conn.cursor() as cur:
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT"
+                    if isinstance(conn, pymysql.connections.Connection)
+                    else "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         cur.execute("SELECT id, src, dst, amount FROM ledger")
         ledger = [tuple(int(x) for x in r) for r in cur.fetchall()]
         cur.execute("SELECT id, balance FROM accounts")

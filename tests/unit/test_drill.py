@@ -67,3 +67,50 @@ def test_summary_counts_losses_and_violations():
     s = command.summarize([r, stuck, stuck])
     assert s["unrecovered"] == 2 and s["downtime_p50_s"] == 45.0
     assert s["connection_survival"] == 0.75
+
+
+def test_a_live_read_back_sees_one_snapshot(host_pg):
+    """The reprotection drill checks the ledger while clients write: a transfer committed
+    between reading the ledger and reading the balances must not look like a half-applied
+    one (it did, under READ COMMITTED)."""
+    from remusdb.drill import workload
+    reader, writer = host_pg.connect(), host_pg.connect()
+    try:
+        workload.create(writer)
+
+        class Cursor:  # commits a transfer right after the ledger is read
+            def __init__(self, cur):
+                self.cur = cur
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.cur.close()
+
+            def execute(self, sql, *args):
+                self.cur.execute(sql, *args)
+                if sql.startswith("SELECT id, src, dst"):
+                    with writer.cursor() as w:
+                        w.execute("UPDATE accounts SET balance = balance - 5 WHERE id = 1")
+                        w.execute("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
+                        w.execute("INSERT INTO ledger VALUES (77, 1, 2, 5)")
+                    writer.commit()
+
+            def fetchall(self):
+                return self.cur.fetchall()
+
+        class Conn:
+            def cursor(self):
+                return Cursor(reader.cursor())
+
+            def rollback(self):
+                reader.rollback()
+
+        ledger, balances = workload.read_back(Conn())
+        assert ledger_check(set(), ledger, balances, workload.INITIAL)["ok"]
+        ledger, balances = workload.read_back(reader)  # the transfer, seen whole
+        assert (77, 1, 2, 5) in ledger and balances[1] == workload.INITIAL - 5
+    finally:
+        reader.close()
+        writer.close()
