@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -34,9 +35,11 @@ def run_node(cfg: Config, host: str, start_as: Role, run_dir: Path,
     node = NodeDaemon(cfg, host, run_dir, image_for(cfg), options)
 
     def on_stop(sig: int, frame: FrameType | None) -> None:
-        primary = node.record.node.role is Role.PRIMARY
-        node.stop()
-        if not primary:
+        if node.record.node.role is Role.PRIMARY:
+            # Ending protection takes locks the interrupted main thread may hold: not here.
+            threading.Thread(target=node.stop, name="stop", daemon=True).start()
+        else:
+            node.stop()
             # A blocking receive would not notice a flag: leave through the stack; the
             # store is crash-consistent at any point.
             raise SystemExit(0)

@@ -79,7 +79,7 @@ def welcome_frames(term: int, plan: DiskPlan) -> list[list]:
         "disk": "full" if d is None else "resync", "digest_frames": len(digests)}), *digests]
 
 
-def read_welcome(conn: wire.Connection) -> Welcome:
+def read_welcome(conn: wire.Connection, disk_size: int) -> Welcome:
     """The standby's answer to HELLO: WELCOME (and its disk digests), or REFUSE."""
     reply = conn.recv()
     if reply.kind == wire.Kind.REFUSE:
@@ -89,15 +89,21 @@ def read_welcome(conn: wire.Connection) -> Welcome:
     fields = reply.json()
     if not isinstance(fields, dict):
         raise wire.WireError("WELCOME is not a JSON object")
-    frames = fields.get("digest_frames", 0)
-    if not isinstance(frames, int) or not 0 <= frames <= 1024:
-        raise wire.WireError(f"WELCOME announces {frames!r} digest frames")
     if fields.get("disk") != "resync":
         return Welcome(fields)
-    parts = []
+    # Exactly one digest per 4 KiB block of our disk: a standby cannot make us hold more.
+    blocks = disk_size // resync.BLOCK
+    frames = fields.get("digest_frames")
+    if frames != -(-blocks // wire.DIGESTS_PER_FRAME):
+        raise wire.WireError(f"WELCOME announces {frames!r} digest frames for {blocks} blocks")
+    parts, have = [], 0
     for _ in range(frames):
         f = conn.recv()
         if f.kind != wire.Kind.DIGESTS:
             raise wire.WireError(f"expected DIGESTS, got {f.kind.name}")
-        parts.append(wire.unpack_digests(f.payload))
+        part = wire.unpack_digests(f.payload)
+        have += len(part)
+        if have > blocks:
+            raise wire.WireError(f"more than {blocks} block digests")
+        parts.append(part)
     return Welcome(fields, np.concatenate(parts) if parts else np.empty(0, np.uint64))

@@ -65,7 +65,10 @@ class PrimaryDaemon:
         self.clock = clock or ClockKeeper(guest.files.agent)
         self.compressor: Compressor | None = None
         self._handover = threading.Event()
+        self._handing_over = False  # _finish_handover owns the end of the session
+        self._trouble: str | None = None  # what went wrong meanwhile
         self.handed_over = False  # switchover: the standby committed our last epoch
+        self.vm_stopped = False  # switchover: our VM was killed at the last checkpoint
 
     @property
     def state(self) -> PrimaryState:
@@ -79,9 +82,15 @@ class PrimaryDaemon:
         # reading must end it, not keep the VM waiting until TCP gives up.
         self.conn.sock.settimeout(max(30.0, self.stall_timeout))
         self.states.set(PrimaryState.SEEDING)
-        self._handshake(self.conn)
-        endpoint = self._seed(self.conn)
-        self._start_threads()
+        try:
+            self._handshake(self.conn)
+            endpoint = self._seed(self.conn)
+            self._start_threads()
+        except BaseException as e:  # end it in order: the write log, the relay, the link
+            self._fail(f"protection did not start: {e}")
+            if self.endpoint is not None:
+                self.endpoint.conn.close()
+            raise
         self.captured = 0
         endpoint.ready()
         self._publish()  # "seeding" until the standby acknowledges the full copy
@@ -108,13 +117,13 @@ class PrimaryDaemon:
                 time.sleep(0.5)
 
     def _handshake(self, conn: wire.Connection) -> None:
-        hello = {"session": uuid.uuid4().hex, "vm": self.cfg.vm.name, "term": self.term,
-                 "interval_ms": self.cfg.checkpoint.interval_ms, "disk_size": 0}
+        hello: dict = {"session": uuid.uuid4().hex, "vm": self.cfg.vm.name, "term": self.term,
+                       "interval_ms": self.cfg.checkpoint.interval_ms, "disk_size": 0}
         for p in self.participants:
             hello.update(p.hello())
         try:
             conn.send(wire.encode_json(wire.Kind.HELLO, 0, hello))
-            welcome = handshake.read_welcome(conn)
+            welcome = handshake.read_welcome(conn, hello["disk_size"])
         except OSError as e:
             self._link_lost("before protection started", e)
         for p in self.participants:
@@ -252,15 +261,22 @@ class PrimaryDaemon:
         """The VM is paused at checkpoint `last`. Once the standby has committed it, our VM
         dies and HANDOVER tells the standby to run it. Without that ack the VM dies all the
         same and the link closes without BYE: the standby fails over from what it has (it
-        never saw output of an epoch it lacks). Either way the VM runs exactly once."""
-        deadline = time.monotonic() + min(timeout, self.stall_timeout / 2)
-        while self.acked < last and time.monotonic() < deadline and self.failure is None:
-            time.sleep(0.005)
-        ok = self.acked >= last and self.failure is None
+        never saw output of an epoch it lacks). Either way the VM runs exactly once. From
+        here on this method alone ends the session: `_fail` only notes why."""
         with self._qmp_lock:
-            self.failure = "handed over" if ok else "switchover: no ack for the last epoch"
+            if self.failure is not None:  # ended in order already (BYE; the VM runs on)
+                return
+            self._handing_over = True
+        deadline = time.monotonic() + min(timeout, self.stall_timeout / 2)
+        while self.acked < last and time.monotonic() < deadline and self._trouble is None:
+            time.sleep(0.005)
+        ok = self.acked >= last
+        with self._qmp_lock:
+            self.failure = "handed over" if ok else (
+                f"switchover: no ack for the last epoch ({self._trouble or 'timed out'})")
             self._stop.set()
         self.guest.kill()
+        self.vm_stopped = True
         assert self.conn is not None
         if ok:
             try:
@@ -351,6 +367,9 @@ class PrimaryDaemon:
         with this VM still running would be a second copy. If BYE cannot be sent, the socket
         stays open: the standby then only sees silence, which it does not act on unfenced."""
         with self._qmp_lock:
+            if self._handing_over:  # the switchover ends it (no BYE, no held output out)
+                self._trouble = self._trouble or reason
+                return
             if self.failure is not None:
                 return
             self.failure = reason

@@ -32,7 +32,7 @@ from remusdb.config import Config
 from remusdb.errors import LocalError, PeerError, RemusError
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
 from remusdb.reprotect.record import NodeRecord
-from remusdb.reprotect.roles import Node, judge_hello
+from remusdb.reprotect.roles import Node, Verdict, judge_hello
 
 log = logging.getLogger(__name__)
 SEEDING_TIMEOUT = 300.0
@@ -82,6 +82,7 @@ class StandbyDaemon:
         self.comparison = Comparison()
         self.apply_ms, self.epoch_bytes = Window(), Window()
         self._lock = threading.Lock()
+        self.taking_over = False  # a failover runs: no HELLO may touch the store now
         self._conn: wire.Connection | None = None
         self.stopped = threading.Event()
         self._started = False
@@ -175,8 +176,13 @@ class StandbyDaemon:
             log.exception("internal error in the standby; not failing over by itself")
             self.states.set(StandbyState.INTERNAL_ERROR)
         finally:
-            self.session_open = False
+            opened, self.session_open = self.session_open, False
             conn.close()
+        if reason and not opened and self.taken is None:
+            # Nothing was received from this peer yet (a probe, a primary that gave up in its
+            # handshake, our own store failing to offer a resync): no sign of anyone's death.
+            log.warning("connection ended before a session began: %s", reason)
+            return
         if reason:
             self._primary_failed(reason, closed)
 
@@ -205,6 +211,9 @@ class StandbyDaemon:
         if not isinstance(disk_size, int) or disk_size < 0 or disk_size % 512:
             raise wire.WireError(f"HELLO with a bad disk size {disk_size!r}")
         verdict = judge_hello(self.node.node if self.node else Node(), hello_data.get("term", 0))
+        if verdict.accept and (self.taken is not None or self.taking_over):
+            # A failover runs (or ran): this store is about to be, or is, a running VM's.
+            verdict = Verdict(False, "this host is taking over the VM")
         if not verdict.accept:  # judged before the store is touched: nothing is lost
             log.warning("refusing the primary: %s", verdict.reason)
             conn.send(wire.encode_json(wire.Kind.REFUSE, 0, {"reason": verdict.reason,
@@ -213,7 +222,7 @@ class StandbyDaemon:
         if self.node is not None:
             self.node.adopt(verdict.term)
         lineage = str(hello_data.get("disk_lineage", ""))
-        plan = handshake.disk_plan(self.store, lineage, disk_size)
+        plan = local_io(handshake.disk_plan, self.store, lineage, disk_size)
         local_io(self.store.create, None, str(hello_data["session"]), disk_size, lineage,
                  plan.digests is not None)
         # Open before WELCOME leaves: from then on the primary may send, and a manual failover
@@ -313,6 +322,7 @@ class StandbyDaemon:
             previous = self.state
             self.states.set(StandbyState.FAILING_OVER)
             t0 = time.monotonic()
+            self.taking_over = True
             try:
                 # Finish a commit a store error interrupted (its journal), then start the VM.
                 self.store.close()
@@ -327,6 +337,8 @@ class StandbyDaemon:
                     pass
                 self.states.set(previous)
                 raise RemusError(f"failover failed: {e}") from None
+            finally:
+                self.taking_over = False
             self.taken.report["reason"] = reason
             log.info("failed over to epoch %s: VM running %.2f s after the decision",
                      self.taken.report.get("epoch"), time.monotonic() - t0)

@@ -177,6 +177,14 @@ class StandbyStore:
             else:
                 p.unlink()
 
+    def committed_on_disk(self) -> int:
+        """The committed epoch meta.json claims, without opening the store (-1: none)."""
+        try:
+            meta = json.loads(self.meta_path.read_text())
+            return int(meta["committed"]) if meta.get("stream") is not None else -1
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return -1
+
     def disk_history(self) -> tuple[str, int]:
         """(lineage, size) of the disk this store holds, from its meta file; ("", 0) when
         there is none: what a rejoining standby offers for a resync."""

@@ -63,10 +63,14 @@ class DiskServer:
         threading.Thread(target=self._accept, name="nbd-accept", daemon=True).start()
 
     def close(self) -> None:
+        if self._closed.is_set():
+            return
         self._closed.set()
         if self._srv is not None:
             self._srv.close()
         self.socket_path.unlink(missing_ok=True)
+        # The image's fd stays open: a connection thread may still be answering with it, and
+        # a reused fd number would take its writes to another file.
 
     def _accept(self) -> None:
         srv = self._srv

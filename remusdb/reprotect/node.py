@@ -35,6 +35,7 @@ from remusdb.reprotect import served
 from remusdb.reprotect.control import NODE_SOCKET, NodeRequest
 from remusdb.reprotect.record import NodeRecord
 from remusdb.reprotect.roles import (
+    BUSY,
     Event,
     NodeState,
     PeerView,
@@ -42,6 +43,7 @@ from remusdb.reprotect.roles import (
     TransitionError,
     judge_hello,
     judge_start,
+    read_role,
 )
 
 log = logging.getLogger(__name__)
@@ -53,21 +55,20 @@ def other(host: str) -> str:
 
 
 def query_peer(address: str, port: int, timeout: float = 3.0) -> PeerView | None:
-    """Ask the peer's node who it is; None if nobody answers (or it speaks no remusdb)."""
+    """Ask the peer's node who it is. None: nobody there (refused, no route). A node that
+    accepts but does not answer in time is alive and busy (maybe failing over): BUSY."""
     try:
-        with socket.create_connection((address, port), timeout=timeout) as s:
+        s = socket.create_connection((address, port), timeout=timeout)
+    except OSError:
+        return None
+    try:
+        with s:
             conn = wire.Connection(s)
             conn.send(wire.encode_json(wire.Kind.QUERY, 0, {}))
             reply = conn.recv()
+            return read_role(reply.json()) if reply.kind == wire.Kind.ROLE else BUSY
     except (OSError, RemusError):
-        return None
-    if reply.kind != wire.Kind.ROLE:
-        return None
-    try:
-        d = reply.json()
-        return PeerView(NodeState(d["state"]), int(d["term"]), int(d.get("committed", -1)))
-    except (RemusError, KeyError, ValueError, TypeError):
-        return None
+        return BUSY
 
 
 @dataclass
@@ -90,7 +91,8 @@ class NodeDaemon:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.status = StatusFile(self.run_dir / NodeStatus.file_name())
         self.record = NodeRecord(self.run_dir, host, self._publish)
-        self.taker = served.TakeOver(cfg, image, self.run_dir, self.options.net_trace)
+        self.taker = served.TakeOver(cfg, image, self.run_dir, self.options.net_trace,
+                                     self.record)
         sb = cfg.standby
         self.standby = StandbyDaemon(
             cfg, self.run_dir, lambda: self.taker.spec(self.standby.store),
@@ -104,6 +106,7 @@ class NodeDaemon:
         self.sessions: list[dict] = []  # per protected session: its seeding (status, drill)
         self._parts: list = []  # the current session's participants
         self._t0 = 0.0
+        self._token: object = None
         self.listener = listen(*self.address)
 
     # The loop
@@ -112,7 +115,8 @@ class NodeDaemon:
                       self.stopped).start()
         if start_as is Role.PRIMARY:
             peer = query_peer(*self.peer)
-            role, why = judge_start(self.record.node, peer)
+            role, why = judge_start(self.record.node, peer,
+                                    self.standby.store.committed_on_disk())
             if role is None:
                 raise RemusError(f"not starting the VM: {why}")
             log.info("start: %s", why)
@@ -123,7 +127,7 @@ class NodeDaemon:
         else:  # a primary without a standby retries when asked: our query is that nudge
             peer = query_peer(*self.peer)
             log.info("start: the peer is %s", f"a {peer.state.value} (term {peer.term})"
-                     if peer else "not answering")
+                     if peer and peer.state else "not answering")
         try:
             while not self.stopped.is_set():
                 if self.record.node.role is Role.PRIMARY:
@@ -148,9 +152,8 @@ class NodeDaemon:
         if self.stopped.is_set() or taken is None:
             return
         self.taker.served = None
-        self.vm = taken
+        self.vm = taken  # the take-over already moved the record (term + 1)
         self.clock = self.standby.taken.clock if self.standby.taken else None
-        self.record.apply(Event.TOOK_OVER)
 
     def _primary_phase(self) -> None:
         vm = self.vm
@@ -184,39 +187,55 @@ class NodeDaemon:
         self.standby.rejoin()
 
     def _session(self, vm: served.ServedVM) -> str:
-        """One attempt to protect the VM; how it ended."""
-        if self.clock is None:
-            self.clock = ClockKeeper(vm.guest.files.agent)
+        """One attempt to protect the VM; how it ended. A failure of the attempt never stops
+        the VM: it runs on unprotected and the next attempt follows."""
         peer = query_peer(*self.peer)  # cheap: no participants built for nobody
-        if peer is None:
+        if peer is None or peer.state is None:
             return "unreachable"
         if peer.state.role is Role.PRIMARY:
             return self._refused(vm, Refused({"reason": f"the peer is a {peer.state.value}",
                                               "state": peer.state.value, "term": peer.term}))
-        parts = participants.build(self.cfg, vm.ram_file, vm.disk, vm.relay, self.options.aids)
-        daemon = PrimaryDaemon(self.cfg, vm.guest, self.run_dir, parts, term=self.record.term,
-                               peer=self.peer, clock=self.clock, on_state=self._followed)
-        self.primary = daemon
-        self._parts, self._t0 = parts, time.monotonic()
+        if self.clock is None or (self.clock.ident is not None and not self.clock.is_alive()):
+            self.clock = ClockKeeper(vm.guest.files.agent)  # a thread starts only once
         try:
-            daemon.protect(connect_wait=0)
+            daemon = self._attempt(vm)
         except Refused as e:
             return self._refused(vm, e)
         except RemusError as e:
-            if daemon.states.history[-1] is PrimaryState.STARTING:
-                log.debug("standby not reachable: %s", e)
-                return "unreachable"
             log.warning("protection session failed: %s", e)
-        reached = PrimaryState.PROTECTED in daemon.states.history
-        if reached:
+            return "failed"
+        except Exception:
+            log.exception("protection session: internal error; the VM runs on unprotected")
+            return "failed"
+        if daemon is None:
+            return "stopped"
+        if PrimaryState.PROTECTED in daemon.states.history:
             self.sessions[-1]["ended"] = daemon.failure
             self._publish()
-        if daemon.handed_over or (self.record.state is NodeState.HANDING_OVER):
+        if daemon.vm_stopped:
             return "handed-over"
-        return "protected" if reached else "failed"
+        if self.record.state is NodeState.HANDING_OVER:  # ended before the VM stopped
+            log.warning("switchover did not happen: %s; the VM runs on here", daemon.failure)
+            self.record.apply(Event.PEER_LOST)
+        return "protected" if PrimaryState.PROTECTED in daemon.states.history else "failed"
+
+    def _attempt(self, vm: served.ServedVM) -> PrimaryDaemon | None:
+        parts = participants.build(self.cfg, vm.ram_file, vm.disk, vm.relay, self.options.aids)
+        token = object()  # states of an earlier session's threads are not this one's
+        daemon = PrimaryDaemon(self.cfg, vm.guest, self.run_dir, parts, term=self.record.term,
+                               peer=self.peer, clock=self.clock,
+                               on_state=lambda st: self._followed(st, token))
+        self.primary, self._token = daemon, token
+        self._parts, self._t0 = parts, time.monotonic()
+        if self.stopped.is_set():  # a stop that came before self.primary was this daemon
+            return None
+        daemon.protect(connect_wait=0)
+        return daemon
 
     def _refused(self, vm: served.ServedVM, e: Refused) -> str:
-        if e.peer_term > self.record.term and e.fields.get("state") != "standby":
+        peer = read_role(e.fields)
+        if peer.state is not None and peer.state.role is Role.PRIMARY and \
+                peer.term > self.record.term:
             # The peer runs the VM in a newer term: ours is a stale copy. Never run both.
             log.error("%s; this host's VM is a stale copy (term %d): stopping it", e,
                       self.record.term)
@@ -225,8 +244,10 @@ class NodeDaemon:
         log.warning("%s", e)
         return "refused"
 
-    def _followed(self, state: PrimaryState) -> None:
+    def _followed(self, state: PrimaryState, token: object) -> None:
         """The session's states, as node events."""
+        if token is not self._token:
+            return
         now = self.record.state
         try:
             if state is PrimaryState.SEEDING and now is NodeState.PRIMARY_UNPROTECTED:
@@ -266,8 +287,7 @@ class NodeDaemon:
         self.record.apply(Event.SWITCHOVER)
         try:
             daemon.hand_over()
-        except RemusError as e:
-            self.record.apply(Event.PEER_LOST)
+        except RemusError as e:  # the session ended meanwhile: its end moves the record
             return ControlReply(False, str(e))
         return ControlReply(True, failover={"state": self.record.state.value})
 

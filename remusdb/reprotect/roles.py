@@ -125,18 +125,44 @@ def judge_hello(me: Node, peer_term: object) -> Verdict:
 class PeerView:
     """What the peer said when asked (QUERY): its state and term."""
 
-    state: NodeState
-    term: int
+    state: NodeState | None  # None: its node is alive but gave no answer that reads
+    term: int = 0
     committed: int = -1  # a standby's committed epoch
 
 
-def judge_start(me: Node, peer: PeerView | None) -> tuple[Role | None, str]:
+BUSY = PeerView(None)  # accepted the connection, answered nothing usable (maybe failing over)
+
+
+def read_role(d: object) -> PeerView:
+    """A ROLE answer; anything malformed is BUSY (never "nobody there")."""
+    if not isinstance(d, dict):
+        return BUSY
+    term, committed, state = d.get("term"), d.get("committed", -1), d.get("state")
+    if not (isinstance(term, int) and isinstance(committed, int) and isinstance(state, str)) \
+            or isinstance(term, bool) or isinstance(committed, bool):
+        return BUSY
+    try:
+        return PeerView(NodeState(state), term, committed)
+    except ValueError:
+        return BUSY
+
+
+def judge_start(me: Node, peer: PeerView | None, committed_here: int = -1
+                ) -> tuple[Role | None, str]:
     """`remusdb protect` on this host: start the VM here (from its image), join the peer that
-    runs it, or refuse (None) when the peer holds a committed checkpoint: starting afresh would
-    throw away every commit since the image; that host must fail over instead. An unreachable
-    peer cannot say; the operator's request stands (the witness issue closes that gap)."""
+    runs it, or refuse (None) when a committed checkpoint exists (here or there: starting
+    afresh would throw away every commit since the image; fail over from it instead) or the
+    peer is alive but busy. Nobody there cannot say more; the operator's request stands (the
+    witness issue closes that gap under partitions)."""
+    if committed_here >= 0:
+        return None, (f"this host holds a committed checkpoint (epoch {committed_here}): run "
+                      "'remusdb failover --force' here instead of starting the VM from its "
+                      "image")
     if peer is None:
         return Role.PRIMARY, "the peer did not answer: starting the VM here"
+    if peer.state is None:
+        return None, ("the peer's node is up but did not answer (busy, perhaps failing over): "
+                      "not starting a second copy; try again")
     if peer.state.role is Role.PRIMARY:
         return Role.STANDBY, (f"the peer runs the VM as primary (term {peer.term}): joining "
                               "it as its standby instead of starting a second copy")

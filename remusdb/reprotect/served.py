@@ -23,6 +23,8 @@ from remusdb.disk.server import DiskServer
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
 from remusdb.hypervisor.tap import ensure_tap
 from remusdb.image.builder import GuestImage
+from remusdb.reprotect.record import NodeRecord
+from remusdb.reprotect.roles import Event
 from remusdb.vm import launch_served, make_spec
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,9 @@ class TakeOver:
     `cont` (the guest's first frames, its gratuitous ARPs, must reach the tap)."""
 
     def __init__(self, cfg: Config, image: GuestImage, run_dir: Path,
-                 net_trace: Path | None = None):
+                 net_trace: Path | None = None, record: NodeRecord | None = None):
         self.cfg, self.image, self.run_dir, self.net_trace = cfg, image, Path(run_dir), net_trace
+        self.record = record  # the node: its new term is on disk before the VM runs
         self.served: ServedVM | None = None
 
     def __call__(self, store: StandbyStore, spec: GuestSpec, vm_dir: Path, cp: bool
@@ -101,17 +104,22 @@ class TakeOver:
         spec.network, spec.stream_socket = "stream", vm_dir / "net.sock"
         relays: list[NetRelay] = []
 
-        def connect(guest: QemuGuest) -> None:
+        def before_cont(guest: QemuGuest) -> None:
             relays.append(_relay(cfg, vm_dir / "net.sock", guest, self.net_trace))
+            # From `cont` on the images are live memory: the store claims no checkpoint.
+            store.adopt_disk(lineage, size)
 
+        if self.record is not None:
+            self.record.apply(Event.TOOK_OVER)  # the new term, persisted, before `cont`
         try:
-            taken = failover.take_over(store, spec, vm_dir, cp, before_cont=connect)
+            taken = failover.take_over(store, spec, vm_dir, cp, before_cont=before_cont)
         except BaseException:
             for r in relays:
                 r.close()
             disk.close()
+            if self.record is not None:
+                self.record.apply(Event.VM_LOST)
             raise
-        store.adopt_disk(lineage, size)
         self.served = ServedVM(taken.guest, disk, relays[0], taken.report)
         return taken
 

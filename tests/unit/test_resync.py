@@ -119,3 +119,36 @@ def test_lying_digests_end_the_session_as_the_peers_fault(tmp_path):
     log.on_welcome(Welcome({"disk": "resync"}, np.zeros(5, np.uint64)))
     with pytest.raises(WireError, match="disk resync: digests of 5 blocks"):
         log.on_seed(lambda parts: None)
+
+
+def test_digests_of_extents_off_the_4k_grid(tmp_path, monkeypatch):
+    """A file system with 1 KiB blocks reports extents that do not start on 4 KiB: every
+    4 KiB block they touch is hashed whole (it raised, or hashed misaligned windows)."""
+    fd = image(tmp_path / "a.raw")
+    pwrite_all(fd, b"q" * 1024, 4096 * 5 + 2048)
+    monkeypatch.setattr(resync, "data_extents", lambda fd, size, chunk: [(4096 * 5 + 2048,
+                                                                         1024)])
+    d = resync.digests(fd, SIZE)
+    import xxhash
+    assert d[5] == xxhash.xxh3_64_intdigest(os.pread(fd, 4096, 4096 * 5))
+    assert np.count_nonzero(d != resync.ZERO_DIGEST) == 1
+
+
+def test_a_standby_cannot_make_the_primary_hold_more_digests_than_blocks():
+    import socket as sk
+
+    from remusdb.checkpoint import handshake
+    a, b = sk.socketpair()
+    ca, cb = wire.Connection(a), wire.Connection(b)
+    try:
+        cb.send(wire.encode_json(wire.Kind.WELCOME, 0, {"disk": "resync",
+                                                         "digest_frames": 1024}))
+        with pytest.raises(WireError, match="announces 1024 digest frames for 2048 blocks"):
+            handshake.read_welcome(ca, 8 << 20)
+        cb.send(wire.encode_json(wire.Kind.WELCOME, 0, {"disk": "resync", "digest_frames": 1}))
+        cb.send(wire.encode(wire.Kind.DIGESTS, 0, wire.pack_digests(np.zeros(4096, np.uint64))))
+        with pytest.raises(WireError, match="more than 2048 block digests"):
+            handshake.read_welcome(ca, 8 << 20)
+    finally:
+        a.close()
+        b.close()

@@ -122,3 +122,17 @@ def test_a_corrupt_record_is_a_clear_local_error(tmp_path):
     (tmp_path / "node.json").write_text('{"term": -3}')
     with pytest.raises(LocalError, match="bad term -3"):
         NodeRecord(tmp_path, "a")
+
+
+def test_a_role_answer_that_does_not_read_is_busy_never_nobody():
+    from remusdb.reprotect.roles import BUSY, read_role
+    assert read_role({"state": "standby", "term": 3, "committed": 9}) == PeerView(S.STANDBY, 3,
+                                                                                   9)
+    for bad in (None, [], {"state": "standby"}, {"state": "king", "term": 1},
+                {"state": "standby", "term": float("inf")}, {"state": "standby", "term": True},
+                {"state": 3, "term": 1}, {"state": "standby", "term": 1, "committed": "x"}):
+        assert read_role(bad) is BUSY, bad
+    role, why = judge_start(Node(), BUSY)  # alive but silent: maybe failing over right now
+    assert role is None and "did not answer" in why
+    role, why = judge_start(Node(), None, committed_here=42)
+    assert role is None and "this host holds a committed checkpoint (epoch 42)" in why

@@ -332,3 +332,29 @@ def test_a_disk_of_the_same_lineage_is_offered_for_a_resync(tmp_path):
                 st.close()
     finally:
         d.stopped.set()
+
+
+def test_a_connection_that_never_became_a_session_is_no_death(tmp_path):
+    """A port probe, or a primary that gives up in its handshake, closes before HELLO: that
+    is nobody's death (it failed over, even from 'recovered', before)."""
+    st = StandbyStore(tmp_path / "store")
+    st.create(INFO, "s")
+    st.apply(epoch_with(0, {(0, 1): 7}))
+    st.close()
+    d, cfg, _ = node_daemon(tmp_path, 1)
+    start(d)
+    try:
+        socket.create_connection(("127.0.0.1", cfg.standby.port)).close()
+        time.sleep(0.5)
+        assert d.failover_attempts == 0 and d.state == "recovered"
+        # During a take-over no HELLO may touch the store the VM is being resumed from.
+        d.taking_over = True
+        conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+        conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "z", "term": 1}))
+        reply = conn.recv()
+        assert reply.kind == wire.Kind.REFUSE and "taking over" in reply.json()["reason"]
+        conn.close()
+        time.sleep(0.3)
+        assert d.store.committed == 0 and d.failover_attempts == 0
+    finally:
+        d.stopped.set()
