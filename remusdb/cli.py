@@ -90,19 +90,14 @@ def cmd_protect(args) -> int:
 
 
 def cmd_standby(args) -> int:
-    from remusdb import protection
-    from remusdb.checkpoint.participants import SessionAids
-    from remusdb.reprotect.node import NodeOptions
-    from remusdb.reprotect.roles import Role
-    cfg = configmod.load(args.config)
-    options = NodeOptions(SessionAids(verify_every=args.verify_every,
-                                      verify_count=args.verify_count),
-                          standby_trace=Path(args.trace) if args.trace else None)
-    return protection.run_node(cfg, "standby", Role.STANDBY,
-                               protection.role_dir(cfg, "standby", args.run_dir), options)
+    return _start_as_standby(args, "standby")
 
 
 def cmd_node(args) -> int:
+    return _start_as_standby(args, args.host)
+
+
+def _start_as_standby(args, host: str) -> int:
     from remusdb import protection
     from remusdb.checkpoint.participants import SessionAids
     from remusdb.reprotect.node import NodeOptions
@@ -111,8 +106,8 @@ def cmd_node(args) -> int:
     options = NodeOptions(SessionAids(verify_every=args.verify_every,
                                       verify_count=args.verify_count),
                           standby_trace=Path(args.trace) if args.trace else None)
-    return protection.run_node(cfg, args.host, Role.STANDBY,
-                               protection.role_dir(cfg, args.host, args.run_dir), options)
+    return protection.run_node(cfg, host, Role.STANDBY,
+                               protection.role_dir(cfg, host, args.run_dir), options)
 
 
 def cmd_node_request(args) -> int:

@@ -11,13 +11,11 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from remusdb.disk.image import allocated_bytes
-from remusdb.drill import report, workload
-from remusdb.drill.run import retry_connect
+from remusdb.drill import workload
 from remusdb.errors import RemusError
 from remusdb.lab.daemons import Daemon, wait_status, write_config
 from remusdb.lab.layout import RunLayout
@@ -94,13 +92,7 @@ def _cycles(lab, cluster: _Cluster, db: str, cycles: int, n_clients: int, say) -
         with lab.inside("client"):
             return workload.connect(db, VM_IP)
 
-    setup = retry_connect(open_conn)
-    workload.create(setup)
-    setup.close()
-    stop = threading.Event()
-    clients = [workload.LedgerClient(k, db, VM_IP, open_conn, stop) for k in range(n_clients)]
-    for c in clients:
-        c.start()
+    clients, stop = workload.start(db, VM_IP, open_conn, n_clients)
     t_start = time.monotonic()
     rows: list[dict] = []
     marks: list[tuple[str, float]] = []
@@ -118,15 +110,10 @@ def _cycles(lab, cluster: _Cluster, db: str, cycles: int, n_clients: int, say) -
         stop.set()
         for c in clients:
             c.join(30)
-    check = retry_connect(open_conn)
-    try:
-        ledger, balances = workload.read_back(check)
-    finally:
-        check.close()
     acked = set().union(*(c.acked for c in clients))
     ops = [o for c in clients for o in c.ops]
     return {"db": db, "cycles": rows, "marks": marks,
-            "final_ledger": report.ledger_check(acked, ledger, balances, workload.INITIAL),
+            "final_ledger": workload.check(open_conn, acked),
             "timeline": timeline(ops, t_start)}
 
 
@@ -151,11 +138,7 @@ def _cycle(cluster: _Cluster, victim: str, clients, open_conn, marks, t_start) -
                     lambda s: s["verify"].get("disk_checks", 0) >= 1, 300,
                     "RAM and disk verified", list(cluster.daemons.values()))["verify"]
     acked = set().union(*(c.acked for c in clients))  # before the read: all must be there
-    check = retry_connect(open_conn)
-    try:
-        ledger, balances = workload.read_back(check)
-    finally:
-        check.close()
+    ledger = workload.check(open_conn, acked)
     seed = session["seed"]
     return {"killed": victim, "failover_running_s": fo.get("running_s"),
             "failover_decided_s": round(t_failed_over - killed, 2),
@@ -169,7 +152,7 @@ def _cycle(cluster: _Cluster, victim: str, clients, open_conn, marks, t_start) -
             "verify": v, "verify_ok": v["differing_groups"] == 0
             and v["differing_disk_chunks"] == 0 and v.get("disk_chunks_checked", 0) > 0,
             "acked_before_kill": before,
-            "ledger": report.ledger_check(acked, ledger, balances, workload.INITIAL)}
+            "ledger": ledger}
 
 
 def _node(cluster: _Cluster, host: str) -> dict:

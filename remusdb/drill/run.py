@@ -8,7 +8,6 @@ import random
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -84,13 +83,7 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
         with lab.inside("client"):
             return workload.connect(db, VM_IP)
 
-    setup = retry_connect(open_conn)
-    workload.create(setup)
-    setup.close()
-    stop = threading.Event()
-    clients = [workload.LedgerClient(k, db, VM_IP, open_conn, stop) for k in range(n_clients)]
-    for c in clients:
-        c.start()
+    clients, stop = workload.start(db, VM_IP, open_conn, n_clients)
     try:
         time.sleep(warmup_s)
         before = sum(len(c.acked) for c in clients)
@@ -113,30 +106,14 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
         stop.set()
         for c in clients:
             c.join(30)
-    check = retry_connect(open_conn)
-    try:
-        ledger, balances = workload.read_back(check)
-    finally:
-        check.close()
     ops = [o for c in clients for o in c.ops]
     acked = set().union(*(c.acked for c in clients))
     return {"db": db, "interval_ms": interval_ms, "kill_at": kill_at,
             "failover": st["failover"],
-            "ledger": report.ledger_check(acked, ledger, balances, workload.INITIAL),
+            "ledger": workload.check(open_conn, acked),
             **report.downtime(ops, killed_at), "connections": report.connections(ops, killed_at),
             "transfers": {"attempted": len(ops), "acknowledged": len(acked)},
             "window_s": round(time.monotonic() - killed_at, 1)}
-
-
-def retry_connect(fn, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except workload.ERRORS as e:
-            if time.monotonic() > deadline:
-                raise RemusError(f"cannot reach the database at {VM_IP}: {e}") from None
-            time.sleep(0.5)
 
 
 def describe(r: dict) -> list[str]:

@@ -10,7 +10,8 @@ import time
 import psycopg2
 import pymysql
 
-from remusdb.drill.report import Op
+from remusdb.drill.report import Op, ledger_check
+from remusdb.errors import RemusError
 from remusdb.lab import dbclient
 
 ACCOUNTS, INITIAL = 100, 1000
@@ -105,3 +106,37 @@ class LedgerClient(threading.Thread):
                 conn.close()
             except ERRORS:
                 pass
+
+
+def retry_connect(open_conn, timeout: float = 60.0):
+    """A connection, retried while the database is unreachable (a failover, a boot)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_conn()
+        except ERRORS as e:
+            if time.monotonic() > deadline:
+                raise RemusError(f"cannot reach the database: {e}") from None
+            time.sleep(0.5)
+
+
+def start(db: str, host: str, open_conn, n: int) -> tuple[list[LedgerClient], threading.Event]:
+    """A fresh ledger and `n` clients moving money on it until the event is set."""
+    setup = retry_connect(open_conn)
+    create(setup)
+    setup.close()
+    stop = threading.Event()
+    clients = [LedgerClient(k, db, host, open_conn, stop) for k in range(n)]
+    for c in clients:
+        c.start()
+    return clients, stop
+
+
+def check(open_conn, acked: set[int]) -> dict:
+    """The ledger read back (one snapshot) against the transfers acknowledged so far."""
+    conn = retry_connect(open_conn)
+    try:
+        ledger, balances = read_back(conn)
+    finally:
+        conn.close()
+    return ledger_check(acked, ledger, balances, INITIAL)

@@ -244,8 +244,14 @@ def test_state_changes_are_logged_once_each(tmp_path, caplog):
         d.stopped.set()
 
 
-def node_daemon(tmp_path, term):
+def node_daemon(tmp_path, term, committed=False):
+    """A standby daemon of a node at `term`; with `committed`, its store holds epoch 0."""
     from remusdb.reprotect.record import NodeRecord
+    if committed:
+        st = StandbyStore(tmp_path / "store")
+        st.create(INFO, "s")
+        st.apply(epoch_with(0, {(0, 1): 7}))
+        st.close()
     cfg = Config()
     cfg.standby.port = free_port()
     rec = NodeRecord(tmp_path, "standby")
@@ -257,11 +263,7 @@ def node_daemon(tmp_path, term):
 
 def test_a_stale_hello_is_refused_and_the_committed_checkpoint_kept(tmp_path):
     """A primary of an older term (it missed a failover) is told so; the store is untouched."""
-    st = StandbyStore(tmp_path / "store")
-    st.create(INFO, "s")
-    st.apply(epoch_with(0, {(0, 1): 7}))
-    st.close()
-    d, cfg, rec = node_daemon(tmp_path, 5)
+    d, cfg, rec = node_daemon(tmp_path, 5, committed=True)
     start(d)
     try:
         conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
@@ -337,11 +339,7 @@ def test_a_disk_of_the_same_lineage_is_offered_for_a_resync(tmp_path):
 def test_a_connection_that_never_became_a_session_is_no_death(tmp_path):
     """A port probe, or a primary that gives up in its handshake, closes before HELLO: that
     is nobody's death (it failed over, even from 'recovered', before)."""
-    st = StandbyStore(tmp_path / "store")
-    st.create(INFO, "s")
-    st.apply(epoch_with(0, {(0, 1): 7}))
-    st.close()
-    d, cfg, _ = node_daemon(tmp_path, 1)
+    d, cfg, _ = node_daemon(tmp_path, 1, committed=True)
     start(d)
     try:
         socket.create_connection(("127.0.0.1", cfg.standby.port)).close()
