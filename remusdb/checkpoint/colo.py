@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from remusdb.checkpoint.stream.format import Colo
 from remusdb.checkpoint.stream.pages import PageSet
@@ -23,6 +24,29 @@ from remusdb.checkpoint.stream.parse import (
 )
 from remusdb.checkpoint.stream.reader import Reader
 from remusdb.checkpoint.stream.write import message
+from remusdb.errors import RemusError
+from remusdb.hypervisor.monitor import Monitor
+
+
+def start_migration(mon: Monitor, path: Path, interval_ms: int, timeout: float
+                    ) -> socket.socket:
+    """QEMU's COLO migration to a unix socket we listen on: its stream, once connected."""
+    path.unlink(missing_ok=True)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    mon.set_migration_capabilities(x_colo=True)
+    mon.execute("migrate-set-parameters", **{"x-checkpoint-delay": interval_ms})
+    mon.migrate(f"unix:{path}")
+    srv.settimeout(30)
+    try:
+        conn, _ = srv.accept()
+    except TimeoutError:
+        raise RemusError("QEMU did not connect its COLO migration") from None
+    finally:
+        srv.close()
+    conn.settimeout(timeout)
+    return conn
 
 
 @dataclass

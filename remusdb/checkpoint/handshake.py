@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -18,6 +19,21 @@ from remusdb.errors import RemusError
 from remusdb.reprotect import resync
 
 log = logging.getLogger(__name__)
+
+
+def connect(addr: tuple[str, int], wait: float = 30.0) -> wire.Connection:
+    """The link to the standby, retried for `wait` seconds (0: one try)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            s = socket.create_connection(addr, timeout=5)
+            s.settimeout(None)
+            return wire.Connection(s)
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise RemusError(f"cannot reach the standby at {addr[0]}:{addr[1]}: "
+                                 f"{e.strerror or e}") from None
+            time.sleep(0.5)
 
 
 class Quiet(Exception):

@@ -4,9 +4,9 @@ Three threads: capture (the COLO transaction; the VM is paused only while the ep
 memory), sender (frames to the standby, heartbeats when idle) and receiver (the standby's
 acknowledgements). A bounded queue between capture and sender is the back-pressure: when the
 link is slower than the dirty rate, the next checkpoint waits, the VM stays paused a little
-longer, and nothing is dropped. Losing the standby ends protection: QEMU is told
-x-colo-lost-heartbeat and the VM runs on unprotected. What each device does at each phase is
-its participant's business (participants.py); the daemon only walks them.
+longer, and nothing is dropped. Losing the standby ends the session: QEMU is told
+x-colo-lost-heartbeat and the VM runs on unprotected (the node daemon starts the next session).
+What each device does at each phase is its participants' business; the daemon only walks them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from remusdb.checkpoint import handshake, wire
-from remusdb.checkpoint.colo import ColoEndpoint
+from remusdb.checkpoint.colo import ColoEndpoint, start_migration
 from remusdb.checkpoint.encode import EpochOut, epoch_frames
 from remusdb.checkpoint.epoch import StreamInfo
 from remusdb.checkpoint.participant import Participant
@@ -67,7 +67,6 @@ class PrimaryDaemon:
         self._handover = threading.Event()
         self._handing_over = False  # _finish_handover owns the end of the session
         self._trouble: str | None = None  # what went wrong meanwhile
-        self.handed_over = False  # switchover: the standby committed our last epoch
         self.vm_stopped = False  # switchover: our VM was killed at the last checkpoint
 
     @property
@@ -77,7 +76,7 @@ class PrimaryDaemon:
     # Protection, phase by phase
     def protect(self, connect_wait: float = 30.0) -> None:
         """Run until protection ends (standby lost, QEMU gone, or stop())."""
-        self.conn = self._connect_standby(connect_wait)
+        self.conn = handshake.connect(self.peer, connect_wait)
         # Seeding has no watchdog yet and holds the VM paused at its end: a standby that stops
         # reading must end it, not keep the VM waiting until TCP gives up.
         self.conn.sock.settimeout(max(30.0, self.stall_timeout))
@@ -102,20 +101,6 @@ class PrimaryDaemon:
         finally:
             self._end_capture(endpoint)
 
-    def _connect_standby(self, wait: float = 30.0) -> wire.Connection:
-        addr = self.peer
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                s = socket.create_connection(addr, timeout=5)
-                s.settimeout(None)
-                return wire.Connection(s)
-            except OSError as e:
-                if time.monotonic() > deadline:
-                    raise RemusError(f"cannot reach the standby at {addr[0]}:{addr[1]}: "
-                                     f"{e.strerror or e}") from None
-                time.sleep(0.5)
-
     def _handshake(self, conn: wire.Connection) -> None:
         hello: dict = {"session": uuid.uuid4().hex, "vm": self.cfg.vm.name, "term": self.term,
                        "interval_ms": self.cfg.checkpoint.interval_ms, "disk_size": 0}
@@ -139,7 +124,11 @@ class PrimaryDaemon:
                 p.on_seed(conn.send)
         except (OSError, RemusError) as e:
             self._link_lost("during the disk copy", e)
-        endpoint = self.endpoint = ColoEndpoint(self._start_colo())
+        mon = self.guest.monitor
+        assert mon is not None  # the guest runs (QemuGuest.start) before protection starts
+        sock = start_migration(mon, self.run_dir / "colo.sock", self.cfg.checkpoint.interval_ms,
+                               max(30.0, self.stall_timeout))
+        endpoint = self.endpoint = ColoEndpoint(sock)
         t0 = time.monotonic()
         init = endpoint.read_initial()  # the VM is paused at its end, until endpoint.ready()
         if not init.colo:
@@ -173,28 +162,6 @@ class PrimaryDaemon:
         ram = next(b.length for b in blocks if b.name == RAM_BACKEND) // PAGE_SIZE
         return Compressor(opts.compression, [b.length // PAGE_SIZE for b in blocks],
                           int(ram * opts.page_cache))
-
-    def _start_colo(self) -> socket.socket:
-        path = self.run_dir / "colo.sock"
-        path.unlink(missing_ok=True)
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(str(path))
-        srv.listen(1)
-        mon = self.guest.monitor
-        assert mon is not None  # the guest runs (QemuGuest.start) before protection starts
-        mon.set_migration_capabilities(x_colo=True)
-        mon.execute("migrate-set-parameters",
-                    **{"x-checkpoint-delay": self.cfg.checkpoint.interval_ms})
-        mon.migrate(f"unix:{path}")
-        srv.settimeout(30)
-        try:
-            conn, _ = srv.accept()
-        except TimeoutError:
-            raise RemusError("QEMU did not connect its COLO migration") from None
-        finally:
-            srv.close()
-        conn.settimeout(max(30.0, self.stall_timeout))
-        return conn
 
     def _start_threads(self) -> None:
         for target, name in ((self._guard(self._sender), "sender"),
@@ -251,18 +218,16 @@ class PrimaryDaemon:
 
     # Switchover
     def hand_over(self) -> None:
-        """Planned role swap: the next checkpoint is the last; the VM stays paused after it
-        and dies here, then the standby runs it (`_finish_handover`)."""
+        """Planned role swap: the VM stays paused after the next checkpoint, its last here."""
         if self.states.current != PrimaryState.PROTECTED:
             raise RemusError(f"switchover needs a protected VM (primary state {self.state})")
         self._handover.set()
 
     def _finish_handover(self, last: int, timeout: float = 5.0) -> None:
-        """The VM is paused at checkpoint `last`. Once the standby has committed it, our VM
-        dies and HANDOVER tells the standby to run it. Without that ack the VM dies all the
-        same and the link closes without BYE: the standby fails over from what it has (it
-        never saw output of an epoch it lacks). Either way the VM runs exactly once. From
-        here on this method alone ends the session: `_fail` only notes why."""
+        """Paused at checkpoint `last`: once the standby committed it our VM dies and HANDOVER
+        says "run it". Without that ack it dies all the same and the link closes without BYE,
+        so the standby fails over from what it has: the VM runs once either way. Only this
+        ends the session from here (`_fail` only notes why)."""
         with self._qmp_lock:
             if self.failure is not None:  # ended in order already (BYE; the VM runs on)
                 return
@@ -275,27 +240,24 @@ class PrimaryDaemon:
             self.failure = "handed over" if ok else (
                 f"switchover: no ack for the last epoch ({self._trouble or 'timed out'})")
             self._stop.set()
+        failure = self.failure
         self.guest.kill()
         self.vm_stopped = True
         assert self.conn is not None
-        if ok:
-            try:
+        try:
+            if ok:
                 self.conn.send(wire.encode_json(wire.Kind.HANDOVER, last, {"term": self.term}),
                                lock_timeout=5.0)
-                self.handed_over = True
-            except OSError as e:
-                log.warning("switchover: HANDOVER not sent (%s): the standby fails over", e)
+        except OSError as e:
+            ok = False
+            log.warning("switchover: HANDOVER not sent (%s)", e)
         log.info("switchover: the VM stopped here at epoch %d; the standby %s", last,
-                 "takes over" if self.handed_over else "fails over from its last checkpoint")
+                 "takes over" if ok else "fails over from its last checkpoint")
         try:
             self.conn.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        for p in self.participants:
-            try:
-                p.on_stop(self.failure, vm_gone=True)
-            except Exception:
-                log.exception("%s could not stop", type(p).__name__)
+        self._stop_participants(failure, vm_gone=True)
         self.clock.stop()
         self.states.set(PrimaryState.UNPROTECTED)
 
@@ -375,14 +337,10 @@ class PrimaryDaemon:
             self.failure = reason
             log.warning("protection lost: %s; the VM continues unprotected", reason)
             self._stop.set()
-            for p in self.participants:
-                try:
-                    p.on_stop(reason)
-                except Exception:  # the others and the BYE must still happen
-                    log.exception("%s could not stop", type(p).__name__)
+            self._stop_participants(reason)
             try:
                 mon = self.guest.monitor
-                assert mon is not None  # see _start_colo()
+                assert mon is not None  # see _seed()
                 mon.execute("x-colo-lost-heartbeat")
             except Exception:
                 pass
@@ -394,6 +352,13 @@ class PrimaryDaemon:
             except OSError:
                 log.warning("could not tell the standby (no BYE): it sees silence, not a death")
         self.states.set(PrimaryState.UNPROTECTED)
+
+    def _stop_participants(self, reason: str, vm_gone: bool = False) -> None:
+        for p in self.participants:
+            try:
+                p.on_stop(reason, vm_gone)
+            except Exception:  # the others and the BYE must still happen
+                log.exception("%s could not stop", type(p).__name__)
 
     def stop(self) -> None:
         """Orderly end (operator): the standby is told, the VM runs on unprotected."""

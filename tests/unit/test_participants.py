@@ -55,7 +55,7 @@ class Recorder(Participant):
         self._note("ack", epoch)
         self.acked[epoch].set()
 
-    def on_stop(self, reason):
+    def on_stop(self, reason, vm_gone=False):
         self._note("stop", reason)
 
 
@@ -150,7 +150,7 @@ def test_a_participant_that_fails_to_stop_does_not_keep_the_others_or_bye_from_r
     cfg, standby = pair
 
     class Broken(Participant):
-        def on_stop(self, reason):
+        def on_stop(self, reason, vm_gone=False):
             raise RuntimeError("stuck")
 
     fake = Recorder()
