@@ -136,6 +136,11 @@ class StandbyDaemon:
         journal, so the store holds exactly its last committed checkpoint."""
         if not self.store.meta_path.exists():
             return
+        lineage, _ = self.store.disk_history()
+        if self.store.committed_on_disk() < 0 and lineage:
+            log.info("no committed checkpoint here (this host's disk was a running VM's or a "
+                     "session's); the disk is kept and offered for a resync")
+            return
         try:
             self.store.open()
         except RemusError as e:
