@@ -138,6 +138,7 @@ class NodeDaemon:
             self.listener.close()
             if self.vm is not None:
                 self.vm.close()
+            self.record.apply(Event.STOP)  # `remusdb status` says so, not a stale role
 
     def stop(self) -> None:
         """Operator stop: protection ends in order (BYE) and the VM stops with the node."""

@@ -144,6 +144,7 @@ def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
         primary.kill(signal.SIGTERM)
         assert primary.proc.returncode == 0, primary.text()[-2000:]
         assert not process_alive(qemu_pid, wait=5.0)
+        assert read_status(run.status_at("primary", "node"))["state"] == "stopped"
     finally:
         if primary:
             primary.kill()
