@@ -177,21 +177,29 @@ class StandbyStore:
             else:
                 p.unlink()
 
-    def committed_on_disk(self) -> int:
-        """The committed epoch meta.json claims, without opening the store (-1: none)."""
+    def _peek_meta(self) -> dict:
+        """meta.json as it is, without opening the store ({} when absent or unreadable)."""
         try:
             meta = json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def committed_on_disk(self) -> int:
+        """The committed epoch meta.json claims, without opening the store (-1: none)."""
+        meta = self._peek_meta()
+        try:
             return int(meta["committed"]) if meta.get("stream") is not None else -1
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (KeyError, ValueError, TypeError):
             return -1
 
     def disk_history(self) -> tuple[str, int]:
         """(lineage, size) of the disk this store holds, from its meta file; ("", 0) when
         there is none: what a rejoining standby offers for a resync."""
+        meta = self._peek_meta()
         try:
-            meta = json.loads(self.meta_path.read_text())
             lineage, size = str(meta.get("lineage", "")), int(meta.get("disk_size", 0))
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError):
             return "", 0
         try:
             if self.disk_path.stat().st_size != size:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from remusdb.disk.image import allocated_bytes
 from remusdb.drill import workload
 from remusdb.errors import RemusError
 from remusdb.lab.daemons import Daemon, wait_status, write_config
-from remusdb.lab.layout import RunLayout
+from remusdb.lab.layout import KeptOnFailure, RunLayout
 from remusdb.lab.net import VM_IP, Lab
 from remusdb.reprotect.node import other
 
@@ -56,28 +54,19 @@ class _Cluster:
 
 def drill(db: str = "postgres", cycles: int = 5, interval_ms: int = 100, clients: int = 4,
           out: Path | None = None, say=print) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="remusdb-reprotect-", dir="/dev/shm"))
-    ok = False
-    try:
-        with Lab() as lab:
-            lab.add_tap("primary")
-            run = RunLayout(base)
-            cluster = _Cluster(lab, run, write_config(run.config, lab, interval_ms=interval_ms))
-            try:
-                result = _cycles(lab, cluster, db, cycles, clients, say)
-            finally:
-                cluster.stop()
-        ok = all(c["ledger"]["ok"] and c["verify_ok"] for c in result["cycles"]) and \
-            result["final_ledger"]["ok"]
-        result["ok"] = ok
+    with KeptOnFailure("remusdb-reprotect-", say) as kept, Lab() as lab:
+        lab.add_tap("primary")
+        run = RunLayout(kept.base)
+        cluster = _Cluster(lab, run, write_config(run.config, lab, interval_ms=interval_ms))
+        try:
+            result = _cycles(lab, cluster, db, cycles, clients, say)
+        finally:
+            cluster.stop()
+        result["ok"] = kept.ok = all(c["ledger"]["ok"] and c["verify_ok"]
+                                     for c in result["cycles"]) and result["final_ledger"]["ok"]
         if out is not None:
             _save(result, out, say)
         return result
-    finally:
-        if ok:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            say(f"kept the drill's files: {base}")
 
 
 def _cycles(lab, cluster: _Cluster, db: str, cycles: int, n_clients: int, say) -> dict:

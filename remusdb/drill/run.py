@@ -5,9 +5,7 @@ the standby's failover, then the ledger read back and checked against what clien
 from __future__ import annotations
 
 import random
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 from remusdb.drill import report, workload
 from remusdb.errors import RemusError
 from remusdb.lab.daemons import Protected, wait_status
-from remusdb.lab.layout import RunLayout
+from remusdb.lab.layout import KeptOnFailure, RunLayout
 from remusdb.lab.net import VM_IP, Lab
 
 KILL_POINTS = ("random", "mid-epoch", "mid-transfer")
@@ -56,25 +54,18 @@ def drill(db: str = "postgres", interval_ms: int = 100,
     """`after_s`: how long after the failover the clients may take to commit again; longer
     than their TCP timeout (workload.CLIENT_TIMEOUT_S), so a stalled connection is measured."""
     rng = random.Random(seed)
-    base = Path(tempfile.mkdtemp(prefix="remusdb-drill-", dir="/dev/shm"))
-    ok = False
-    try:
-        with Lab() as lab:
-            lab.add_tap("primary")
-            trace = RunLayout(base).primary_trace
-            say(f"protecting the VM (checkpoint every {interval_ms} ms, "
-                f"{', '.join(sorted(opts)) or 'no optimizations'}) ...")
-            with Protected(lab, base, interval_ms=interval_ms, optimizations=optimizations(opts),
-                           protect_args=("--trace", str(trace))) as p:
-                result = _run(lab, p, db, interval_ms, kill_at, clients, warmup_s, after_s,
-                              rng, trace, say)
-            ok = result["ledger"]["ok"]
-            return result
-    finally:
-        if ok:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            say(f"kept the drill's files: {base}")
+    with KeptOnFailure("remusdb-drill-", say) as kept, Lab() as lab:
+        base = kept.base
+        lab.add_tap("primary")
+        trace = RunLayout(base).primary_trace
+        say(f"protecting the VM (checkpoint every {interval_ms} ms, "
+            f"{', '.join(sorted(opts)) or 'no optimizations'}) ...")
+        with Protected(lab, base, interval_ms=interval_ms, optimizations=optimizations(opts),
+                       protect_args=("--trace", str(trace))) as p:
+            result = _run(lab, p, db, interval_ms, kill_at, clients, warmup_s, after_s,
+                          rng, trace, say)
+        kept.ok = result["ledger"]["ok"]
+        return result
 
 
 def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after_s, rng,

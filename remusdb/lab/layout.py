@@ -8,6 +8,9 @@ config, the logs and the traces are the lab's own choice, made here.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,3 +80,22 @@ class RunLayout:
     def standby_vm(self) -> RunFiles:
         """QEMU's files of the VM the standby resumed at failover."""
         return RunFiles(self.role_dir("standby") / "vm")
+
+
+class KeptOnFailure:
+    """A drill's run directory in RAM: removed when the drill passed (`ok` set), kept and
+    named when it did not, so its daemons' logs can be read."""
+
+    def __init__(self, prefix: str, say: Callable[[str], None]):
+        self.prefix, self.say = prefix, say
+        self.ok = False
+
+    def __enter__(self) -> KeptOnFailure:
+        self.base = Path(tempfile.mkdtemp(prefix=self.prefix, dir="/dev/shm"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.ok:
+            shutil.rmtree(self.base, ignore_errors=True)
+        else:
+            self.say(f"kept the drill's files: {self.base}")
