@@ -53,6 +53,29 @@ def cmd_config_example(args) -> int:
     return 0
 
 
+def cmd_keys_init(args) -> int:
+    from remusdb.checkpoint import keys, link
+    cfg = configmod.load(args.config)
+    directory = Path(args.dir) if args.dir else link.key_dir(cfg)
+    written = keys.init(directory, cfg.vm.name, force=args.force)
+    print(f"a new CA and keys for VM {cfg.vm.name} in {directory}:")
+    for p in written:
+        print(f"  {p.name}")
+    print("copy ca.crt with primary.crt/.key to the primary host and standby.crt/.key to the "
+          "standby host (same directory, link.keys); keep ca.key offline")
+    return 0
+
+
+def cmd_release(args) -> int:
+    from remusdb import protection
+    from remusdb.checkpoint.control import request_failover
+    cfg = configmod.load(args.config)
+    request_failover(protection.role_dir(cfg, "standby", args.run_dir), cmd="release")
+    print("released: the committed checkpoint may be replaced by a new session, and a failover "
+          "to it needs --force")
+    return 0
+
+
 def cmd_net_sweep(args) -> int:
     from remusdb.lab import net
     removed = net.sweep_stale()
@@ -203,6 +226,14 @@ def _add_tools(sub) -> None:
     cfg.add_parser("example", help="print an example config").set_defaults(
         func=cmd_config_example)
 
+    keys = sub.add_parser("keys", help="the checkpoint link's CA and host keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION")
+    k = keys.add_parser("init", help="make the pair's CA and both hosts' keys")
+    k.add_argument("config")
+    k.add_argument("--dir", help="where to write them (default: link.keys of the config)")
+    k.add_argument("--force", action="store_true", help="replace existing keys")
+    k.set_defaults(func=cmd_keys_init)
+
     net = sub.add_parser("net", help="host network helpers").add_subparsers(
         dest="net_command", required=True, metavar="ACTION")
     net.add_parser("sweep", help="remove namespaces left by dead remusdb processes").set_defaults(
@@ -281,6 +312,10 @@ def _add_daemons(sub) -> None:
     fo.add_argument("--force", action="store_true",
                     help="fail over although the primary only went silent (fence it first)")
     fo.set_defaults(func=cmd_failover)
+    rl = sub.add_parser("release", help="on the standby: let a new session replace its "
+                                        "committed checkpoint (the primary's VM counts)")
+    _daemon_args(rl)
+    rl.set_defaults(func=cmd_release)
 
 
 def _add_drill(sub) -> None:

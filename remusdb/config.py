@@ -7,7 +7,8 @@ Sections and keys (all optional; defaults make a working single-machine setup):
     [checkpoint]    interval_ms
     [optimizations] compression, rt, cp, cp_dscp, page_cache
     [primary]       address, port (the host that starts the VM; roles swap at failover)
-    [standby]       address, port, heartbeat_timeout_ms, fence_command
+    [standby]       address, port, heartbeat_timeout_ms, fence_command, max_disk_size
+    [link]          keys, insecure (the checkpoint link's mutual TLS)
 """
 
 from __future__ import annotations
@@ -164,6 +165,22 @@ def _check_dir(key, v):
     return v
 
 
+def _check_key_dir(key, v):
+    if not isinstance(v, str) or (v and not v.startswith("/")):
+        raise _fail(key, v, "expected an absolute directory path (or \"\": /etc/remusdb/<vm>)")
+    return v
+
+
+def _check_disk_size(key, v):
+    try:
+        n = parse_size(v)
+    except ValueError as e:
+        raise _fail(key, v, str(e)) from None
+    if not 1 << 20 <= n <= 1 << 50 or n % 512:
+        raise _fail(key, v, "expected between 1M and 1024T, a multiple of 512")
+    return n
+
+
 def _check_address(key, v):
     if not isinstance(v, str) or not v or any(c.isspace() for c in v):
         raise _fail(key, v, "expected a host name or IP address")
@@ -187,7 +204,9 @@ class VMConfig:
     bridge: str = field(default="br0", metadata={"check": _check_ifname})
     qemu: str = field(default="auto", metadata={"check": _check_qemu})
     ram_dir: str = field(default="/dev/shm", metadata={"check": _check_dir})
-    run_dir: str = field(default="/run/remusdb", metadata={"check": _check_dir})
+    # Persistent by default: the standby's committed checkpoint must outlive a reboot of its
+    # host (/run is tmpfs on most hosts; a tmpfs store survives only a daemon's restart).
+    run_dir: str = field(default="/var/lib/remusdb", metadata={"check": _check_dir})
 
     @property
     def address(self) -> str:
@@ -235,6 +254,16 @@ class StandbyConfig:
     port: int = field(default=7787, metadata={"check": _check_int(1, 65535)})
     heartbeat_timeout_ms: int = field(default=1000, metadata={"check": _check_int(50, 60_000)})
     fence_command: str = field(default="", metadata={"check": _check_any_str})
+    # The largest disk a primary may announce: a HELLO cannot make this host create more.
+    max_disk_size: int = field(default=1 << 40, metadata={"check": _check_disk_size})
+
+
+@dataclass
+class LinkConfig:
+    """Mutual TLS on the checkpoint link (checkpoint/link.py); plain TCP only when asked."""
+
+    keys: str = field(default="", metadata={"check": _check_key_dir})  # "": /etc/remusdb/<vm>
+    insecure: bool = field(default=False, metadata={"check": _check_bool})
 
 
 @dataclass
@@ -244,6 +273,7 @@ class Config:
     optimizations: OptimizationsConfig = field(default_factory=OptimizationsConfig)
     primary: PrimaryConfig = field(default_factory=PrimaryConfig)
     standby: StandbyConfig = field(default_factory=StandbyConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
 
     def host(self, name: str) -> tuple[str, int]:
         """(address, port) of host `name` ("primary" or "standby": the section naming it)."""
@@ -337,4 +367,10 @@ address = "127.0.0.1"    # where the standby daemon listens (the primary connect
 port = 7787
 heartbeat_timeout_ms = 1000
 fence_command = ""       # run before failing over on silence; empty: wait for an operator
+max_disk_size = "1T"     # the largest disk a primary may announce
+
+[link]
+keys = ""                # ca.crt, <host>.crt, <host>.key ('remusdb keys init');
+                         # "": /etc/remusdb/<vm name>
+insecure = false         # true: plain TCP, no authentication (never in production)
 """

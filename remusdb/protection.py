@@ -4,6 +4,7 @@ in a role, with signals wired (SIGTERM/SIGINT stop it in order; SIGUSR1 starts a
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -29,6 +30,7 @@ def run_node(cfg: Config, host: str, start_as: Role, run_dir: Path,
     section (primary or standby); `start_as` PRIMARY starts the VM here unless the peer
     already runs it."""
     options = options or NodeOptions()
+    os.umask(0o077)  # run dirs, RAM and disk images, journals, sockets: the owner's only
     if not options.aids.output_commit:
         log.warning("output commit off (benchmarks only): the world sees output the standby "
                     "may not have; a failover can contradict it")

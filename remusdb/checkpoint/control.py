@@ -1,13 +1,16 @@
-"""The standby's control socket: `remusdb failover` asks, the daemon decides.
+"""The standby's control socket: `remusdb failover` and `remusdb release` ask, the daemon decides.
 
 Messages are small typed documents, one JSON line each way. The server outlives any request
-(a handler's error becomes the reply); the decision itself is the daemon's.
+(a handler's error becomes the reply), serves each client in its own thread with a deadline
+(an idle client holds nobody up), and the socket is its owner's only (0600); the decision
+itself is the daemon's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -20,10 +23,16 @@ from remusdb.errors import RemusError
 log = logging.getLogger(__name__)
 SOCKET_NAME = "standby.sock"
 R = TypeVar("R")
+CLIENT_TIMEOUT = 5.0  # to send a request line
+MAX_REQUEST = 4096
+MAX_CLIENTS = 16
 
 
 @dataclass
 class FailoverRequest:
+    """`failover`: run the VM here now; `release`: the committed checkpoint may be replaced
+    by any new session (the operator says the primary's VM is the one that counts)."""
+
     force: bool = False
     cmd: str = "failover"
 
@@ -32,10 +41,10 @@ class FailoverRequest:
 
     @classmethod
     def from_json(cls, d: object) -> FailoverRequest:
-        if not isinstance(d, dict) or d.get("cmd") != "failover":
-            cmd = d.get("cmd") if isinstance(d, dict) else None
+        cmd = d.get("cmd") if isinstance(d, dict) else None
+        if not isinstance(d, dict) or cmd not in ("failover", "release"):
             raise ValueError(f"unknown command {cmd!r}")
-        return cls(force=bool(d.get("force", False)))
+        return cls(force=d.get("force") is True, cmd=cmd)
 
 
 @dataclass
@@ -67,17 +76,38 @@ class ControlServer(threading.Thread, Generic[R]):
     def run(self) -> None:
         self.path.unlink(missing_ok=True)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(str(self.path))
-        srv.listen(4)
+        old = os.umask(0o177)  # bound 0600: only the owner (root) may ask for a failover
+        try:
+            srv.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        srv.listen(MAX_CLIENTS)
+        slots = threading.BoundedSemaphore(MAX_CLIENTS)
         while not self.stopped.is_set():
             conn, _ = srv.accept()
+            if not slots.acquire(blocking=False):
+                conn.close()
+                continue
+            threading.Thread(target=self._client, args=(conn, slots), name="control-client",
+                             daemon=True).start()
+
+    def _client(self, conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
+        try:
             with conn:
                 self._serve(conn)
+        finally:
+            slots.release()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            req = self.parse(json.loads(conn.makefile().readline() or "{}"))
+            conn.settimeout(CLIENT_TIMEOUT)
+            line = conn.makefile("rb").readline(MAX_REQUEST)
+            conn.settimeout(None)  # the decision (a failover) may take its time
+            req = self.parse(json.loads(line or b"{}"))
             reply = self.handle(req)
+        except OSError:
+            return  # the client went away or said nothing in time
         except Exception as e:  # the control socket must outlive any one request
             reply = ControlReply(False, str(e))
         try:
@@ -103,8 +133,9 @@ def call(path: Path, request: dict, timeout: float = 120.0) -> ControlReply:
         return ControlReply(False, "garbled reply from the daemon")
 
 
-def request_failover(run_dir: Path, force: bool = False, timeout: float = 120.0) -> ControlReply:
-    reply = call(Path(run_dir) / SOCKET_NAME, FailoverRequest(force).to_json(), timeout)
+def request_failover(run_dir: Path, force: bool = False, timeout: float = 120.0,
+                     cmd: str = "failover") -> ControlReply:
+    reply = call(Path(run_dir) / SOCKET_NAME, FailoverRequest(force, cmd).to_json(), timeout)
     if not reply.ok:
-        raise RemusError(f"failover {reply.error or 'failed'}")
+        raise RemusError(f"{cmd} {reply.error or 'failed'}")
     return reply

@@ -57,6 +57,7 @@ def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float =
     run_dir.mkdir(parents=True, exist_ok=True)
     stream_file = run_dir / "incoming.stream"
     stream_file.write_bytes(incoming_stream(store))
+    lineage, size = store.lineage, store.disk_size
     store.close()
     spec.ram_file = store.shared_block_path()
     guest = QemuGuest(spec, run_dir)
@@ -70,6 +71,9 @@ def resume(store: StandbyStore, spec: GuestSpec, run_dir: Path, timeout: float =
         t_loaded = time.monotonic()
         if before_cont is not None:
             before_cont(guest)
+        # From `cont` on the images are live memory: the store claims no checkpoint (a
+        # restarted standby must never offer them, with the old device state, as one).
+        store.adopt_disk(lineage, size)
         monitor.cont()
         t_run = time.monotonic()
         # Re-protecting this VM later must send its RAM again.

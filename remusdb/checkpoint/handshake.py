@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from remusdb.checkpoint import wire
+from remusdb.checkpoint.link import AuthError, Link
 from remusdb.checkpoint.participant import Welcome
 from remusdb.checkpoint.store import StandbyStore
 from remusdb.errors import RemusError
@@ -21,19 +22,26 @@ from remusdb.reprotect import resync
 log = logging.getLogger(__name__)
 
 
-def connect(addr: tuple[str, int], wait: float = 30.0) -> wire.Connection:
-    """The link to the standby, retried for `wait` seconds (0: one try)."""
+def connect(addr: tuple[str, int], link: Link, wait: float = 30.0) -> wire.Connection:
+    """The link to the peer, authenticated, retried for `wait` seconds (0: one try). A peer
+    that fails authentication is not retried: that is a key or config mistake."""
     deadline = time.monotonic() + wait
     while True:
         try:
             s = socket.create_connection(addr, timeout=5)
-            s.settimeout(None)
-            return wire.Connection(s)
         except OSError as e:
             if time.monotonic() > deadline:
                 raise RemusError(f"cannot reach the standby at {addr[0]}:{addr[1]}: "
                                  f"{e.strerror or e}") from None
             time.sleep(0.5)
+            continue
+        try:
+            secured = link.client(s)
+        except AuthError as e:
+            s.close()
+            raise AuthError(f"the {link.peer} at {addr[0]}:{addr[1]}: {e}") from None
+        secured.settimeout(None)
+        return wire.Connection(secured)
 
 
 class Quiet(Exception):
@@ -51,6 +59,27 @@ class Refused(RemusError):
     def peer_term(self) -> int:
         term = self.fields.get("term", 0)
         return term if isinstance(term, int) and not isinstance(term, bool) else 0
+
+
+MAX_RESUMES = 16  # sessions a HELLO may name as the ones it follows
+
+
+def judge_replace(store: StandbyStore, hello: dict) -> str:
+    """Why the session this HELLO opens may not replace the committed checkpoint held here
+    ("": it may). Allowed when there is none, when it is superseded (BYE, the operator), when
+    the HELLO follows the session that made it (the same primary, back after losing the
+    link), or comes with a newer term (the VM moved on since)."""
+    if store.committed < 0 or store.ended:
+        return ""
+    resumes = hello.get("resumes")
+    if isinstance(resumes, list) and store.session in resumes[:MAX_RESUMES]:
+        return ""
+    term = hello.get("term")
+    if isinstance(term, int) and not isinstance(term, bool) and term > store.term:
+        return ""
+    return (f"this standby holds committed epoch {store.committed} of session "
+            f"{store.session[:8]} (term {store.term}); a new session of term {term!r} that does "
+            "not follow it may not replace it (release it on the standby: 'remusdb release')")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from remusdb.checkpoint import handshake, wire
 from remusdb.checkpoint.colo import ColoEndpoint, start_migration
 from remusdb.checkpoint.encode import EpochOut, epoch_frames
 from remusdb.checkpoint.epoch import StreamInfo
+from remusdb.checkpoint.link import Link
 from remusdb.checkpoint.participant import Participant
 from remusdb.checkpoint.state import PrimaryState, StateHolder
 from remusdb.checkpoint.status import EpochMetrics, PrimaryStatus, StatusFile
@@ -44,10 +45,14 @@ class PrimaryDaemon:
                  participants: Iterable[Participant] = (), stall_timeout: float = 10.0,
                  queue_depth: int = 4, term: int = 0,
                  peer: tuple[str, int] | None = None, clock: ClockKeeper | None = None,
-                 on_state: Callable[[PrimaryState], None] | None = None):
+                 on_state: Callable[[PrimaryState], None] | None = None,
+                 link: Link | None = None, resumes: Iterable[str] = ()):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.term = term  # carried in HELLO: a standby of a newer term refuses us
         self.peer = peer or (cfg.standby.address, cfg.standby.port)
+        self.link = link or Link.for_host(cfg, "primary")
+        self.session = uuid.uuid4().hex
+        self.resumes = list(resumes)  # sessions this one follows: the standby may replace them
         self.participants = list(participants)
         self.queue: queue.Queue[EpochOut | None] = queue.Queue(queue_depth)
         self.stall_timeout = stall_timeout
@@ -56,6 +61,7 @@ class PrimaryDaemon:
         self.states = StateHolder(PrimaryState.STARTING, log, self._changed)
         self.metrics = EpochMetrics()
         self.captured = self.sent = self.acked = -1
+        self.sending = -1  # the newest epoch whose frames started to leave: ACKs stop there
         self.failure: str | None = None
         self._qmp_lock = threading.RLock()  # _fail may run again inside a signal handler
         self.endpoint: ColoEndpoint | None = None
@@ -76,7 +82,7 @@ class PrimaryDaemon:
     # Protection, phase by phase
     def protect(self, connect_wait: float = 30.0) -> None:
         """Run until protection ends (standby lost, QEMU gone, or stop())."""
-        self.conn = handshake.connect(self.peer, connect_wait)
+        self.conn = handshake.connect(self.peer, self.link, connect_wait)
         # Seeding has no watchdog yet and holds the VM paused at its end: a standby that stops
         # reading must end it, not keep the VM waiting until TCP gives up.
         self.conn.sock.settimeout(max(30.0, self.stall_timeout))
@@ -102,7 +108,8 @@ class PrimaryDaemon:
             self._end_capture(endpoint)
 
     def _handshake(self, conn: wire.Connection) -> None:
-        hello: dict = {"session": uuid.uuid4().hex, "vm": self.cfg.vm.name, "term": self.term,
+        hello: dict = {"session": self.session, "resumes": self.resumes,
+                       "vm": self.cfg.vm.name, "term": self.term,
                        "interval_ms": self.cfg.checkpoint.interval_ms, "disk_size": 0}
         for p in self.participants:
             hello.update(p.hello())
@@ -145,6 +152,7 @@ class PrimaryDaemon:
                           init.ram_section.version_id, RAM_BACKEND)
         try:
             conn.send(wire.encode_json(wire.Kind.STREAM, 0, info.to_json()))
+            self.sending = 0
             self._send_epoch(out)
         except (OSError, RemusError) as e:
             self._link_lost("during the full copy", e)
@@ -283,6 +291,7 @@ class PrimaryDaemon:
                 continue
             if item is None:
                 return
+            self.sending = item.number
             self._send_epoch(item)
             self.sent = item.number
 
@@ -302,6 +311,10 @@ class PrimaryDaemon:
         while not self._stop.is_set():
             f = self.conn.recv()
             if f.kind == wire.Kind.ACK:
+                if not self.acked < f.epoch <= self.sending:
+                    # Releasing output for an epoch the standby cannot hold breaks invariant 1.
+                    raise wire.WireError(f"ACK for epoch {f.epoch}: sent up to {self.sending}, "
+                                         f"acknowledged up to {self.acked}")
                 self.acked = f.epoch
                 for p in self.participants:
                     p.on_ack(f.epoch)

@@ -9,11 +9,18 @@ Failure detection distinguishes a primary that is gone from one that is merely u
 - bad data (a PeerError) or this host's store failing (a LocalError) is no proof of death
   either: treated like silence; a bug in this daemon ends the session and waits for an
   operator, never fails over by itself.
+
+Whatever a peer sends, the last committed checkpoint survives it: a peer must authenticate
+(link.py) within seconds, a HELLO is judged before the store is touched, and a session that
+would replace a committed checkpoint fills a second store that takes its place only once the
+new epoch 0 is committed (`_promote`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -23,10 +30,11 @@ from pathlib import Path
 
 from remusdb.checkpoint import failover, handshake, wire
 from remusdb.checkpoint.control import SOCKET_NAME, ControlReply, ControlServer, FailoverRequest
+from remusdb.checkpoint.link import AuthError, Link
 from remusdb.checkpoint.receive import Complete, EpochReceiver
 from remusdb.checkpoint.state import StandbyState, StateHolder
 from remusdb.checkpoint.status import StandbyStatus, StatusFile, Window
-from remusdb.checkpoint.store import StandbyStore, local_io
+from remusdb.checkpoint.store import StandbyStore, local_io, private_dir, settle
 from remusdb.checkpoint.verify import Comparison
 from remusdb.config import Config
 from remusdb.errors import LocalError, PeerError, RemusError
@@ -36,6 +44,8 @@ from remusdb.reprotect.roles import Node, Verdict, judge_hello
 
 log = logging.getLogger(__name__)
 SEEDING_TIMEOUT = 300.0
+HELLO_TIMEOUT = 10.0  # a connection that says nothing holds the session slot no longer
+FENCE_TIMEOUT = 60.0
 TakeOver = Callable[[StandbyStore, GuestSpec, Path, bool], failover.TakenOver]
 # States in which the primary is not known to be down: a manual failover needs --force.
 UNSURE = (StandbyState.PRIMARY_SILENT, StandbyState.RECOVERED, StandbyState.FENCING,
@@ -66,14 +76,15 @@ class StandbyDaemon:
     def __init__(self, cfg: Config, run_dir: Path, make_spec: Callable[[], GuestSpec],
                  heartbeat_timeout: float = 1.0, fence_command: str = "",
                  trace: Path | None = None, take_over: TakeOver = failover.take_over,
-                 node: NodeRecord | None = None):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+                 node: NodeRecord | None = None, link: Link | None = None):
+        self.cfg, self.run_dir = cfg, private_dir(Path(run_dir))
+        self.link = link or Link.for_host(cfg, "standby")
         self.make_spec, self.take_over = make_spec, take_over
         self.timeout = heartbeat_timeout
-        self.fence_command = fence_command
+        self.fence_command, self.fence_timeout = fence_command, FENCE_TIMEOUT
         self.node = node  # the node's term and role (None: a standby alone, term 0)
         self.store = StandbyStore(self.run_dir / "store")
+        self.incoming = self.store  # the store the current session fills (store.next: staged)
         self.status = StatusFile(self.run_dir / StandbyStatus.file_name())
         self.states = StateHolder(StandbyState.WAITING, log, self._publish)
         self.last_frame = 0.0
@@ -121,8 +132,14 @@ class StandbyDaemon:
                 sock, peer = srv.accept()
             except TimeoutError:
                 continue
-            log.info("connection from %s", peer[0])
-            self._session(wire.Connection(sock))
+            try:
+                secured = self.link.accept(sock)
+            except AuthError as e:
+                sock.close()
+                log.warning("refused a connection from %s: %s", peer[0], e)
+                continue
+            log.info("connection from %s (%s)", peer[0], self.link.mode)
+            self._session(wire.Connection(secured))
         if listener is None:
             srv.close()
 
@@ -134,6 +151,7 @@ class StandbyDaemon:
     def _recover_store(self) -> None:
         """A restarted standby keeps what it had: a crash mid-apply is finished from the
         journal, so the store holds exactly its last committed checkpoint."""
+        settle(self.store.root)
         if not self.store.meta_path.exists():
             return
         lineage, _ = self.store.disk_history()
@@ -153,13 +171,14 @@ class StandbyDaemon:
         self._conn = conn
         # Until epoch 0 (the full copy) commits there is nothing to fail over to, and the
         # primary is busy reading QEMU's initial stream: no heartbeat deadline yet.
-        conn.sock.settimeout(max(self.timeout, SEEDING_TIMEOUT))
+        conn.sock.settimeout(HELLO_TIMEOUT)
         reason, closed = None, False
         try:
             self._welcome(conn)
+            conn.sock.settimeout(max(self.timeout, SEEDING_TIMEOUT))
             self._receive(conn)
             log.info("primary ended protection (BYE): no failover")
-            self.states.set(StandbyState.WAITING)
+            self._ended_by_bye()
         except handshake.Quiet:
             pass
         except _HandedOver as h:  # its VM stopped at our committed epoch: run it here
@@ -170,7 +189,7 @@ class StandbyDaemon:
         except (ConnectionError, OSError) as e:
             if self._said_bye(conn):
                 log.info("primary ended protection (BYE) as the link closed: no failover")
-                self.states.set(StandbyState.WAITING)
+                self._ended_by_bye()
             else:
                 reason, closed = f"connection to the primary lost ({e})", True
         except PeerError as e:  # corrupt frame or a lying peer: no proof of death
@@ -183,6 +202,15 @@ class StandbyDaemon:
         finally:
             opened, self.session_open = self.session_open, False
             conn.close()
+            staged = self._drop_staged()
+        if reason and staged and self.taken is None:
+            # This session never committed: what is here is an older session's checkpoint,
+            # which the VM has run past unprotected since. Never failed over to by itself.
+            log.warning("session ended before its first checkpoint (%s); epoch %d of the "
+                        "previous session is kept: 'remusdb failover --force' only if the "
+                        "primary is known to be dead", reason, self.store.committed)
+            self.states.set(StandbyState.RECOVERED)
+            return
         if reason and not opened and self.taken is None:
             # Nothing was received from this peer yet (a probe, a primary that gave up in its
             # handshake, our own store failing to offer a resync): no sign of anyone's death.
@@ -190,6 +218,20 @@ class StandbyDaemon:
             return
         if reason:
             self._primary_failed(reason, closed)
+
+    def _ended_by_bye(self) -> None:
+        if self.store.committed >= 0:
+            local_io(self.store.mark_ended, "bye")
+        self.states.set(StandbyState.WAITING)
+
+    def _drop_staged(self) -> bool:
+        """The session's second store, if it never took the committed one's place."""
+        staged, self.incoming = self.incoming, self.store
+        if staged is self.store:
+            return False
+        staged.close()
+        shutil.rmtree(staged.root, ignore_errors=True)
+        return True
 
     def _said_bye(self, conn: wire.Connection) -> bool:
         """Whether a BYE waits unread: an ACK that failed to go out (the primary shut the link
@@ -219,6 +261,10 @@ class StandbyDaemon:
         if verdict.accept and (self.taken is not None or self.taking_over):
             # A failover runs (or ran): this store is about to be, or is, a running VM's.
             verdict = Verdict(False, "this host is taking over the VM")
+        if verdict.accept:
+            why = handshake.judge_replace(self.store, hello_data) or self._no_room(disk_size)
+            if why:
+                verdict = Verdict(False, why)
         if not verdict.accept:  # judged before the store is touched: nothing is lost
             log.warning("refusing the primary: %s", verdict.reason)
             conn.send(wire.encode_json(wire.Kind.REFUSE, 0, {"reason": verdict.reason,
@@ -227,9 +273,8 @@ class StandbyDaemon:
         if self.node is not None:
             self.node.adopt(verdict.term)
         lineage = str(hello_data.get("disk_lineage", ""))
-        plan = local_io(handshake.disk_plan, self.store, lineage, disk_size)
-        local_io(self.store.create, None, str(hello_data["session"]), disk_size, lineage,
-                 plan.digests is not None)
+        self.incoming, plan = local_io(self._incoming_store, str(hello_data["session"]),
+                                       lineage, disk_size, verdict.term)
         # Open before WELCOME leaves: from then on the primary may send, and a manual failover
         # asked meanwhile must see a session that is sending.
         self.last_frame = time.monotonic()
@@ -238,13 +283,57 @@ class StandbyDaemon:
         for f in handshake.welcome_frames(verdict.term, plan):
             conn.send(f)
 
+    def _no_room(self, disk_size: int) -> str:
+        limit = self.cfg.standby.max_disk_size
+        if disk_size > limit:
+            return f"a disk of {disk_size} bytes is more than standby.max_disk_size ({limit})"
+        room = shutil.disk_usage(self.run_dir).free
+        if self.store.committed < 0:
+            room += self.store.disk_size  # replaced in place
+        if disk_size > room:
+            return f"a disk of {disk_size} bytes does not fit in this host's {room} free bytes"
+        return ""
+
+    def _incoming_store(self, session: str, lineage: str, disk_size: int, term: int
+                        ) -> tuple[StandbyStore, handshake.DiskPlan]:
+        """The store this session fills: this one when it holds no checkpoint, else a second
+        one (with a copy of the disk for a resync) that replaces it at epoch 0's commit."""
+        plan = handshake.disk_plan(self.store, lineage, disk_size)
+        resync = plan.digests is not None
+        if self.store.committed < 0:
+            self.store.create(None, session, disk_size, lineage, resync, term)
+            return self.store, plan
+        staged = StandbyStore(self.store.root.with_name(self.store.root.name + ".next"))
+        shutil.rmtree(staged.root, ignore_errors=True)
+        private_dir(staged.root)
+        if resync:
+            subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(self.store.disk_path),
+                            str(staged.disk_path)], check=True, capture_output=True)
+        log.info("a new session: received beside the committed epoch %d, which it replaces "
+                 "once its own first checkpoint is committed", self.store.committed)
+        staged.create(None, session, disk_size, lineage, resync, term)
+        return staged, plan
+
+    def _promote(self) -> None:
+        """The staged store committed epoch 0: it takes the committed store's place."""
+        old, new = self.store, self.incoming
+        root, retired = old.root, old.root.with_name(old.root.name + ".old")
+        old.close()
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(root, retired)
+        os.replace(new.root, root)  # a crash before this: settle() puts the old one back
+        new.moved(root)
+        shutil.rmtree(retired)
+        self.store = self.incoming = new
+        log.info("the new session's first checkpoint replaced the previous one")
+
     def _role(self) -> dict:
         node = self.node.node if self.node else Node()
         return {"state": node.state.value, "term": node.term,
                 "committed": self.store.committed}
 
     def _receive(self, conn: wire.Connection) -> None:
-        rx = EpochReceiver(self.store)
+        rx = EpochReceiver(self.incoming)
         while not rx.ended:
             f = conn.recv()
             self.last_frame = time.monotonic()
@@ -257,12 +346,15 @@ class StandbyDaemon:
     def _commit(self, conn: wire.Connection, done: Complete) -> None:
         epoch = done.epoch
         t0 = time.monotonic()
+        store = self.incoming
         with self._lock:  # a failover waits for a commit in progress, never reads half of one
-            local_io(self.store.journal, epoch)
+            local_io(store.journal, epoch)
             if epoch.number > 0:  # journaled: committed
                 self._committed(conn, epoch.number)
-            local_io(self.store.apply, epoch)
+            local_io(store.apply, epoch)
             if epoch.number == 0:  # no journal for the full copy: committed once applied
+                if store is not self.store:
+                    local_io(self._promote)
                 self._committed(conn, 0)
                 conn.sock.settimeout(self.timeout)
         # A long commit is not silence from the primary.
@@ -315,8 +407,16 @@ class StandbyDaemon:
             log.warning("retry with 'remusdb failover' once the cause is fixed")
 
     def _fence(self) -> bool:
-        r = subprocess.run(self.fence_command, shell=True, capture_output=True, text=True,
-                           timeout=60)
+        try:
+            r = subprocess.run(self.fence_command, shell=True, capture_output=True, text=True,
+                               timeout=self.fence_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("fence command still running after %.0f s: fence failed",
+                        self.fence_timeout)
+            return False
+        except OSError as e:
+            log.warning("fence command could not run (%s): fence failed", e)
+            return False
         log.info("fence command exited %d", r.returncode)
         return r.returncode == 0
 
@@ -352,7 +452,15 @@ class StandbyDaemon:
 
     def _handle(self, req: FailoverRequest) -> ControlReply:
         """A manual failover: refused while frames arrive, and without --force while the
-        primary is not known to be down."""
+        primary is not known to be down. Or a release of the committed checkpoint."""
+        if req.cmd == "release":
+            if self.store.committed < 0:
+                return ControlReply(False, "refusing: no committed checkpoint to release")
+            with self._lock:
+                local_io(self.store.mark_ended, "released by the operator")
+            log.warning("the operator released committed epoch %d: a new session may replace "
+                        "it, a failover to it needs --force", self.store.committed)
+            return ControlReply(True)
         if self.taken is not None:
             return ControlReply(True, already=True, failover=self.taken.report)
         silent_for = time.monotonic() - self.last_frame
@@ -365,6 +473,14 @@ class StandbyDaemon:
             return ControlReply(False, "refusing: the primary is not known to be down "
                                        f"(standby state {self.state}); fence it and use "
                                        "--force")
+        if self.store.ended and not req.force:
+            return ControlReply(False, "refusing: the primary ended protection in order "
+                                       f"({self.store.ended}) and its VM ran on; this "
+                                       "checkpoint is older than it: use --force only if that "
+                                       "VM is gone")
+        if self.incoming is not self.store and not req.force:
+            return ControlReply(False, "refusing: a new session is seeding; this checkpoint "
+                                       "is the previous session's: use --force")
         if self._conn is not None:
             self._conn.close()
         return ControlReply(True, failover=self.do_failover("manual failover"))

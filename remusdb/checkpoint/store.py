@@ -10,13 +10,20 @@ last committed checkpoint intact:
 3. `open()` after a crash replays a N.commit journal (page writes are idempotent) and drops
    any .part. RAM images are therefore only ever written while a committed journal exists.
 
-Epoch 0 (the initial full copy) has no previous checkpoint to protect and is applied directly.
+Epoch 0 (the initial full copy) has no previous checkpoint to protect and is applied directly;
+a session that would replace a committed checkpoint is received into a second store
+(`store.next`) that takes the first one's place only once its epoch 0 is committed (`promote`).
+
+Everything here is the VM's memory and disk: directories 0700, files 0600. RAM images are
+allocated in full when created, so a full disk is an error on `set_stream`, never a SIGBUS
+while pages are written through the memory map.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import time
 from pathlib import Path
@@ -53,14 +60,42 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def private_dir(d: Path) -> Path:
+    """A directory only this user can enter (whatever the umask)."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(d, 0o700)
+    return d
+
+
+def _open_private(path: Path, flags: int) -> int:
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with os.fdopen(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def settle(root: Path) -> None:
+    """Finish (or undo) a replacement of the store at `root` a crash interrupted: the new store
+    wins only if it committed its epoch 0; an unfinished new one is dropped."""
+    new, old = root.with_name(root.name + ".next"), root.with_name(root.name + ".old")
+    if not root.exists():
+        if new.exists() and StandbyStore(new).committed_on_disk() >= 0:
+            os.replace(new, root)
+        elif old.exists():
+            os.replace(old, root)
+        _fsync_dir(root.parent)
+    for leftover in (new, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
 
 
 class StandbyStore:
@@ -70,6 +105,8 @@ class StandbyStore:
         self.committed = -1
         self.session = ""
         self.lineage = ""  # which first copy the disk descends from (a resync needs the same)
+        self.term = 0  # the term of the session whose checkpoint this is
+        self.ended = ""  # why that session's checkpoint is superseded (BYE, the operator)
         self._images: list[np.memmap] = []
         self.disk_size = 0
         self._disk_fd: int | None = None
@@ -109,30 +146,30 @@ class StandbyStore:
 
     # Lifecycle
     def create(self, info: StreamInfo | None, session: str, disk_size: int = 0,
-               lineage: str = "", keep_disk: bool = False) -> None:
+               lineage: str = "", keep_disk: bool = False, term: int = 0) -> None:
         """Start a new protection session: an empty disk (or, for a resync, the disk as it
         is), and empty RAM images once the stream is known (`set_stream`; the primary learns
         it only at the end of QEMU's initial copy, while the disk's copy is on its way)."""
         self.close()
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         # First say "no checkpoint" on disk, then wipe: a crash in between leaves a store that
         # claims nothing, never an old epoch number over blank images.
         self.info, self.session, self.committed = None, session, -1
-        self.disk_size, self.lineage = disk_size, lineage
+        self.disk_size, self.lineage, self.term, self.ended = disk_size, lineage, term, ""
         self._write_meta()
         for p in self.journal_dir.glob("*") if self.journal_dir.exists() else []:
             p.unlink()
-        self.journal_dir.mkdir(exist_ok=True)
-        (self.root / "ram").mkdir(exist_ok=True)
+        private_dir(self.journal_dir)
+        private_dir(self.root / "ram")
         for old in (self.root / "ram").glob("*.img"):
             old.unlink()
         self.devices_path.unlink(missing_ok=True)
         if not keep_disk:
             self.disk_path.unlink(missing_ok=True)
         if disk_size:
-            with open(self.disk_path, "ab") as f:
-                f.truncate(disk_size)
-            self._disk_fd = os.open(self.disk_path, os.O_RDWR)
+            self._disk_fd = _open_private(self.disk_path, os.O_RDWR)
+            if os.fstat(self._disk_fd).st_size != disk_size:
+                os.ftruncate(self._disk_fd, disk_size)
         if info is not None:
             self.set_stream(info)
 
@@ -142,8 +179,14 @@ class StandbyStore:
             raise EpochError("the stream description came twice")
         self.info = info
         for i, b in enumerate(info.blocks):
-            with open(self.block_path(i), "wb") as f:
-                f.truncate(b.length)
+            fd = _open_private(self.block_path(i), os.O_RDWR | os.O_TRUNC)
+            try:
+                if b.length:
+                    os.posix_fallocate(fd, 0, b.length)  # ENOSPC here, not SIGBUS later
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(self.root / "ram")
         self._write_meta()
         self._map_ram()
 
@@ -157,11 +200,13 @@ class StandbyStore:
             self.session, self.committed = str(meta["session"]), int(meta["committed"])
             self.disk_size = int(meta.get("disk_size", 0))
             self.lineage = str(meta.get("lineage", ""))
+            self.term, self.ended = int(meta.get("term", 0)), str(meta.get("ended", ""))
         except FileNotFoundError:
             raise StoreError(f"no standby store at {self.root}") from None
         except (ValueError, KeyError, TypeError):
             raise StoreError(f"corrupt {self.meta_path}") from None
         try:
+            self._allocate()
             self._map()
         except (OSError, ValueError) as e:
             raise StoreError(f"standby store images unusable: {e}") from None
@@ -213,10 +258,20 @@ class StandbyStore:
         committed checkpoint any more (the images are live memory, the device state old), but
         the disk's history stays known for a later resync."""
         self.close()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.info, self.committed = None, -1
+        private_dir(self.root)
+        self.info, self.committed, self.ended = None, -1, ""
         self.lineage, self.disk_size = lineage, size
         self._write_meta()
+
+    def mark_ended(self, why: str) -> None:
+        """The checkpoint held here is superseded (the primary said BYE and runs on, or the
+        operator released it): a failover to it needs --force, a new session may replace it."""
+        self.ended = why
+        self._write_meta()
+
+    def moved(self, root: Path) -> None:
+        """This store's directory was renamed to `root` (it replaced the committed store)."""
+        self.root = Path(root)
 
     def close(self) -> None:
         for m in self._images:
@@ -225,6 +280,16 @@ class StandbyStore:
         if self._disk_fd is not None:
             os.close(self._disk_fd)
             self._disk_fd = None
+
+    def _allocate(self) -> None:
+        """Images of an older store may be sparse: allocated before anything is written."""
+        for i, b in enumerate(self.stream().blocks):
+            fd = os.open(self.block_path(i), os.O_RDWR)
+            try:
+                if b.length and os.fstat(fd).st_blocks * 512 < b.length:
+                    os.posix_fallocate(fd, 0, b.length)
+            finally:
+                os.close(fd)
 
     def _map(self) -> None:
         self._map_ram()
@@ -240,7 +305,8 @@ class StandbyStore:
 
     def _write_meta(self) -> None:
         meta = {"session": self.session, "committed": self.committed,
-                "disk_size": self.disk_size, "lineage": self.lineage,
+                "disk_size": self.disk_size, "lineage": self.lineage, "term": self.term,
+                "ended": self.ended,
                 "stream": self.info.to_json() if self.info else None,
                 "updated_at": time.time()}
         _write_atomic(self.meta_path, json.dumps(meta, indent=1).encode())
@@ -284,12 +350,16 @@ class StandbyStore:
         if epoch.number != self.committed + 1:
             raise EpochError(f"epoch {epoch.number} after committed {self.committed}")
         part = self.journal_dir / f"{epoch.number}.part"
-        with open(part, "wb") as f:
-            for parts in epoch.frames:
-                for p in parts:
-                    f.write(p)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(_open_private(part, os.O_WRONLY | os.O_TRUNC), "wb") as f:
+                for parts in epoch.frames:
+                    for p in parts:
+                        f.write(p)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            part.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+            raise
         os.replace(part, self.journal_dir / f"{epoch.number}.commit")
         _fsync_dir(self.journal_dir)
 

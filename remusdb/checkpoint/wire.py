@@ -17,12 +17,16 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
 
 from remusdb.errors import PeerError
 from remusdb.sockio import recv_into_all
+
+if TYPE_CHECKING:
+    from remusdb.checkpoint.link import TlsSocket
 
 MAGIC = b"RDB1"
 VERSION = 1
@@ -115,7 +119,7 @@ class Connection:
     """A framed TCP connection: one receiving thread, any number of sending threads (a lock
     keeps each frame whole)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket | TlsSocket):
         self.sock = sock
         self._send_lock = threading.Lock()
         if sock.family in (socket.AF_INET, socket.AF_INET6):

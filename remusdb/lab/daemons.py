@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from remusdb import config as configmod
+from remusdb.checkpoint import keys
 from remusdb.checkpoint.status import read_status
 from remusdb.errors import RemusError
 from remusdb.lab.layout import VM_NAME, RunLayout
@@ -25,7 +26,11 @@ def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = 
                  **vm) -> Path:
     """The lab's VM config at `path` (run_dir: its directory): the standby on the lab's
     standby host; `vm` and `optimizations` add or override keys of [vm] and [optimizations].
-    Validated here, as the daemons will load it."""
+    Validated here, as the daemons will load it. The link is TLS (the default), with a pair
+    of keys made in the run directory."""
+    key_dir = path.parent / "keys"
+    if not (key_dir / "ca.crt").exists():
+        keys.init(key_dir, VM_NAME)
     cfg = configmod.from_dict({
         "vm": {"name": VM_NAME, "gateway": lab.gateway, "run_dir": str(path.parent), **vm},
         "checkpoint": {"interval_ms": interval_ms},
@@ -33,6 +38,7 @@ def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = 
         "primary": {"address": lab.members["primary"].address.split("/")[0]},
         "standby": {"address": lab.members["standby"].address.split("/")[0],
                     "heartbeat_timeout_ms": 1000},
+        "link": {"keys": str(key_dir)},
     })
     path.write_text(configmod.dumps(cfg))
     return path

@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remusdb.checkpoint import participants, wire
+from remusdb.checkpoint import handshake, participants, wire
 from remusdb.checkpoint.control import ControlReply, ControlServer
 from remusdb.checkpoint.handshake import Refused
+from remusdb.checkpoint.link import Link
 from remusdb.checkpoint.participants import SessionAids
 from remusdb.checkpoint.primary import PrimaryDaemon
 from remusdb.checkpoint.standby import StandbyDaemon, listen
@@ -54,16 +55,17 @@ def other(host: str) -> str:
     return "standby" if host == "primary" else "primary"
 
 
-def query_peer(address: str, port: int, timeout: float = 3.0) -> PeerView | None:
+def query_peer(address: str, port: int, link: Link, timeout: float = 3.0) -> PeerView | None:
     """Ask the peer's node who it is. None: nobody there (refused, no route). A node that
-    accepts but does not answer in time is alive and busy (maybe failing over): BUSY."""
+    accepts but does not answer in time is alive and busy (maybe failing over): BUSY; so is
+    one that fails to authenticate (something is there: never a reason to start the VM)."""
     try:
         s = socket.create_connection((address, port), timeout=timeout)
     except OSError:
         return None
     try:
         with s:
-            conn = wire.Connection(s)
+            conn = wire.Connection(link.client(s))
             conn.send(wire.encode_json(wire.Kind.QUERY, 0, {}))
             reply = conn.recv()
             return read_role(reply.json()) if reply.kind == wire.Kind.ROLE else BUSY
@@ -88,6 +90,8 @@ class NodeDaemon:
         self.options = options or NodeOptions()
         self.address = cfg.host(host)
         self.peer = cfg.host(other(host))
+        self.link = Link.for_host(cfg, host)
+        self.followed: list[str] = []  # this node's sessions with the peer that got a WELCOME
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.status = StatusFile(self.run_dir / NodeStatus.file_name())
         self.record = NodeRecord(self.run_dir, host, self._publish)
@@ -97,7 +101,8 @@ class NodeDaemon:
         self.standby = StandbyDaemon(
             cfg, self.run_dir, lambda: self.taker.spec(self.standby.store),
             heartbeat_timeout=sb.heartbeat_timeout_ms / 1000, fence_command=sb.fence_command,
-            trace=self.options.standby_trace, take_over=self.taker, node=self.record)
+            trace=self.options.standby_trace, take_over=self.taker, node=self.record,
+            link=self.link)
         self.vm: served.ServedVM | None = None
         self.clock: ClockKeeper | None = None
         self.primary: PrimaryDaemon | None = None
@@ -114,7 +119,7 @@ class NodeDaemon:
         ControlServer(self.run_dir / NODE_SOCKET, NodeRequest.from_json, self._control,
                       self.stopped).start()
         if start_as is Role.PRIMARY:
-            peer = query_peer(*self.peer)
+            peer = query_peer(*self.peer, self.link)
             role, why = judge_start(self.record.node, peer,
                                     self.standby.store.committed_on_disk())
             if role is None:
@@ -125,7 +130,7 @@ class NodeDaemon:
                                              self.standby.store, self.options.net_trace)
                 self.record.apply(Event.STARTED_VM, peer.term if peer else 0)
         else:  # a primary without a standby retries when asked: our query is that nudge
-            peer = query_peer(*self.peer)
+            peer = query_peer(*self.peer, self.link)
             log.info("start: the peer is %s", f"a {peer.state.value} (term {peer.term})"
                      if peer and peer.state else "not answering")
         try:
@@ -190,7 +195,7 @@ class NodeDaemon:
     def _session(self, vm: served.ServedVM) -> str:
         """One attempt to protect the VM; how it ended. A failure of the attempt never stops
         the VM: it runs on unprotected and the next attempt follows."""
-        peer = query_peer(*self.peer)  # cheap: no participants built for nobody
+        peer = query_peer(*self.peer, self.link)  # cheap: no participants built for nobody
         if peer is None or peer.state is None:
             return "unreachable"
         if peer.state.role is Role.PRIMARY:
@@ -225,7 +230,11 @@ class NodeDaemon:
         token = object()  # states of an earlier session's threads are not this one's
         daemon = PrimaryDaemon(self.cfg, vm.guest, self.run_dir, parts, term=self.record.term,
                                peer=self.peer, clock=self.clock,
-                               on_state=lambda st: self._followed(st, token))
+                               on_state=lambda st: self._followed(st, token), link=self.link,
+                               resumes=self.followed[::-1])
+        # Whatever the standby holds now may be this session's (its epoch 0 may commit even
+        # if we never hear the ACK): the next session says it follows it too.
+        self.followed = (self.followed + [daemon.session])[-handshake.MAX_RESUMES:]
         self.primary, self._token = daemon, token
         self._parts, self._t0 = parts, time.monotonic()
         if self.stopped.is_set():  # a stop that came before self.primary was this daemon
@@ -326,7 +335,7 @@ class _Gate(threading.Thread):
         role = {"state": rec.state.value, "term": rec.term, "committed": -1}
         try:
             sock.settimeout(2.0)
-            conn = wire.Connection(sock)
+            conn = wire.Connection(self.node.link.accept(sock))
             first = conn.recv()
             if first.kind == wire.Kind.QUERY:
                 conn.send(wire.encode_json(wire.Kind.ROLE, 0, role))

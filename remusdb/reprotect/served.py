@@ -95,7 +95,7 @@ class TakeOver:
     def __call__(self, store: StandbyStore, spec: GuestSpec, vm_dir: Path, cp: bool
                  ) -> failover.TakenOver:
         cfg = self.cfg
-        lineage, size = store.lineage, store.disk_size
+        lineage = store.lineage
         ensure_tap(cfg.vm.tap, cfg.vm.bridge)
         vm_dir.mkdir(parents=True, exist_ok=True)
         disk = DiskServer(store.disk_path, vm_dir / "disk.sock", lineage)
@@ -106,8 +106,6 @@ class TakeOver:
 
         def before_cont(guest: QemuGuest) -> None:
             relays.append(_relay(cfg, vm_dir / "net.sock", guest, self.net_trace))
-            # From `cont` on the images are live memory: the store claims no checkpoint.
-            store.adopt_disk(lineage, size)
 
         if self.record is not None:
             self.record.apply(Event.TOOK_OVER)  # the new term, persisted, before `cont`

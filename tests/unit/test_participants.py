@@ -17,6 +17,7 @@ from remusdb.checkpoint.state import PrimaryState, StandbyState
 from remusdb.config import Config
 from remusdb.hypervisor.qemu import RunFiles
 from tests.unit import colo_fixtures as fx
+from tests.unit.linkpair import secure
 from tests.unit.test_standby_control import free_port, start
 from tests.unit.test_stream import page
 
@@ -104,7 +105,7 @@ class FakeQemu:
 
 @pytest.fixture
 def pair(tmp_path):
-    cfg = Config()
+    cfg = secure(Config(), tmp_path)
     cfg.standby.address, cfg.standby.port = "127.0.0.1", free_port()
     cfg.optimizations.compression = "xor-rle"
     standby = StandbyDaemon(cfg, tmp_path / "standby", lambda: None, heartbeat_timeout=5.0)

@@ -18,6 +18,7 @@ from remusdb.checkpoint.status import StandbyStatus
 from remusdb.checkpoint.store import StandbyStore
 from remusdb.config import Config
 from remusdb.errors import RemusError
+from tests.unit.linkpair import dial, secure
 from tests.unit.test_wire_store import INFO, epoch_with
 
 
@@ -31,7 +32,7 @@ def free_port():
 
 @pytest.fixture
 def daemon(tmp_path):
-    cfg = Config()
+    cfg = secure(Config(), tmp_path)
     cfg.standby.port = free_port()
     d = StandbyDaemon(cfg, tmp_path, lambda: no_vm(d), heartbeat_timeout=0.5)
     d.failover_attempts = 0
@@ -67,7 +68,7 @@ def test_failover_refused_while_the_primary_sends(daemon, tmp_path, monkeypatch)
     d, cfg = daemon
     monkeypatch.setattr(sbmod, "SEEDING_TIMEOUT", 5.0)
     start(d)
-    conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+    conn = dial(cfg)
     conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x"}))
     assert conn.recv().kind == wire.Kind.WELCOME
     conn.send(wire.encode_json(wire.Kind.STREAM, 0, INFO.to_json()))
@@ -84,7 +85,7 @@ def test_failover_refused_while_the_primary_sends(daemon, tmp_path, monkeypatch)
 def test_a_lying_peer_is_cut_off_without_failover(daemon, tmp_path):
     d, cfg = daemon
     start(d)
-    conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+    conn = dial(cfg)
     conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x"}))
     assert conn.recv().kind == wire.Kind.WELCOME
     conn.send(wire.encode_json(wire.Kind.STREAM, 0, INFO.to_json()))
@@ -102,7 +103,7 @@ def test_a_lying_peer_is_cut_off_without_failover(daemon, tmp_path):
 
 def seed(cfg):
     """Connect as a primary and commit epoch 0 (a tiny full copy)."""
-    conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+    conn = dial(cfg)
     conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x"}))
     assert conn.recv().kind == wire.Kind.WELCOME
     conn.send(wire.encode_json(wire.Kind.STREAM, 0, INFO.to_json()))
@@ -163,7 +164,7 @@ def test_silence_without_a_fence_waits_for_the_operator(daemon):
 
 
 def fenced_daemon(tmp_path, fence_command):
-    cfg = Config()
+    cfg = secure(Config(), tmp_path)
     cfg.standby.port = free_port()
     resumed = []
 
@@ -252,7 +253,7 @@ def node_daemon(tmp_path, term, committed=False):
         st.create(INFO, "s")
         st.apply(epoch_with(0, {(0, 1): 7}))
         st.close()
-    cfg = Config()
+    cfg = secure(Config(), tmp_path)
     cfg.standby.port = free_port()
     rec = NodeRecord(tmp_path, "standby")
     rec.adopt(term)
@@ -266,7 +267,7 @@ def test_a_stale_hello_is_refused_and_the_committed_checkpoint_kept(tmp_path):
     d, cfg, rec = node_daemon(tmp_path, 5, committed=True)
     start(d)
     try:
-        conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+        conn = dial(cfg)
         conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "x", "term": 4}))
         reply = conn.recv()
         assert reply.kind == wire.Kind.REFUSE
@@ -277,14 +278,14 @@ def test_a_stale_hello_is_refused_and_the_committed_checkpoint_kept(tmp_path):
         assert d.store.committed == 0 and d.state == "recovered"  # nothing wiped, no failover
         assert d.failover_attempts == 0
         # A query is answered with the role and the committed epoch, and is no session.
-        q = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+        q = dial(cfg)
         q.send(wire.encode_json(wire.Kind.QUERY, 0, {}))
         role = q.recv()
         assert role.kind == wire.Kind.ROLE
         assert role.json() == {"state": "standby", "term": 5, "committed": 0}
         q.close()
         # A newer term is adopted (a failover this host missed) and persisted.
-        conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+        conn = dial(cfg)
         conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "y", "term": 7}))
         welcome = conn.recv()
         assert welcome.kind == wire.Kind.WELCOME and welcome.json()["term"] == 7
@@ -309,7 +310,7 @@ def test_a_disk_of_the_same_lineage_is_offered_for_a_resync(tmp_path):
     start(d)
     try:
         for lineage, want in (("L2", "full"), ("L1", "resync")):
-            conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+            conn = dial(cfg)
             conn.send(wire.encode_json(wire.Kind.HELLO, 0, {
                 "session": lineage, "term": 1, "disk_size": size, "disk_lineage": lineage}))
             welcome = conn.recv()
@@ -347,7 +348,7 @@ def test_a_connection_that_never_became_a_session_is_no_death(tmp_path):
         assert d.failover_attempts == 0 and d.state == "recovered"
         # During a take-over no HELLO may touch the store the VM is being resumed from.
         d.taking_over = True
-        conn = wire.Connection(socket.create_connection(("127.0.0.1", cfg.standby.port)))
+        conn = dial(cfg)
         conn.send(wire.encode_json(wire.Kind.HELLO, 0, {"session": "z", "term": 1}))
         reply = conn.recv()
         assert reply.kind == wire.Kind.REFUSE and "taking over" in reply.json()["reason"]
