@@ -11,13 +11,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.stream.format import PAGE_SIZE, Configuration, RamBlock
+from remusdb.checkpoint.stream.format import (
+    MAX_BLOCKS,
+    MAX_RAM,
+    PAGE_SIZE,
+    Configuration,
+    RamBlock,
+)
 from remusdb.errors import PeerError
 
 
 class EpochError(PeerError):
     """What the primary sent does not fit the store (a page beyond the VM's RAM, an epoch out
     of order): refused before anything is written."""
+
+
+def _int(v, hi: int) -> int:
+    """A JSON integer in [0, hi] (not a float, not a bool: those are a peer's mistake)."""
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
+        raise ValueError(f"{v!r} is not an integer in [0, {hi}]")
+    return v
+
+
+def _name(v) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= 255:
+        raise ValueError(f"{str(v)[:40]!r} is not a name")
+    return v
 
 
 @dataclass
@@ -33,6 +52,7 @@ class Epoch:
     refs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     frames: list[list] = field(default_factory=list)  # encoded frames, for the journal
     wire_bytes: int = 0  # as received (compressed), for the status
+    disk_bytes: int = 0  # of DISK payloads buffered: bounded (receive.py)
 
     @property
     def page_count(self) -> int:
@@ -67,13 +87,18 @@ class StreamInfo:
     @classmethod
     def from_json(cls, d: dict) -> StreamInfo:
         try:
-            blocks = [RamBlock(str(n), int(ln)) for n, ln in d["blocks"]]
-            info = cls(Configuration(str(d["machine"])), blocks, int(d["ram_section_id"]),
-                       int(d["ram_section_version"]), str(d["shared_block"]))
+            if not isinstance(d, dict) or len(d["blocks"]) > MAX_BLOCKS:
+                raise ValueError(f"at most {MAX_BLOCKS} RAM blocks")
+            blocks = [RamBlock(_name(n), _int(ln, MAX_RAM)) for n, ln in d["blocks"]]
+            info = cls(Configuration(_name(d["machine"])), blocks,
+                       _int(d["ram_section_id"], 2**32 - 1),
+                       _int(d["ram_section_version"], 2**32 - 1), _name(d["shared_block"]))
         except (KeyError, TypeError, ValueError) as e:
             raise EpochError(f"bad stream description from the primary: {e}") from None
         if not blocks or any(b.length <= 0 or b.length % PAGE_SIZE for b in blocks):
             raise EpochError("bad stream description from the primary: block lengths")
+        if sum(b.length for b in blocks) > MAX_RAM:
+            raise EpochError(f"stream description of more than {MAX_RAM >> 40} TiB of RAM")
         if info.shared_block not in {b.name for b in blocks}:
             raise EpochError(f"shared block {info.shared_block!r} is not a RAM block")
         return info

@@ -120,12 +120,14 @@ def _handshake(ctx: ssl.SSLContext, server_side: bool, raw: socket.socket, peer:
     try:
         tls.handshake()
     except (ssl.SSLError, OSError, ConnectionError) as e:
+        tls.refuse()
         raise AuthError(f"TLS handshake failed: {e}") from None
     finally:
         raw.settimeout(timeout)
     cert = obj.getpeercert()
     name = _common_name(cert) if cert else ""
     if name != peer:
+        tls.refuse()
         raise AuthError(f"the peer's certificate names {name!r}, not the {peer}")
     return tls
 
@@ -181,6 +183,14 @@ class TlsSocket:
             except ssl.SSLWantReadError:
                 self._flush()
                 self._fill()
+
+    def refuse(self) -> None:
+        """Send OpenSSL's alert, if it wrote one, and hang up: a refused peer learns at once."""
+        try:
+            self._flush()
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _flush(self) -> None:
         with self._lock:

@@ -389,7 +389,8 @@ class PrimaryDaemon:
             epoch_captured=self.captured, epoch_sent=self.sent, epoch_acked=self.acked,
             lag_epochs=max(0, self.captured - self.acked), failure=self.failure,
             queue=self.queue.qsize(), guest_clock=self.clock.summary(),
-            compression=self.compressor.summary() if self.compressor else {"mode": "off"})
+            compression=self.compressor.summary() if self.compressor else {"mode": "off"},
+            link=self.link.mode)
         self.metrics.fill(doc)
         for p in self.participants:
             if p.status_key:

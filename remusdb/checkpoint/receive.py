@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from remusdb.checkpoint import wire
-from remusdb.checkpoint.epoch import Epoch, StreamInfo, add_frame
+from remusdb.checkpoint.epoch import Epoch, EpochError, StreamInfo, add_frame
 from remusdb.checkpoint.store import StandbyStore, local_io
+from remusdb.checkpoint.stream.format import PAGE_SIZE
 from remusdb.checkpoint.wire import Kind, WireError
 
+MIN_DISK_BUFFER = 1 << 30
 _BUFFERED = (Kind.PAGES, Kind.ZEROS, Kind.DEVICES, Kind.DISK, Kind.BLOCKREF)
 
 
@@ -81,13 +83,31 @@ class EpochReceiver:
             if epoch.number == 0:  # the full copy: nothing older to protect, no buffering
                 local_io(self.store.apply_disk, f.payload, False)
                 return
+            epoch.disk_bytes += len(f.payload)
+            if epoch.disk_bytes > self.max_disk_bytes():
+                raise EpochError(f"epoch {epoch.number}: more than {self.max_disk_bytes()} "
+                                 "bytes of disk writes buffered before its COMMIT")
+        elif f.kind == Kind.DEVICES and epoch.devices is not None:
+            raise WireError(f"a second device state in epoch {epoch.number}")
         add_frame(epoch, f)
         if f.kind in (Kind.PAGES, Kind.ZEROS):
             blk, idx = (epoch.pages if f.kind == Kind.PAGES else epoch.zeros)[-1][:2]
             self.store.validate(blk, idx)
         elif f.kind == Kind.BLOCKREF:
             self.store.check_refs(*epoch.refs[-1])
+        if f.kind in (Kind.PAGES, Kind.ZEROS, Kind.BLOCKREF):
+            # The primary sends each page at most once an epoch (its last record): more than
+            # the VM has is a lie that would only cost this host memory.
+            pages = epoch.page_count + epoch.zero_count + epoch.ref_count
+            if pages > self.store.ram_pages():
+                raise EpochError(f"epoch {epoch.number}: {pages} pages before its COMMIT, "
+                                 f"the VM has {self.store.ram_pages()}")
         epoch.frames.append([f.header, f.payload])
+
+    def max_disk_bytes(self) -> int:
+        """What an epoch's disk writes may buffer: the guest's RAM, at least MIN_DISK_BUFFER.
+        Writes of 25-500 ms beyond either are not a guest's but a peer's."""
+        return max(MIN_DISK_BUFFER, self.store.ram_pages() * PAGE_SIZE)
 
     def _check_commit(self, f: wire.Frame) -> None:
         epoch = self.epoch

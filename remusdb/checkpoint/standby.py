@@ -493,4 +493,5 @@ class StandbyDaemon:
             bytes_per_epoch=self.epoch_bytes.percentiles(),
             failover=taken.report if taken else None,
             qemu_pid=taken.guest.pid if taken else None,
-            guest_clock=taken.clock.summary() if taken and taken.clock else None))
+            guest_clock=taken.clock.summary() if taken and taken.clock else None,
+            link=self.link.mode, checkpoint_ended=self.store.ended))

@@ -72,11 +72,13 @@ class PrimaryStatus(StatusDoc):
     net: dict | None = None
     totals: dict = field(default_factory=dict)
     guest_clock: dict | None = None
+    link: str = ""  # tls1.3, or insecure
 
     def lines(self) -> list[str]:
         """What `remusdb status` prints for the primary, after its state line."""
         out = [f"  epoch captured {self.epoch_captured}, acked {self.epoch_acked} "
-               f"(lag {self.lag_epochs}), interval {self.interval_ms} ms",
+               f"(lag {self.lag_epochs}), interval {self.interval_ms} ms, link "
+               f"{_link(self.link)}",
                f"  pause ms {self.pause_ms}, dirty pages {self.dirty_pages}, "
                f"bytes/epoch {self.bytes_per_epoch}"]
         comp = self.compression
@@ -120,6 +122,10 @@ class PrimaryStatus(StatusDoc):
         return out
 
 
+def _link(mode: str) -> str:
+    return "INSECURE (plain TCP, link.insecure = true)" if mode == "insecure" else mode or "?"
+
+
 @dataclass
 class StandbyStatus(StatusDoc):
     role: ClassVar[str] = "standby"
@@ -130,11 +136,16 @@ class StandbyStatus(StatusDoc):
     failover: dict | None = None
     qemu_pid: int | None = None
     guest_clock: dict | None = None
+    link: str = ""
+    checkpoint_ended: str = ""  # the committed checkpoint is superseded (BYE, released)
 
     def lines(self) -> list[str]:
         """What `remusdb status` prints for the standby, after its state line."""
         out = [f"  epoch committed {self.epoch_committed}, apply ms {self.apply_ms}, "
-               f"verify {self.verify}"]
+               f"verify {self.verify}, link {_link(self.link)}"]
+        if self.checkpoint_ended:
+            out.append(f"  the committed checkpoint is superseded ({self.checkpoint_ended}): "
+                       "a failover to it needs --force")
         if self.failover:
             out.append(f"  failover {self.failover}")
         return out

@@ -139,6 +139,10 @@ class StandbyStore:
         assert info is not None, "the store has no stream description yet"
         return info
 
+    def ram_pages(self) -> int:
+        """Pages of guest RAM (0 before the stream description)."""
+        return sum(b.length // PAGE_SIZE for b in self.info.blocks) if self.info else 0
+
     def shared_block_path(self) -> Path:
         info = self.stream()
         names = [b.name for b in info.blocks]
@@ -203,7 +207,7 @@ class StandbyStore:
             self.term, self.ended = int(meta.get("term", 0)), str(meta.get("ended", ""))
         except FileNotFoundError:
             raise StoreError(f"no standby store at {self.root}") from None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, EpochError):
             raise StoreError(f"corrupt {self.meta_path}") from None
         try:
             self._allocate()
@@ -212,7 +216,8 @@ class StandbyStore:
             raise StoreError(f"standby store images unusable: {e}") from None
         for p in sorted(self.journal_dir.glob("*.part")):
             p.unlink()
-        for p in sorted(self.journal_dir.glob("*.commit"), key=lambda p: int(p.stem)):
+        journals = [p for p in self.journal_dir.glob("*.commit") if p.stem.isdecimal()]
+        for p in sorted(journals, key=lambda p: int(p.stem)):
             n = int(p.stem)
             if n > self.committed:
                 try:

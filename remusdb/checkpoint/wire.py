@@ -73,10 +73,28 @@ class Frame:
     header: bytes = b""  # as received, so a frame can be journaled verbatim
 
     def json(self) -> dict:
-        try:
-            return json.loads(bytes(self.payload))
-        except ValueError:
-            raise WireError(f"{self.kind.name} frame of epoch {self.epoch}: bad JSON") from None
+        """The payload as a JSON object, bounded: a few KiB of nesting or an `Infinity` must
+        be this peer's error, not a RecursionError or an OverflowError that ends the daemon."""
+        return parse_json(self.payload, f"{self.kind.name} frame of epoch {self.epoch}")
+
+
+MAX_JSON = 1 << 20  # every JSON payload is a handful of fields or a short list
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def parse_json(data, what: str) -> dict:
+    if len(data) > MAX_JSON:
+        raise WireError(f"{what}: {len(data)} bytes of JSON, at most {MAX_JSON}")
+    try:
+        obj = json.loads(bytes(data), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise WireError(f"{what}: bad JSON") from None
+    if not isinstance(obj, dict):
+        raise WireError(f"{what}: JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def encode(kind: Kind, epoch: int, payload: bytes | memoryview = b"", flags: int = 0) -> list:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from remusdb.errors import PeerError
 
 PAGE_SIZE = 4096
+MAX_BLOCKS = 1024  # RAM blocks of a VM: a handful in practice (a u16 names one on the wire)
+MAX_RAM = 4 << 40  # bytes of guest RAM: what the standby would allocate images for
 MAGIC, VERSION = 0x5145564D, 3
 
 VM_EOF, SECTION_START, SECTION_PART, SECTION_END, SECTION_FULL = 0x00, 0x01, 0x02, 0x03, 0x04

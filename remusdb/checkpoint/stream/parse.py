@@ -26,6 +26,8 @@ from remusdb.checkpoint.stream.format import (
     F_ZERO,
     FOOTER,
     MAGIC,
+    MAX_BLOCKS,
+    MAX_RAM,
     MIG_CMD_ENABLE_COLO,
     PAGE_SIZE,
     SECTION_END,
@@ -162,8 +164,15 @@ class RamParser:
                               f"{self.blocks[current].name!r}")
 
     def _read_mem_size(self, r: Reader, total: int) -> None:
-        blocks, seen = [], 0
+        if total > MAX_RAM:
+            raise StreamError(f"MEM_SIZE of {total} bytes at offset {r.offset}: more than "
+                              f"{MAX_RAM >> 40} TiB")
+        blocks: list[RamBlock] = []
+        seen = 0
+        self.current = None  # a later record names its block again
         while seen < total:
+            if len(blocks) == MAX_BLOCKS:
+                raise StreamError(f"more than {MAX_BLOCKS} RAM blocks at offset {r.offset}")
             name = r.idstr()
             length = r.u64()
             if self.ignore_shared:
@@ -180,13 +189,17 @@ class RamParser:
 
 def read_configuration(r: Reader) -> Configuration:
     n = r.u32()
+    if n > 255:
+        raise StreamError(f"machine type of {n} bytes at offset {r.offset}")
     cfg = Configuration(r.bytes(n).decode("ascii", "replace"))
     while r.peek_u8() == SUBSECTION:
         r.u8()
         name = r.idstr()
         r.u32()  # version
         if name == "configuration/capabilities":
-            cfg.capabilities = [r.idstr() for _ in range(r.u32())]
+            if (n := r.u32()) > 256:
+                raise StreamError(f"{n} migration capabilities at offset {r.offset}")
+            cfg.capabilities = [r.idstr() for _ in range(n)]
         elif name == "configuration/target-page-bits":
             cfg.target_page_bits = r.u32()
         elif name == "configuration/uuid":
@@ -221,7 +234,7 @@ def _vmdesc_trailer(buf: bytes | bytearray) -> tuple[int, dict] | None:
         return None
     try:
         desc = json.loads(tail[pos:])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(desc, dict) or not isinstance(desc.get("devices"), list):
         return None
@@ -232,11 +245,15 @@ def _check_device_headers(devices: bytes, desc: dict) -> None:
     """Every device the description lists must appear, in order, as a FULL section header."""
     pos = 0
     for dev in desc["devices"]:
-        name = dev["name"].encode()
-        pat = struct.pack(">B", len(name)) + name + struct.pack(">I", dev["instance_id"])
+        name, inst = (dev.get("name"), dev.get("instance_id")) if isinstance(dev, dict) else (
+            None, None)
+        if not isinstance(name, str) or not isinstance(inst, int) or not (
+                0 < len(name.encode()) < 256 and 0 <= inst < 2**32):
+            raise StreamError(f"VM description lists a device {str(dev)[:60]!r}")
+        pat = struct.pack(">B", len(name.encode())) + name.encode() + struct.pack(">I", inst)
         hit = devices.find(pat, pos)
         if hit < 5 or devices[hit - 5] != SECTION_FULL:
-            raise StreamError(f"device section {dev['name']!r} of the VM description is missing "
+            raise StreamError(f"device section {name!r} of the VM description is missing "
                               "from the initial stream")
         pos = hit + len(pat)
     if devices[:1] != bytes([SECTION_FULL]):

@@ -16,6 +16,8 @@ import numpy as np
 
 from remusdb.checkpoint.stream.format import StreamError, Truncated
 
+MAX_RECORD = 256 << 20  # the longest record one read may wait for (a device state blob)
+
 
 class BufferPool:
     """Receive buffers for reuse: fresh memory is slow to fault in, reused memory is not."""
@@ -54,6 +56,7 @@ class Reader:
         self.start, self.end = 0, len(data)
         self.consumed = 0  # stream offset of self.start, for error messages
         self.chunk = chunk
+        self.limit = MAX_RECORD
 
     @property
     def offset(self) -> int:
@@ -67,6 +70,9 @@ class Reader:
 
         Views handed out by take() stay valid: a full buffer is replaced, never reused.
         """
+        if n > self.limit:
+            raise StreamError(f"a record of {n} bytes at offset {self.offset}: more than "
+                              f"{self.limit}, not what QEMU sends")
         while self.end - self.start < n:
             if self.src is None:
                 raise Truncated(f"truncated stream at offset {self.offset + self.available()}: "
