@@ -6,6 +6,7 @@ measured in the same run. Needs root (namespaces). Run:
 
 import argparse
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -44,10 +45,22 @@ def unprotected(lab, base, seconds):
         guest.kill()
 
 
-def protected(lab, base, interval, seconds):
-    run = RunLayout(base / f"i{interval}")
+def full_copy(log: Path) -> dict:
+    """Epoch 0 as the primary logged it: MiB of the initial stream, and the seconds its send
+    to the standby took (the checkpoint stream's own throughput, link included)."""
+    text = log.read_text()
+    mib = re.search(r"initial copy: (\d+) MiB", text)
+    sent = re.search(r"full copy sent; the VM waited ([\d.]+) s", text)
+    if not (mib and sent):
+        return {}
+    m, secs = float(mib.group(1)), float(sent.group(1))
+    return {"mib": m, "send_s": secs, "mb_s": round(m * 1.048576 / secs, 1) if secs else None}
+
+
+def protected(lab, base, interval, seconds, insecure=False):
+    run = RunLayout(base / f"i{interval}{'-insecure' if insecure else ''}")
     run.root.mkdir()
-    cfg = write_config(run.config, lab, interval_ms=interval)
+    cfg = write_config(run.config, lab, interval_ms=interval, insecure=insecure)
     sb = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
     time.sleep(1)
     trace = run.primary_trace
@@ -57,6 +70,7 @@ def protected(lab, base, interval, seconds):
     out = {}
     try:
         wait_status(status, lambda s: s["epoch_acked"] >= 1, 300, "protection", [sb, pr])
+        out["full_copy"] = full_copy(run.log("primary"))
         for phase in ("idle", "pgbench"):
             time.sleep(2)
             c0, t0 = cpu_seconds(pr.proc.pid), time.monotonic()

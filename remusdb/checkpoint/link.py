@@ -225,16 +225,19 @@ class TlsSocket:
     def recv_into(self, view) -> int:
         """Up to len(view) bytes; 0 at the end of the connection."""
         while True:
-            with self._lock:
+            n = 0
+            with self._lock:  # every record already here, not one (16 KiB) per call
                 try:
-                    n: int = self._obj.read(len(view), view)  # type: ignore[assignment]
-                    return n
+                    while n < len(view):
+                        n += self._obj.read(len(view) - n, view[n:])  # type: ignore[operator]
                 except ssl.SSLWantReadError:
                     pass
                 except ssl.SSLZeroReturnError:
-                    return 0
+                    return n
                 except ssl.SSLError as e:
                     raise AuthError(f"TLS record refused: {e}") from None
+            if n:
+                return n
             try:
                 self._fill()
             except ConnectionError:

@@ -23,11 +23,11 @@ REMUSDB = [sys.executable, "-m", "remusdb.cli"]
 
 
 def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = None,
-                 **vm) -> Path:
+                 insecure: bool = False, **vm) -> Path:
     """The lab's VM config at `path` (run_dir: its directory): the standby on the lab's
     standby host; `vm` and `optimizations` add or override keys of [vm] and [optimizations].
     Validated here, as the daemons will load it. The link is TLS (the default), with a pair
-    of keys made in the run directory."""
+    of keys made in the run directory (`insecure`: plain TCP, for the TLS cost benchmark)."""
     key_dir = path.parent / "keys"
     if not (key_dir / "ca.crt").exists():
         keys.init(key_dir, VM_NAME)
@@ -38,7 +38,7 @@ def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = 
         "primary": {"address": lab.members["primary"].address.split("/")[0]},
         "standby": {"address": lab.members["standby"].address.split("/")[0],
                     "heartbeat_timeout_ms": 1000},
-        "link": {"keys": str(key_dir)},
+        "link": {"keys": str(key_dir), "insecure": insecure},
     })
     path.write_text(configmod.dumps(cfg))
     return path
