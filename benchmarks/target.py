@@ -111,17 +111,17 @@ def mariadb_target(host: str, port: int, user: str, password: str, dbname: str,
 def guest_target(lab, kind: str, host: str | None = None) -> Target:
     """The lab guest's database, reached from the client namespace as a real client would."""
     from remusdb.lab.net import VM_IP
-    from remusdb.vm import DB_NAME, DB_PASSWORD, DB_USER, MARIADB_PORT, PG_PORT
+    from remusdb.vm import DB_NAME, DB_USER, MARIADB_PORT, PG_PORT, db_password
 
     def wrap(go):
         with lab.inside("client"):
             return go()
     host = host or VM_IP
     if kind == "postgres":
-        return postgres_target(host, PG_PORT, DB_USER, DB_PASSWORD, DB_NAME,
+        return postgres_target(host, PG_PORT, DB_USER, db_password(), DB_NAME,
                                f"guest {host}:{PG_PORT}", wrap)
     if kind == "mariadb":
-        return mariadb_target(host, MARIADB_PORT, DB_USER, DB_PASSWORD, DB_NAME,
+        return mariadb_target(host, MARIADB_PORT, DB_USER, db_password(), DB_NAME,
                               f"guest {host}:{MARIADB_PORT}", wrap)
     raise RemusError(f"unknown database kind {kind!r} (expected one of {', '.join(KINDS)})")
 

@@ -7,6 +7,7 @@ image and everything on the QEMU command line that the saved state depends on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,13 +28,21 @@ from remusdb.image import builder
 from remusdb.image.builder import GuestImage
 
 log = logging.getLogger(__name__)
-DB_USER = DB_PASSWORD = DB_NAME = "remusdb"
+DB_USER = DB_NAME = "remusdb"
 PG_PORT, MARIADB_PORT = 5432, 3306
-READY_CHECKS = {
+READY_CHECKS = {  # run inside the guest, as root (MariaDB's root: its unix socket)
     "postgresql": ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(PG_PORT)],
-    "mariadb": ["mariadb-admin", "--connect-timeout=2", "-h", "127.0.0.1", f"-u{DB_USER}",
-                f"-p{DB_PASSWORD}", "ping"],
+    "mariadb": ["mariadb-admin", "--connect-timeout=2", "ping"],
 }
+
+
+@functools.cache
+def db_password() -> str:
+    """The application role's password of the default image, which the lab's VMs boot."""
+    img = builder.cached_image()
+    if img is None:
+        raise RemusError("no guest image built yet: run 'remusdb image build'")
+    return img.credentials().password
 
 
 def image_for(cfg: Config, build: bool = True) -> GuestImage:

@@ -11,9 +11,13 @@ RETURNS SETOF record AS 'MODULE_PATHNAME', 'remusdb_cp_sessions' LANGUAGE C STRI
 -- its socket is protected and it is committing or between transactions.
 CREATE FUNCTION remusdb_cp_recover(OUT pid int, OUT terminated bool)
 RETURNS SETOF record AS $$
-    SELECT s.pid, pg_terminate_backend(s.pid)
-    FROM remusdb_cp_sessions() s JOIN pg_stat_activity a ON a.pid = s.pid
-    WHERE s.pid <> pg_backend_pid()
+    SELECT s.pid, pg_catalog.pg_terminate_backend(s.pid)
+    FROM @extschema@.remusdb_cp_sessions() s JOIN pg_catalog.pg_stat_activity a ON a.pid = s.pid
+    WHERE s.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
       AND NOT s.committing
       AND (NOT s.protected OR a.xact_start IS NOT NULL)
-$$ LANGUAGE sql;
+$$ LANGUAGE sql SET search_path = pg_catalog, pg_temp;
+
+-- Only the superuser (the standby's recovery, through the guest agent) sees or ends sessions.
+REVOKE ALL ON FUNCTION @extschema@.remusdb_cp_sessions() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.remusdb_cp_recover() FROM PUBLIC;

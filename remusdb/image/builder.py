@@ -18,6 +18,7 @@ from pathlib import Path
 
 from remusdb import paths
 from remusdb.errors import RemusError
+from remusdb.image.credentials import Credentials
 from remusdb.steps import Progress, run_logged
 
 RECIPE_VERSION = 1
@@ -45,6 +46,10 @@ class GuestImage:
     kernel: Path
     initrd: Path
     key: str
+
+    def credentials(self) -> Credentials:
+        """The application login of this image's databases (kept beside it)."""
+        return Credentials.load(self.root.parent)
 
     @classmethod
     def load(cls, directory: Path) -> GuestImage:
@@ -179,13 +184,20 @@ def build(rebuild: bool = False, dbpatches: Path | None = None) -> GuestImage:
     log = final.parent / f"{key}.build.log"
     log.write_text("")
     rootfs = work / "rootfs"
-    progress = Progress(total=5, label="image")
+    progress = Progress(total=6, label="image")
     t0 = time.monotonic()
     try:
         _bootstrap(rootfs, log, progress)
 
         progress.step("install guest-side database components (dbpatches/)")
         install_dbpatches(rootfs, dbpatches, log, progress)
+
+        progress.step("database logins (a password of this image's own)")
+        creds = Credentials.generate()
+        run_logged(["sh", str(FILES_DIR / "db-roles.sh"), str(rootfs)], log, "db-roles",
+                   progress, env=dict(os.environ, REMUSDB_DB_PASSWORD=creds.password),
+                   show=lambda ln: ln.startswith("db-roles:"))
+        creds.write(work)
 
         progress.step("copy out kernel and initrd")
         version = _copy_kernel(rootfs, work)

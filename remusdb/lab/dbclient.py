@@ -8,16 +8,16 @@ import psycopg2
 import pymysql
 
 from remusdb.errors import RemusError
-from remusdb.vm import DB_NAME, DB_PASSWORD, DB_USER, MARIADB_PORT, PG_PORT
+from remusdb.vm import DB_NAME, DB_USER, MARIADB_PORT, PG_PORT, db_password
 
 
 def postgres(host: str, timeout: float = 10.0, **kw):
-    return psycopg2.connect(host=host, port=PG_PORT, user=DB_USER, password=DB_PASSWORD,
+    return psycopg2.connect(host=host, port=PG_PORT, user=DB_USER, password=db_password(),
                             dbname=DB_NAME, connect_timeout=max(1, int(timeout)), **kw)
 
 
 def mariadb(host: str, timeout: float = 10.0, **kw):
-    return pymysql.connect(host=host, port=MARIADB_PORT, user=DB_USER, password=DB_PASSWORD,
+    return pymysql.connect(host=host, port=MARIADB_PORT, user=DB_USER, password=db_password(),
                            database=DB_NAME, connect_timeout=timeout, **kw)
 
 

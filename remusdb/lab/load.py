@@ -12,7 +12,7 @@ from pathlib import Path
 
 from remusdb.hypervisor.agent import GuestAgent
 from remusdb.lab.net import VM_IP
-from remusdb.vm import DB_PASSWORD
+from remusdb.vm import db_password
 
 SCAN_SQL = "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE filler <> 'x';\n"
 TPS_RE = re.compile(r"tps = ([\d.]+)")
@@ -22,7 +22,7 @@ def pgbench(lab, *args) -> subprocess.Popen:
     """pgbench against the guest's PostgreSQL, as a running process (stdout: its report)."""
     cmd = ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", VM_IP, "-U",
            "remusdb", *args, "remusdb"]
-    return subprocess.Popen(cmd, env=dict(os.environ, PGPASSWORD=DB_PASSWORD),
+    return subprocess.Popen(cmd, env=dict(os.environ, PGPASSWORD=db_password()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

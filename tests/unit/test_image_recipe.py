@@ -1,5 +1,7 @@
 import subprocess
 
+import pytest
+
 from remusdb import steps
 from remusdb.image import builder
 from remusdb.steps import Progress
@@ -73,3 +75,20 @@ def test_guest_scripts_are_valid_shell():
     for name in ("customize.sh", "remusdb-net"):
         subprocess.run(["sh", "-n", str(builder.FILES_DIR / name)], check=True)
     subprocess.run(["bash", "-n", str(builder.FILES_DIR / "remusdb-init")], check=True)
+
+
+def test_each_image_gets_its_own_database_password_kept_0600(tmp_path):
+    import os
+    import stat
+
+    from remusdb.errors import RemusError
+    from remusdb.image.credentials import Credentials
+
+    a, b = Credentials.generate(), Credentials.generate()
+    assert a.password != b.password and len(a.password) >= 24
+    assert a.password.replace("-", "").replace("_", "").isalnum()  # safe in SQL literals
+    path = a.write(tmp_path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert Credentials.load(tmp_path) == a
+    with pytest.raises(RemusError, match="credentials.json not found"):
+        Credentials.load(tmp_path / "elsewhere")

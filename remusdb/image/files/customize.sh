@@ -34,12 +34,7 @@ listen_addresses = '*'
 max_connections = 100
 shared_buffers = 128MB
 PG
-echo 'host all all 0.0.0.0/0 scram-sha-256' >> "$root$pgconf/pg_hba.conf"
-in_root runuser -u postgres -- /usr/lib/postgresql/15/bin/postgres --single \
-    -D /var/lib/postgresql/15/main -c config_file=$pgconf/postgresql.conf postgres >/dev/null <<'SQL'
-CREATE ROLE remusdb LOGIN SUPERUSER PASSWORD 'remusdb';
-CREATE DATABASE remusdb OWNER remusdb;
-SQL
+# Logins: db-roles.sh, once the database components are in (its password is per image).
 
 echo "customize: MariaDB 10.11"
 cat > "$root/etc/mysql/mariadb.conf.d/90-remusdb.cnf" <<'MY'
@@ -48,14 +43,6 @@ bind-address = 0.0.0.0
 skip-name-resolve
 innodb_buffer_pool_size = 128M
 MY
-in_root runuser -u mysql -- /usr/sbin/mariadbd --bootstrap --datadir=/var/lib/mysql \
-    --log-error=/tmp/mariadb-bootstrap.log >/dev/null <<'SQL' || { cat "$root/tmp/mariadb-bootstrap.log"; exit 1; }
-FLUSH PRIVILEGES;
-CREATE DATABASE IF NOT EXISTS remusdb;
-CREATE USER IF NOT EXISTS 'remusdb'@'%' IDENTIFIED BY 'remusdb';
-GRANT ALL PRIVILEGES ON *.* TO 'remusdb'@'%' WITH GRANT OPTION;
-FLUSH PRIVILEGES;
-SQL
 
 echo "customize: trim"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
