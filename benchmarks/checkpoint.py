@@ -46,15 +46,18 @@ def unprotected(lab, base, seconds):
 
 
 def full_copy(log: Path) -> dict:
-    """Epoch 0 as the primary logged it: MiB of the initial stream, and the seconds its send
-    to the standby took (the checkpoint stream's own throughput, link included)."""
+    """Epoch 0 as the primary logged it: MiB of the initial stream from QEMU, MiB on the link
+    and the seconds its encoding and send took (the checkpoint stream's own throughput, in
+    MiB of guest state per second)."""
     text = log.read_text()
     mib = re.search(r"initial copy: (\d+) MiB", text)
-    sent = re.search(r"full copy sent; the VM waited ([\d.]+) s", text)
+    sent = re.search(r"full copy sent \(([\d.]+) MiB on the link\); the VM waited ([\d.]+) s",
+                     text)
     if not (mib and sent):
         return {}
-    m, secs = float(mib.group(1)), float(sent.group(1))
-    return {"mib": m, "send_s": secs, "mb_s": round(m * 1.048576 / secs, 1) if secs else None}
+    m, wire_mib, secs = float(mib.group(1)), float(sent.group(1)), float(sent.group(2))
+    return {"mib": m, "wire_mib": wire_mib, "send_s": secs,
+            "mb_s": round(m * 1.048576 / secs, 1) if secs else None}
 
 
 def protected(lab, base, interval, seconds, insecure=False):

@@ -100,14 +100,19 @@ def _check_name(key, v):
     return v
 
 
-def _check_memory(key, v):
+def _size_in(key, v, lo: int, hi: int, align: int, expected: str) -> int:
     try:
         n = parse_size(v)
     except ValueError as e:
         raise _fail(key, v, str(e)) from None
-    if n < 128 << 20 or n > 1 << 40 or n % 4096:
-        raise _fail(key, v, "expected between 128M and 1T, a multiple of 4K")
+    if not lo <= n <= hi or n % align:
+        raise _fail(key, v, expected)
     return n
+
+
+def _check_memory(key, v):
+    return _size_in(key, v, 128 << 20, 1 << 40, 4096,
+                    "expected between 128M and 1T, a multiple of 4K")
 
 
 def _check_iface(key, v):
@@ -172,13 +177,8 @@ def _check_key_dir(key, v):
 
 
 def _check_disk_size(key, v):
-    try:
-        n = parse_size(v)
-    except ValueError as e:
-        raise _fail(key, v, str(e)) from None
-    if not 1 << 20 <= n <= 1 << 50 or n % 512:
-        raise _fail(key, v, "expected between 1M and 1024T, a multiple of 512")
-    return n
+    return _size_in(key, v, 1 << 20, 1 << 50, 512,
+                    "expected between 1M and 1024T, a multiple of 512")
 
 
 def _check_address(key, v):

@@ -153,13 +153,13 @@ class PrimaryDaemon:
         try:
             conn.send(wire.encode_json(wire.Kind.STREAM, 0, info.to_json()))
             self.sending = 0
-            self._send_epoch(out)
+            sent = self._send_epoch(out)
         except (OSError, RemusError) as e:
             self._link_lost("during the full copy", e)
         self.sent = 0
         conn.sock.settimeout(None)  # from here the watchdog and heartbeats watch the link
-        log.info("full copy sent; the VM waited %.1f s for it (%d disk writes replayed)",
-                 time.monotonic() - t1, len(out.disk))
+        log.info("full copy sent (%.1f MiB on the link); the VM waited %.2f s for it (%d disk "
+                 "writes replayed)", sent / 2**20, time.monotonic() - t1, len(out.disk))
         return endpoint
 
     def _new_compressor(self, blocks: list[RamBlock]) -> Compressor | None:
@@ -295,7 +295,8 @@ class PrimaryDaemon:
             self._send_epoch(item)
             self.sent = item.number
 
-    def _send_epoch(self, out: EpochOut) -> None:
+    def _send_epoch(self, out: EpochOut) -> int:
+        """Bytes sent."""
         assert self.conn is not None
         for p in self.participants:
             p.on_send(out)
@@ -305,6 +306,7 @@ class PrimaryDaemon:
             sent += sum(len(p) for p in parts)
         if out.number > 0:  # the full copy is not a checkpoint's worth
             self.metrics.sent(out.pages.pages + out.pages.zero_count, sent)
+        return sent
 
     def _receiver(self) -> None:
         assert self.conn is not None

@@ -249,6 +249,27 @@ def test_ram_images_are_allocated_when_created(tmp_path):
         assert os.stat(st.block_path(i)).st_blocks * 512 >= b.length
 
 
+def test_the_ram_directory_is_fsynced_once_its_images_exist(tmp_path, monkeypatch):
+    from remusdb.checkpoint import store as storemod
+    synced = []
+    real = storemod._fsync_dir
+
+    def record(d):
+        synced.append((d, sorted(p.name for p in d.iterdir())))
+        real(d)
+
+    monkeypatch.setattr(storemod, "_fsync_dir", record)
+    st = StandbyStore(tmp_path / "s")
+    st.create(INFO, "s")
+    names = sorted(f"{i}.img" for i in range(len(INFO.blocks)))
+    assert (tmp_path / "s" / "ram", names) in synced
+
+
+def test_the_default_store_is_on_persistent_storage():
+    run_dir = str(Config().vm.run_dir)
+    assert not run_dir.startswith(("/run", "/dev/shm", "/tmp")), run_dir
+
+
 def test_a_full_disk_while_journaling_leaves_no_part_file(tmp_path, monkeypatch):
     st = StandbyStore(tmp_path / "s")
     st.create(INFO, "s")
