@@ -16,7 +16,7 @@ import numpy as np
 from benchmarks._common import save
 from remusdb import config as configmod
 from remusdb.checkpoint.status import read_status
-from remusdb.lab.daemons import Daemon, wait_status, write_config
+from remusdb.lab.daemons import Daemon, drop_images, wait_status, write_config
 from remusdb.lab.layout import RunLayout
 from remusdb.lab.load import pgbench_tps
 from remusdb.lab.net import Lab
@@ -60,8 +60,10 @@ def full_copy(log: Path) -> dict:
             "mb_s": round(m * 1.048576 / secs, 1) if secs else None}
 
 
-def protected(lab, base, interval, seconds, insecure=False):
-    run = RunLayout(base / f"i{interval}{'-insecure' if insecure else ''}")
+def protected(lab, base, interval, seconds, insecure=False, phases=("idle", "pgbench"), tag=""):
+    """The full copy, then each phase's pauses and TPS; `phases` () measures the full copy
+    alone."""
+    run = RunLayout(base / f"i{interval}{'-insecure' if insecure else ''}{tag}")
     run.root.mkdir()
     cfg = write_config(run.config, lab, interval_ms=interval, insecure=insecure)
     sb = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
@@ -74,7 +76,7 @@ def protected(lab, base, interval, seconds, insecure=False):
     try:
         wait_status(status, lambda s: s["epoch_acked"] >= 1, 300, "protection", [sb, pr])
         out["full_copy"] = full_copy(run.log("primary"))
-        for phase in ("idle", "pgbench"):
+        for phase in phases:
             time.sleep(2)
             c0, t0 = cpu_seconds(pr.proc.pid), time.monotonic()
             start = read_status(status)["epoch_captured"]
@@ -101,6 +103,7 @@ def protected(lab, base, interval, seconds, insecure=False):
     finally:
         pr.kill()
         sb.kill()
+        drop_images(run.root)
     return out
 
 

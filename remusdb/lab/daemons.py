@@ -23,9 +23,10 @@ REMUSDB = [sys.executable, "-m", "remusdb.cli"]
 
 
 def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = None,
-                 insecure: bool = False, **vm) -> Path:
+                 insecure: bool = False, standby: dict | None = None, **vm) -> Path:
     """The lab's VM config at `path` (run_dir: its directory): the standby on the lab's
-    standby host; `vm` and `optimizations` add or override keys of [vm] and [optimizations].
+    standby host; `vm`, `optimizations` and `standby` add or override keys of [vm],
+    [optimizations] and [standby].
     Validated here, as the daemons will load it. The link is TLS (the default), with a pair
     of keys made in the run directory (`insecure`: plain TCP, for the TLS cost benchmark)."""
     key_dir = path.parent / "keys"
@@ -37,7 +38,7 @@ def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = 
         "optimizations": dict(optimizations or {}),
         "primary": {"address": lab.members["primary"].address.split("/")[0]},
         "standby": {"address": lab.members["standby"].address.split("/")[0],
-                    "heartbeat_timeout_ms": 1000},
+                    "heartbeat_timeout_ms": 1000, **(standby or {})},
         "link": {"keys": str(key_dir), "insecure": insecure},
     })
     path.write_text(configmod.dumps(cfg))
@@ -86,22 +87,34 @@ class Protected:
     checkpoint commits; stopped (both killed) on exit. For tests and benchmarks."""
 
     def __init__(self, lab, run: Path, interval_ms: int = 100, optimizations: dict | None = None,
-                 protect_args: tuple = (), standby_args: tuple = (), vm: dict | None = None):
+                 protect_args: tuple = (), standby_args: tuple = (), vm: dict | None = None,
+                 standby: dict | None = None):
         self.lab, self.run = lab, Path(run)
         self.layout = RunLayout(self.run)
         self.run.mkdir(parents=True, exist_ok=True)
         self.cfg = write_config(self.layout.config, lab, interval_ms=interval_ms,
-                                optimizations=optimizations, **(vm or {}))
+                                optimizations=optimizations, standby=standby, **(vm or {}))
         self.protect_args, self.standby_args = list(protect_args), list(standby_args)
         self.standby: Daemon | None = None
         self.primary: Daemon | None = None
+        self.starts = 1  # of a standby daemon
         self.standby_status = self.layout.standby_status
         self.primary_status = self.layout.primary_status
 
+    def config(self) -> configmod.Config:
+        return configmod.load(self.cfg)
+
+    def _start_standby(self, log: str) -> Daemon:
+        return Daemon(self.lab, "standby", ["standby", str(self.cfg), *self.standby_args],
+                      self.layout.log(log))
+
+    def restart_standby(self) -> None:
+        """A new standby daemon on the same store (after a crash of the last one)."""
+        self.starts += 1
+        self.standby = self._start_standby(f"standby-{self.starts}")
+
     def __enter__(self) -> Protected:
-        self.standby = Daemon(self.lab, "standby", ["standby", str(self.cfg),
-                                                    *self.standby_args],
-                              self.layout.log("standby"))
+        self.standby = self._start_standby("standby")
         try:
             wait_status(self.standby_status, lambda s: True, 60, "standby start", [self.standby])
             self.primary = Daemon(self.lab, "primary",
@@ -125,8 +138,12 @@ class Protected:
         for d in (self.primary, self.standby):
             if d is not None:
                 d.kill()
-        # Guest RAM and disk images are GiBs in /dev/shm: keep only logs and status files.
-        for pattern in ("**/ram", "**/ram/*.img", "**/disk.raw", "**/disk.qcow2"):
-            for f in self.run.glob(pattern):
-                if f.is_file():
-                    f.unlink()
+        drop_images(self.run)
+
+
+def drop_images(run: Path) -> None:
+    """Guest RAM and disk images are GiBs in /dev/shm: keep only logs and status files."""
+    for pattern in ("**/ram", "**/ram/*.img", "**/disk.raw", "**/disk.qcow2"):
+        for f in Path(run).glob(pattern):
+            if f.is_file():
+                f.unlink()
