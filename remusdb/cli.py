@@ -11,6 +11,7 @@ from pathlib import Path
 
 from remusdb import __version__
 from remusdb import config as configmod
+from remusdb.drill.faults import FAULTS
 from remusdb.errors import RemusError
 
 
@@ -196,7 +197,13 @@ def cmd_failover(args) -> int:
 def cmd_drill(args) -> int:
     from remusdb.drill import command
     return command.failover(args.db, args.interval, args.opts, args.kill_at, args.runs,
-                            args.json)
+                            args.json, fault=args.fault)
+
+
+def cmd_drill_matrix(args) -> int:
+    from remusdb.drill import command
+    return command.matrix(args.db, args.interval, args.opts, args.faults, args.points,
+                          args.runs_per_fault, args.out, args.json)
 
 
 def cmd_drill_reprotect(args) -> int:
@@ -333,8 +340,24 @@ def _add_drill(sub) -> None:
     df.add_argument("--kill-at", choices=("random", "mid-epoch", "mid-transfer"),
                     default="random")
     df.add_argument("--runs", type=_count, default=1, metavar="N")
+    df.add_argument("--fault", default="daemon-kill", metavar="FAULT",
+                    help="how a host fails: " + ", ".join(FAULTS)
+                    + " (default daemon-kill)")
     df.add_argument("--json", action="store_true", help="print the reports as JSON")
     df.set_defaults(func=cmd_drill)
+    dm = drsub.add_parser("matrix", help="every fault at every kill point, N runs each: a "
+                          "table of what was lost, second copies and downtime, and a JSON file")
+    dm.add_argument("--db", choices=("postgres", "mariadb"), default="postgres")
+    dm.add_argument("--interval", type=_count, default=100, metavar="MS")
+    dm.add_argument("--opts", default="asc,rt")
+    dm.add_argument("--faults", default="all", help="a comma list, or all (default)")
+    dm.add_argument("--points", default="random,mid-epoch,mid-transfer",
+                    help="kill points, a comma list (default all three)")
+    dm.add_argument("--runs-per-fault", type=_count, default=1, metavar="N",
+                    help="runs per fault and kill point (default 1)")
+    dm.add_argument("--out", default=".", metavar="DIR", help="where the JSON goes")
+    dm.add_argument("--json", action="store_true")
+    dm.set_defaults(func=cmd_drill_matrix)
     dr = drsub.add_parser("reprotect", help="kill -9 the primary host, fail over, restart the "
                           "host's node (it rejoins, resynced), verify; N cycles, ledger running")
     dr.add_argument("--db", choices=("postgres", "mariadb"), default="postgres")

@@ -62,6 +62,7 @@ class Refused(RemusError):
 
 
 MAX_RESUMES = 16  # sessions a HELLO may name as the ones it follows
+FENCE_TIMEOUT = 60.0  # the standby's fence command; a silent standby may take this long to act
 
 
 def judge_replace(store: StandbyStore, hello: dict) -> str:

@@ -11,6 +11,7 @@ What each device does at each phase is its participants' business; the daemon on
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import socket
@@ -38,6 +39,34 @@ from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.1
+GUEST_ENDED = frozenset({"shutdown", "guest-panicked", "internal-error"})
+
+
+class Answer(enum.StrEnum):
+    """What became of the standby after our BYE."""
+
+    CONFIRMED = "confirmed"  # BYE back: its store is marked ended, it will not fail over
+    CLOSED = "closed"  # it hung up: gone, and a restarted standby waits for an operator
+    SILENT = "silent"  # nothing for `silence_wait`: it has fenced us or waits for an operator
+
+
+def vm_runs(process_alive: bool, status: str | None) -> bool:
+    """Whether this host's VM still runs: only then may the standby be told not to fail over."""
+    return process_alive and status is not None and status not in GUEST_ENDED
+
+
+def silence_wait(heartbeat_timeout_s: float) -> float:
+    """How long held output waits for a silent standby: its heartbeat timeout and fence
+    command run their course first, so a fenced-over standby never contradicts what went out."""
+    return heartbeat_timeout_s + handshake.FENCE_TIMEOUT + 2.0
+
+
+def _reason(f: wire.Frame) -> str | None:
+    try:
+        r = f.json().get("reason")
+    except RemusError:
+        return None
+    return r[:500] if isinstance(r, str) else None
 
 
 class PrimaryDaemon:
@@ -73,7 +102,11 @@ class PrimaryDaemon:
         self._handover = threading.Event()
         self._handing_over = False  # _finish_handover owns the end of the session
         self._trouble: str | None = None  # what went wrong meanwhile
-        self.vm_stopped = False  # switchover: our VM was killed at the last checkpoint
+        self.vm_stopped = False  # switchover or VM_LOST: our VM is gone
+        self.standby_answer: Answer | None = None  # to our BYE: confirmed, closed or silent
+        self._answered = threading.Event()
+        self._receiving = False  # the receiver runs: it will see the standby's answer
+        self._ended = threading.Event()  # the end of protection is settled (_fail, handover)
 
     @property
     def state(self) -> PrimaryState:
@@ -106,6 +139,9 @@ class PrimaryDaemon:
                 self._fail(f"COLO stream from QEMU ended: {e}")
         finally:
             self._end_capture(endpoint)
+        # Ended by another thread: it may still wait for the standby's answer, and the next
+        # session must not begin before this one's held output is settled.
+        self._ended.wait(silence_wait(self.cfg.standby.heartbeat_timeout_ms / 1000) + 30)
 
     def _handshake(self, conn: wire.Connection) -> None:
         hello: dict = {"session": self.session, "resumes": self.resumes,
@@ -172,6 +208,7 @@ class PrimaryDaemon:
                           int(ram * opts.page_cache))
 
     def _start_threads(self) -> None:
+        self._receiving = True
         for target, name in ((self._guard(self._sender), "sender"),
                              (self._guard(self._receiver), "receiver"),
                              (self._watchdog, "watchdog")):
@@ -268,6 +305,7 @@ class PrimaryDaemon:
         self._stop_participants(failure, vm_gone=True)
         self.clock.stop()
         self.states.set(PrimaryState.UNPROTECTED)
+        self._ended.set()
 
     # Threads
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
@@ -309,22 +347,49 @@ class PrimaryDaemon:
         return sent
 
     def _receiver(self) -> None:
+        """The only reader of the link. After the end of protection it still reads, for the
+        standby's answer to our BYE (or its hang-up): held output waits for that."""
         assert self.conn is not None
-        while not self._stop.is_set():
-            f = self.conn.recv()
-            if f.kind == wire.Kind.ACK:
-                if not self.acked < f.epoch <= self.sending:
-                    # Releasing output for an epoch the standby cannot hold breaks invariant 1.
-                    raise wire.WireError(f"ACK for epoch {f.epoch}: sent up to {self.sending}, "
-                                         f"acknowledged up to {self.acked}")
-                self.acked = f.epoch
-                for p in self.participants:
-                    p.on_ack(f.epoch)
-                with self._qmp_lock:  # not over a failure _fail has just recorded
-                    if self.states.current == PrimaryState.SEEDING and self.failure is None:
-                        self.states.set(PrimaryState.PROTECTED)
-            elif f.kind != wire.Kind.HEARTBEAT:
-                raise RemusError(f"unexpected {f.kind.name} from the standby")
+        while True:
+            try:
+                f = self.conn.recv()
+            except (OSError, ConnectionError, RemusError) as e:
+                self._answer(Answer.CLOSED)
+                if not self._stop.is_set():
+                    self._fail_soon(f"standby link lost: {e}")
+                return
+            if f.kind == wire.Kind.BYE:  # an answer, or the standby ending it (its store)
+                self._answer(Answer.CONFIRMED)
+                if not self._stop.is_set():
+                    self._fail_soon("the standby ended protection: "
+                                    + str(_reason(f) or "no reason given"))
+                return
+            if self._stop.is_set():
+                continue
+            try:
+                self._on_frame(f)
+            except RemusError as e:
+                self._fail_soon(f"standby link lost: {e}")
+
+    def _on_frame(self, f: wire.Frame) -> None:
+        if f.kind == wire.Kind.ACK:
+            if not self.acked < f.epoch <= self.sending:
+                # Releasing output for an epoch the standby cannot hold breaks invariant 1.
+                raise wire.WireError(f"ACK for epoch {f.epoch}: sent up to {self.sending}, "
+                                     f"acknowledged up to {self.acked}")
+            self.acked = f.epoch
+            for p in self.participants:
+                p.on_ack(f.epoch)
+            with self._qmp_lock:  # not over a failure _fail has just recorded
+                if self.states.current == PrimaryState.SEEDING and self.failure is None:
+                    self.states.set(PrimaryState.PROTECTED)
+        elif f.kind != wire.Kind.HEARTBEAT:
+            raise RemusError(f"unexpected {f.kind.name} from the standby")
+
+    def _answer(self, answer: Answer) -> None:
+        if self.standby_answer is None:
+            self.standby_answer = answer
+        self._answered.set()
 
     def _watchdog(self) -> None:
         """A checkpoint stuck mid-transaction would leave the VM paused forever."""
@@ -338,11 +403,23 @@ class PrimaryDaemon:
         self._fail(f"standby link lost {when}: {e}")
         raise RemusError(f"the standby dropped the connection: {e}") from None
 
+    def _fail_soon(self, reason: str) -> None:
+        """_fail from the receiver: it must go on reading, for the standby's answer."""
+        threading.Thread(target=self._fail, args=(reason,), name="fail", daemon=True).start()
+
     def _fail(self, reason: str) -> None:
-        """End protection, the VM running on. The standby must hear BYE first: a connection
-        that closes without it means "primary dead" and makes the standby fail over, which
-        with this VM still running would be a second copy. If BYE cannot be sent, the socket
-        stays open: the standby then only sees silence, which it does not act on unfenced."""
+        """End protection, deciding by what this host knows of its VM.
+
+        The VM runs (its process lives, QMP answers): the standby must hear BYE, since a link
+        that closes without it means "primary dead" and makes it fail over — a second copy.
+        The held output goes out only once the standby answered (BYE back: it will not fail
+        over), hung up (gone: restarted, it waits for an operator), or stayed silent long
+        enough to have fenced us (`silence_wait`). Until then it is held, so no client sees
+        what a failover could take back.
+
+        The VM is gone (a QEMU crash, the OOM killer, a signal to the host's processes), or
+        not known to run (then it is killed, to make it so): VM_LOST tells the standby to fail
+        over now, and the held output is dropped, never sent."""
         with self._qmp_lock:
             if self._handing_over:  # the switchover ends it (no BYE, no held output out)
                 self._trouble = self._trouble or reason
@@ -350,23 +427,87 @@ class PrimaryDaemon:
             if self.failure is not None:
                 return
             self.failure = reason
-            log.warning("protection lost: %s; the VM continues unprotected", reason)
             self._stop.set()
-            self._stop_participants(reason)
-            try:
-                mon = self.guest.monitor
-                assert mon is not None  # see _seed()
-                mon.execute("x-colo-lost-heartbeat")
-            except Exception:
-                pass
+        try:
+            self._end(reason)
+        finally:
+            self._ended.set()
+
+    def _end(self, reason: str) -> None:
+        with self._qmp_lock:
+            runs, why = self._vm_runs()
+            if runs:
+                try:
+                    mon = self.guest.monitor
+                    assert mon is not None  # see _seed()
+                    mon.execute("x-colo-lost-heartbeat")
+                except Exception:
+                    pass
+            else:
+                self.guest.kill()
+                self.vm_stopped = True
+        if not runs:
+            self._vm_lost(reason, why)
+        else:
+            self._bye(reason)
+        self.states.set(PrimaryState.UNPROTECTED)
+
+    def _vm_runs(self) -> tuple[bool, str]:
+        if not self.guest.running:
+            return False, "its QEMU exited"
+        try:
+            mon = self.guest.monitor
+            assert mon is not None  # see _seed()
+            status = mon.status()
+        except Exception as e:
+            return False, f"QMP does not answer ({type(e).__name__}: {e})"
+        return vm_runs(True, status), f"QEMU says {status!r}"
+
+    def _vm_lost(self, reason: str, why: str) -> None:
+        log.error("protection lost: %s; the VM is not running here (%s): the standby takes "
+                  "over from its last checkpoint (epoch %d acknowledged)", reason, why,
+                  self.acked)
+        self.failure = f"{reason}; the VM is gone here ({why})"
+        self._stop_participants(reason, vm_gone=True)  # held output never goes out
+        if self.conn is None:
+            return
+        try:
+            self.conn.send(wire.encode_json(wire.Kind.VM_LOST, max(self.acked, 0),
+                                            {"reason": self.failure}), lock_timeout=5.0)
+        except OSError as e:
+            log.warning("VM_LOST not sent (%s): the standby learns it as the link closes", e)
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _bye(self, reason: str) -> None:
+        log.warning("protection lost: %s; the VM continues unprotected (its held output once "
+                    "the standby answers)", reason)
+        answer, said = Answer.CLOSED, False
         if self.conn is not None:
             try:
                 self.conn.send(wire.encode_json(wire.Kind.BYE, max(self.captured, 0),
                                                 {"reason": reason}), lock_timeout=5.0)
-                self.conn.sock.shutdown(socket.SHUT_RDWR)
+                said = True
+            except TimeoutError:  # the sender is stuck: the standby is not reading
+                log.warning("could not send BYE (the link is stuck)")
+            except OSError as e:
+                log.warning("could not send BYE (%s)", e)
+            if self._receiving:  # else epoch 0 never committed: nothing to fail over to
+                wait = silence_wait(self.cfg.standby.heartbeat_timeout_ms / 1000)
+                if not self._answered.wait(wait):
+                    log.warning("the standby said nothing in %.0f s after BYE: it has fenced "
+                                "this host by now or waits for an operator", wait)
+                answer = self.standby_answer or Answer.SILENT
+        self.standby_answer = answer
+        if said:  # else the link stays open: a standby that reads again sees silence, not
+            try:  # an end without BYE (a death) while this VM runs
+                self.conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
             except OSError:
-                log.warning("could not tell the standby (no BYE): it sees silence, not a death")
-        self.states.set(PrimaryState.UNPROTECTED)
+                pass
+        self._stop_participants(reason)  # like Remus: unprotected, the held output goes out
+        log.info("held output released (standby: %s)", answer.value)
 
     def _stop_participants(self, reason: str, vm_gone: bool = False) -> None:
         for p in self.participants:

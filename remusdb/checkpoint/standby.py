@@ -45,7 +45,6 @@ from remusdb.reprotect.roles import Node, Verdict, judge_hello
 log = logging.getLogger(__name__)
 SEEDING_TIMEOUT = 300.0
 HELLO_TIMEOUT = 10.0  # a connection that says nothing holds the session slot no longer
-FENCE_TIMEOUT = 60.0
 TakeOver = Callable[[StandbyStore, GuestSpec, Path, bool], failover.TakenOver]
 # States in which the primary is not known to be down: a manual failover needs --force.
 UNSURE = (StandbyState.PRIMARY_SILENT, StandbyState.RECOVERED, StandbyState.FENCING,
@@ -72,6 +71,10 @@ class _HandedOver(Exception):
         self.epoch = epoch
 
 
+class _VmLost(Exception):
+    """VM_LOST: the primary's VM died there; the primary tells us to run it."""
+
+
 class StandbyDaemon:
     def __init__(self, cfg: Config, run_dir: Path, make_spec: Callable[[], GuestSpec],
                  heartbeat_timeout: float = 1.0, fence_command: str = "",
@@ -81,7 +84,7 @@ class StandbyDaemon:
         self.link = link or Link.for_host(cfg, "standby")
         self.make_spec, self.take_over = make_spec, take_over
         self.timeout = heartbeat_timeout
-        self.fence_command, self.fence_timeout = fence_command, FENCE_TIMEOUT
+        self.fence_command, self.fence_timeout = fence_command, handshake.FENCE_TIMEOUT
         self.node = node  # the node's term and role (None: a standby alone, term 0)
         self.store = StandbyStore(self.run_dir / "store")
         self.incoming = self.store  # the store the current session fills (store.next: staged)
@@ -179,8 +182,11 @@ class StandbyDaemon:
             self._receive(conn)
             log.info("primary ended protection (BYE): no failover")
             self._ended_by_bye()
+            self._answer_bye(conn, "no failover")
         except handshake.Quiet:
             pass
+        except _VmLost as e:  # the primary lives and says its VM does not: run it here
+            reason, closed = f"the primary's VM is gone: {e}", True
         except _HandedOver as h:  # its VM stopped at our committed epoch: run it here
             reason, closed = (f"switchover: the primary handed over at epoch {h.epoch} "
                               f"(committed here: {self.store.committed})"), True
@@ -194,8 +200,11 @@ class StandbyDaemon:
                 reason, closed = f"connection to the primary lost ({e})", True
         except PeerError as e:  # corrupt frame or a lying peer: no proof of death
             reason = f"bad data from the primary: {e}"
-        except LocalError as e:
-            reason = f"standby store failure: {e}"
+        except LocalError as e:  # our disk, not the primary: never a reason to fail over
+            log.error("standby store failure: %s; ending protection (the primary runs on "
+                      "unprotected, this store is not failed over to by itself)", e)
+            self._answer_bye(conn, f"standby store failure: {e}")
+            self.states.set(StandbyState.RECOVERED)
         except Exception:
             log.exception("internal error in the standby; not failing over by itself")
             self.states.set(StandbyState.INTERNAL_ERROR)
@@ -223,6 +232,14 @@ class StandbyDaemon:
         if self.store.committed >= 0:
             local_io(self.store.mark_ended, "bye")
         self.states.set(StandbyState.WAITING)
+
+    def _answer_bye(self, conn: wire.Connection, reason: str) -> None:
+        """BYE to the primary: its held output may go out, we will not fail over."""
+        try:
+            conn.send(wire.encode_json(wire.Kind.BYE, max(self.store.committed, 0),
+                                       {"reason": reason}), lock_timeout=2.0)
+        except OSError as e:
+            log.debug("BYE not sent: %s", e)
 
     def _drop_staged(self) -> bool:
         """The session's second store, if it never took the committed one's place."""
@@ -339,6 +356,9 @@ class StandbyDaemon:
             self.last_frame = time.monotonic()
             if f.kind == wire.Kind.HANDOVER:
                 raise _HandedOver(f.epoch)
+            if f.kind == wire.Kind.VM_LOST:
+                reason = f.json().get("reason")
+                raise _VmLost(reason[:500] if isinstance(reason, str) else "no reason given")
             done = rx.feed(f)
             if done is not None:
                 self._commit(conn, done)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import threading
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 D = TypeVar("D", bound="StatusDoc")
 
@@ -181,13 +184,29 @@ class StatusFile:
         self.path = Path(path)
         self.lock = threading.Lock()
         self.pid, self.started_at = os.getpid(), time.time()
+        self.failing = False
 
     def write(self, doc: StatusDoc) -> None:
+        """Best effort: a status that cannot be written (a full disk) is logged once, never
+        what ends a daemon in the middle of a state change."""
         doc.pid, doc.started_at, doc.updated_at = self.pid, self.started_at, time.time()
         with self.lock:
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(doc.to_json(), indent=1, default=str))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps(doc.to_json(), indent=1, default=str))
+                os.replace(tmp, self.path)
+            except OSError as e:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+                if not self.failing:
+                    log.warning("status file %s not written: %s", self.path, e)
+                self.failing = True
+                return
+            if self.failing:
+                log.info("status file %s written again", self.path)
+            self.failing = False
 
 
 def read_status(path: Path) -> dict | None:

@@ -46,7 +46,7 @@ class Kind(enum.IntEnum):
     COMMIT = 6  # p->s: JSON counts; the epoch is complete
     ACK = 7  # s->p: epoch committed at the standby
     HEARTBEAT = 8  # both ways, between checkpoints
-    BYE = 9  # p->s: orderly end of protection (no failover)
+    BYE = 9  # p->s: orderly end of protection, the VM runs on; s->p: so be it, no failover
     VERIFY = 10  # p->s: test mode, xxh3 of every page of the primary's RAM at this epoch
     CPAGES = 11  # p->s: compressed page records of an epoch (compression/codec.py)
     DISK = 12  # p->s: disk writes of an epoch, in the order the disk server applied them
@@ -58,6 +58,7 @@ class Kind(enum.IntEnum):
     ROLE = 18  # node->any: JSON state, term, committed epoch
     REFUSE = 19  # s->p: JSON reason; the HELLO is refused (a stale term, not a standby)
     HANDOVER = 20  # p->s: switchover: this epoch is the last, the primary's VM is gone; run it
+    VM_LOST = 21  # p->s: JSON reason; the primary's VM died (a QEMU crash): fail over now
 
 
 class WireError(PeerError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
+from remusdb.drill import faults
 from remusdb.drill import run as drillrun
 from remusdb.errors import RemusError
 
@@ -22,40 +24,59 @@ def parse_opts(text: str) -> set[str]:
 
 
 def summarize(results: list[dict]) -> dict:
+    """Totals of drill reports; a drill that did not complete counts as failed and its
+    commits as unknown, never as passed."""
+    done = [r for r in results if "ledger" in r]
     # a drill whose clients never committed again counts as its whole window, not as nothing
     downs = [r["downtime_s"] if r["downtime_s"] is not None else r.get("window_s", float("inf"))
-             for r in results]
-    con = [r["connections"] for r in results]
+             for r in done]
+    con = [r["connections"] for r in done]
     total = sum(c["survived"] + c["broken"] for c in con)
+    times = [r["drill_s"] for r in results if r.get("drill_s") is not None]
     return {
         "drills": len(results),
-        "passed": sum(r["ledger"]["ok"] for r in results),
-        "acknowledged": sum(r["ledger"]["acknowledged"] for r in results),
-        "lost": sum(r["ledger"]["lost"] for r in results),
+        "passed": sum(bool(r.get("ok", r.get("ledger", {}).get("ok"))) for r in results),
+        "incomplete": len(results) - len(done),
+        "acknowledged": sum(r["ledger"]["acknowledged"] for r in done),
+        "lost": sum(r["ledger"]["lost"] for r in done),
         "invariant_violations": sum((not r["ledger"]["total_ok"])
-                                    + len(r["ledger"]["partial_accounts"]) for r in results),
-        "unrecovered": sum(r["downtime_s"] is None for r in results),
+                                    + len(r["ledger"]["partial_accounts"]) for r in done),
+        "second_copies": sum((r.get("copies") or {}).get("second_copies", 0) for r in done),
+        "unexpected_outcomes": sum(not r.get("as_expected", True) for r in done),
+        "unrecovered": sum(r["downtime_s"] is None for r in done),
         "downtime_p50_s": round(statistics.median(downs), 3) if downs else None,
         "downtime_max_s": max(downs) if downs else None,
         "connection_survival": round(sum(c["survived"] for c in con) / total, 3)
         if total else None,
+        "drill_s_mean": round(statistics.mean(times), 1) if times else None,
     }
 
 
-def failover(db: str, interval_ms: int, opts: str, kill_at: str, runs: int, as_json: bool,
-             out=sys.stdout) -> int:
+def _checked(interval_ms: int, runs: int) -> None:
     if runs < 1:
         raise RemusError("--runs: at least 1")
     if interval_ms < 10 or interval_ms > 10_000:
         raise RemusError(f"--interval: {interval_ms} ms is outside 10..10000")
-    chosen = parse_opts(opts)
 
+
+def _say(as_json: bool, out):
     def say(msg: str) -> None:  # with --json, progress goes to stderr: stdout is the JSON
         print(msg, file=sys.stderr if as_json else out, flush=True)
+    return say
+
+
+def failover(db: str, interval_ms: int, opts: str, kill_at: str, runs: int, as_json: bool,
+             out=sys.stdout, fault: str = "daemon-kill") -> int:
+    _checked(interval_ms, runs)
+    chosen = parse_opts(opts)
+    the_fault = faults.FAULTS.get(fault)
+    if the_fault is None:
+        raise RemusError(f"--fault: unknown fault {fault!r} (known: {', '.join(faults.FAULTS)})")
+    say = _say(as_json, out)
     results = []
     for i in range(runs):
-        say(f"== drill {i + 1}/{runs}: {db}, kill at {kill_at}")
-        r = drillrun.drill(db, interval_ms, chosen, kill_at, say=say)
+        say(f"== drill {i + 1}/{runs}: {db}, {the_fault.describe()}, at {kill_at}")
+        r = drillrun.drill(db, interval_ms, chosen, kill_at, say=say, fault=the_fault)
         results.append(r)
         for line in drillrun.describe(r):
             say(f"   {line}")
@@ -65,11 +86,77 @@ def failover(db: str, interval_ms: int, opts: str, kill_at: str, runs: int, as_j
     elif runs > 1:
         say(f"== {summary['passed']}/{summary['drills']} drills passed: "
             f"{summary['acknowledged']} acknowledged commits, {summary['lost']} lost, "
-            f"{summary['invariant_violations']} invariant violations; "
-            f"{summary['unrecovered']} with no commit after the kill; downtime p50 "
+            f"{summary['invariant_violations']} invariant violations, "
+            f"{summary['second_copies']} second copies; "
+            f"{summary['unrecovered']} with no commit after the fault; downtime p50 "
             f"{summary['downtime_p50_s']} s, max {summary['downtime_max_s']} s; connections "
             f"survived {summary['connection_survival']}")
     return 0 if summary["passed"] == summary["drills"] else 1
+
+
+def matrix(db: str, interval_ms: int, opts: str, fault_list: str, points: str,
+           runs_per_fault: int, out_dir: str, as_json: bool, out=sys.stdout) -> int:
+    """Every fault × kill point, N runs each; a table per fault and the totals, and a JSON file
+    (failed runs keep their directories, as every drill does)."""
+    _checked(interval_ms, runs_per_fault)
+    chosen, chosen_faults = parse_opts(opts), faults.parse(fault_list)
+    kill_points = [k.strip() for k in points.split(",") if k.strip()]
+    bad = [k for k in kill_points if k not in drillrun.KILL_POINTS]
+    if bad or not kill_points:
+        raise RemusError(f"--points: unknown kill point {', '.join(bad) or '(none)'} (known: "
+                         f"{', '.join(drillrun.KILL_POINTS)})")
+    directory = Path(out_dir)
+    if not directory.is_dir():
+        raise RemusError(f"--out: {directory} is not a directory")
+    say = _say(as_json, out)
+    plan = [(f, k) for f in chosen_faults for k in kill_points for _ in range(runs_per_fault)]
+    results: list[dict] = []
+    t0 = time.monotonic()
+    for i, (f, k) in enumerate(plan):
+        say(f"== drill {i + 1}/{len(plan)}: {db}, {f.describe()}, at {k}")
+        started = time.monotonic()
+        try:
+            r = drillrun.drill(db, interval_ms, chosen, k, say=say, fault=f)
+        except RemusError as e:  # a drill that could not even run is a failed drill
+            say(f"   drill did not complete: {e}")
+            r = {"fault": f.name, "kill_at": k, "error": str(e).splitlines()[0], "ok": False}
+        r["drill_s"] = round(time.monotonic() - started, 1)
+        results.append(r)
+        for line in drillrun.describe(r) if "ledger" in r else ["FAIL"]:
+            say(f"   {line}")
+    table = {f.name: summarize([r for r in results if r["fault"] == f.name])
+             for f in chosen_faults}
+    total = summarize(results)
+    doc: dict = {"db": db, "interval_ms": interval_ms, "opts": sorted(chosen),
+           "runs_per_fault": runs_per_fault, "kill_points": kill_points,
+           "total": total, "faults": table,
+           "run_s": round(time.monotonic() - t0, 1), "drills": results}
+    path = directory / f"drill-matrix-{db}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    if as_json:
+        print(json.dumps(doc, indent=1), file=out)
+    else:
+        for line in matrix_table(doc):
+            say(line)
+        say(f"saved {path}")
+    return 0 if total["passed"] == total["drills"] else 1
+
+
+COLUMNS = ("runs", "passed", "acked", "lost", "violations", "2nd copies", "down p50",
+           "down max", "conn. survived", "drill s")
+
+
+def matrix_table(doc: dict) -> list[str]:
+    """The matrix as a fixed-width table, one row per fault and the totals."""
+    def row(name: str, s: dict) -> str:
+        cells = [s["drills"], s["passed"], s["acknowledged"], s["lost"],
+                 s["invariant_violations"], s["second_copies"], s["downtime_p50_s"],
+                 s["downtime_max_s"], s["connection_survival"], s["drill_s_mean"]]
+        return f"{name:20s}" + "".join(f"{'-' if c is None else c!s:>11}" for c in cells)
+    lines = [f"{'fault':20s}" + "".join(f"{c:>11}" for c in COLUMNS)]
+    lines += [row(name, s) for name, s in doc["faults"].items()]
+    lines.append(row("total", doc["total"]))
+    return lines
 
 
 def reprotect(db: str, interval_ms: int, cycles: int, out: str, as_json: bool,
@@ -79,11 +166,8 @@ def reprotect(db: str, interval_ms: int, cycles: int, out: str, as_json: bool,
     from remusdb.drill import cycles as drillcycles
     if cycles < 1:
         raise RemusError("--cycles: at least 1")
-    if interval_ms < 10 or interval_ms > 10_000:
-        raise RemusError(f"--interval: {interval_ms} ms is outside 10..10000")
-
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr if as_json else stdout, flush=True)
+    _checked(interval_ms, 1)
+    say = _say(as_json, stdout)
     result = drillcycles.drill(db, cycles, interval_ms, out=Path(out), say=say)
     total = drillcycles.summarize(result)
     if as_json:

@@ -1,16 +1,21 @@
 """One failover drill, end to end, on one machine: three hosts as namespaces, the protected VM on
-the primary, the ledger workload from the client, kill -9 of the primary at the chosen point,
-the standby's failover, then the ledger read back and checked against what clients were told."""
+the primary, the ledger workload from the client, a fault (faults.py) at the chosen point, the
+standby's failover or the primary's carrying on, as the fault expects, the second-copy detector
+watching throughout, then the ledger read back and checked against what clients were told."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
-from remusdb.drill import report, workload
+from remusdb.checkpoint.status import read_status
+from remusdb.drill import faults, report, workload
+from remusdb.drill.copies import CopyWatch
+from remusdb.drill.faults import FAULTS, Fault, Outcome
 from remusdb.errors import RemusError
 from remusdb.lab.daemons import Protected, wait_status
 from remusdb.lab.layout import KeptOnFailure, RunLayout
@@ -50,69 +55,137 @@ def _kill_delay(kill_at: str, interval_ms: int, rng: random.Random, trace: Path)
 def drill(db: str = "postgres", interval_ms: int = 100,
           opts: AbstractSet[str] = frozenset(OPTIMIZATIONS),
           kill_at: str = "random", clients: int = 4, warmup_s: float = 5.0,
-          after_s: float = 45.0, seed: int | None = None, say=print) -> dict:
-    """`after_s`: how long after the failover the clients may take to commit again; longer
-    than their TCP timeout (workload.CLIENT_TIMEOUT_S), so a stalled connection is measured."""
+          after_s: float = 45.0, seed: int | None = None, say=print,
+          fault: Fault = FAULTS["daemon-kill"]) -> dict:
+    """`after_s`: how long after the fault the clients may take to commit again; longer
+    than their TCP timeout (workload.CLIENT_TIMEOUT_S), so a stalled connection is measured.
+    Passes when nothing acknowledged is lost, the ledger holds, the outcome is the fault's
+    expected one, and no two copies of the VM ever ran at once."""
     rng = random.Random(seed)
     with KeptOnFailure("remusdb-drill-", say) as kept, Lab() as lab:
         base = kept.base
         lab.add_tap("primary")
         trace = RunLayout(base).primary_trace
+        fence = {"fence_command": faults.fence_command(base / PID_FILE)} if fault.fenced else {}
+        if fault.own_store_fs:
+            kept.mount(RunLayout(base).role_dir("standby"), faults.STORE_FS_BYTES)
         say(f"protecting the VM (checkpoint every {interval_ms} ms, "
             f"{', '.join(sorted(opts)) or 'no optimizations'}) ...")
         with Protected(lab, base, interval_ms=interval_ms, optimizations=optimizations(opts),
-                       protect_args=("--trace", str(trace))) as p:
-            result = _run(lab, p, db, interval_ms, kill_at, clients, warmup_s, after_s,
-                          rng, trace, say)
-        kept.ok = result["ledger"]["ok"]
+                       protect_args=("--trace", str(trace)), standby=fence) as p:
+            watch = CopyWatch(base)
+            watch.start()
+            try:
+                result = _run(lab, p, db, interval_ms, kill_at, clients, warmup_s, after_s,
+                              rng, trace, say, fault)
+            finally:
+                result_copies = watch.stop()
+        result["resumed_after_s"] = watch.copies.running_since(
+            result.pop("_killed_at"), str(RunLayout(base).primary_vm.observer))
+        result["copies"] = result_copies
+        result["ok"] = kept.ok = (result["ledger"]["ok"] and result["as_expected"]
+                                  and result_copies["second_copies"] == 0)
         return result
 
 
+PID_FILE = "primary-host.pids"  # what the lab's fence command kills
+
+
+def _inject(lab, p: Protected, fault: Fault, say) -> None:
+    primary = p.primary
+    assert primary is not None and p.standby is not None  # started by Protected.__enter__
+    host = faults.descendants(primary.proc.pid)
+    if fault.name == "daemon-kill":
+        primary.kill(signal.SIGKILL)
+    elif fault.name == "qemu-crash":
+        os.kill(int(p.layout.primary_vm.pid.read_text()), signal.SIGKILL)
+    elif fault.name == "operator-stop":
+        faults.signal_all(host, signal.SIGTERM)
+    elif fault.name in ("host-freeze", "host-freeze-fenced"):
+        (p.run / PID_FILE).write_text(" ".join(map(str, host)) + "\n")
+        heartbeat = p.config().standby.heartbeat_timeout_ms / 1000
+        faults.freeze(host, faults.FREEZE_HEARTBEATS * heartbeat)
+    elif fault.name == "standby-crash":
+        p.standby.kill(signal.SIGKILL)
+        say("   the standby daemon killed; starting it again")
+        p.restart_standby()
+    elif fault.name == "standby-disk-full":
+        ballast = faults.fill(p.layout.role_dir("standby"))
+        node = wait_status(p.layout.status_at("primary", "node"),
+                           lambda s: s["state"] == "primary-unprotected", 60,
+                           "the primary to report the standby lost", [primary])
+        say(f"   the standby's store is full; the primary says: {node['state']}")
+        ballast.unlink()
+        p.standby.kill(signal.SIGKILL)
+        say("   space freed; the standby daemon starting again")
+        p.restart_standby()
+    else:
+        raise RemusError(f"no injection for fault {fault.name}")
+
+
 def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after_s, rng,
-         trace, say) -> dict:
+         trace, say, fault: Fault) -> dict:
     def open_conn():
         with lab.inside("client"):
             return workload.connect(db, VM_IP)
 
     clients, stop = workload.start(db, VM_IP, open_conn, n_clients)
+    failover, active_after = None, None
     try:
         time.sleep(warmup_s)
         before = sum(len(c.acked) for c in clients)
         if before == 0:
             raise RemusError(f"no transfer committed in {warmup_s:.0f} s of warm-up")
         _kill_delay(kill_at, interval_ms, rng, trace)
+        last = ((read_status(p.layout.status_at("primary", "node")) or {})
+                .get("sessions") or [{}])[-1].get("at")
         killed_at = time.monotonic()
-        primary = p.primary
-        assert primary is not None  # started by Protected.__enter__
-        primary.kill(signal.SIGKILL)
-        say(f"kill -9 of the primary ({kill_at}) after {before} acknowledged transfers")
-        st = wait_status(p.standby_status, lambda s: s["state"] == "active", 120,
-                         "the standby's failover", [p.standby])
+        _inject(lab, p, fault, say)
+        say(f"{fault.name} ({kill_at}) after {before} acknowledged transfers")
+        if fault.expect is Outcome.FAILOVER:
+            st = wait_status(p.standby_status, lambda s: s["state"] == "active", 120,
+                             "the standby's failover", [p.standby])
+            failover, active_after = st["failover"], round(time.monotonic() - killed_at, 2)
         deadline = time.monotonic() + after_s
         while time.monotonic() < deadline:  # until every client has committed again
             if all(any(o.ok and o.start > killed_at for o in c.ops) for c in clients):
                 break
             time.sleep(0.2)
+        if fault.expect is Outcome.PRIMARY_STAYS:  # and protected again, by a new session
+            wait_status(p.layout.status_at("primary", "node"),
+                        lambda s: s["state"] == "primary-protected"
+                        and s["sessions"][-1]["at"] != last, 180, "protection again",
+                        [d for d in p.daemons if d.proc.poll() is None])
     finally:
         stop.set()
         for c in clients:
             c.join(30)
     ops = [o for c in clients for o in c.ops]
     acked = set().union(*(c.acked for c in clients))
-    return {"db": db, "interval_ms": interval_ms, "kill_at": kill_at,
-            "failover": st["failover"],
+    standby = read_status(p.standby_status) or {}
+    failed_over = standby.get("state") == "active"
+    return {"db": db, "interval_ms": interval_ms, "kill_at": kill_at, "fault": fault.name,
+            "expected": fault.expect.value,
+            "outcome": (Outcome.FAILOVER if failed_over else Outcome.PRIMARY_STAYS).value,
+            "as_expected": faults.as_expected(fault, failed_over),
+            "failover": failover or standby.get("failover"), "active_after_s": active_after,
             "ledger": workload.check(open_conn, acked),
             **report.downtime(ops, killed_at), "connections": report.connections(ops, killed_at),
             "transfers": {"attempted": len(ops), "acknowledged": len(acked)},
-            "window_s": round(time.monotonic() - killed_at, 1)}
+            "window_s": round(time.monotonic() - killed_at, 1), "_killed_at": killed_at}
 
 
 def describe(r: dict) -> list[str]:
-    led, con, fo = r["ledger"], r["connections"], r["failover"]
+    led, con, fo = r["ledger"], r["connections"], r.get("failover") or {}
     rec = fo.get("cp_recovery") or {}
+    copies = r.get("copies") or {}
     lines = [
-        f"failover: standby resumed epoch {fo['epoch']}, VM running {fo['running_s']} s after "
-        f"the decision ({fo['reason']})",
+        f"failover: standby resumed epoch {fo.get('epoch')}, its VM running "
+        f"{r.get('resumed_after_s')} s after the fault ({fo.get('running_s')} s after the "
+        f"decision), active {r.get('active_after_s')} s after it ({fo.get('reason')})"
+        if fo else "no failover: the primary kept the VM",
+        f"outcome: {r.get('outcome')} (expected {r.get('expected')}); second copies seen: "
+        f"{copies.get('second_copies')} in {copies.get('samples')} samples",
         f"ledger: {led['acknowledged']} transfers acknowledged, {led['lost']} lost; "
         f"{'money conserved' if led['total_ok'] else 'TOTAL CHANGED'}, "
         f"{len(led['partial_accounts'])} accounts out of step with the ledger; "
@@ -126,5 +199,5 @@ def describe(r: dict) -> list[str]:
     if "terminated" in rec:
         lines.append(f"commit protection: {rec['terminated']} session(s) not committing were "
                      f"aborted after failover ({rec['ms']:.0f} ms)")
-    lines.append("PASS" if led["ok"] else "FAIL")
+    lines.append("PASS" if r.get("ok", led["ok"]) else "FAIL")
     return lines

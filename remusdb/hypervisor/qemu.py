@@ -122,6 +122,12 @@ class RunFiles:
         return self.dir / "qmp.sock"
 
     @property
+    def observer(self) -> Path:
+        """A second QMP monitor for watchers (the drills' second-copy detector, monitoring):
+        the daemon keeps the first, and QEMU serves one client per monitor."""
+        return self.dir / "observe.sock"
+
+    @property
     def agent(self) -> Path:
         return self.dir / "qga.sock"
 
@@ -171,6 +177,7 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
         "-chardev", f"file,id=serial0,path={files.serial_log}",
         "-serial", "chardev:serial0",
         "-qmp", f"unix:{files.qmp},server=on,wait=off",
+        "-qmp", f"unix:{files.observer},server=on,wait=off",
     ]
     if netdev:
         cmd += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}"]
@@ -207,7 +214,7 @@ class QemuGuest:
             raise QemuError(f"{self.spec.binary} not found (run 'make deps')")
         self.files.dir.mkdir(parents=True, exist_ok=True)
         # memory-backend-file does not clear an existing file: never map a stale guest's RAM.
-        stale = [self.files.qmp, self.files.agent, self.files.serial_log]
+        stale = [self.files.qmp, self.files.observer, self.files.agent, self.files.serial_log]
         if self.spec.ram_file is None:
             stale.append(self.files.ram)
         for p in stale:

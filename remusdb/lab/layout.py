@@ -8,7 +8,9 @@ config, the logs and the traces are the lab's own choice, made here.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,13 +91,24 @@ class KeptOnFailure:
     def __init__(self, prefix: str, say: Callable[[str], None]):
         self.prefix, self.say = prefix, say
         self.ok = False
+        self.mounts: list[Path] = []
 
     def __enter__(self) -> KeptOnFailure:
         self.base = Path(tempfile.mkdtemp(prefix=self.prefix, dir="/dev/shm"))
         return self
 
+    def mount(self, directory: Path, size: int) -> None:
+        """A filesystem of its own (tmpfs of `size` bytes) at `directory`, for a drill that
+        fills one host's disk; unmounted at the end whatever happened (the logs are not in it)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                        str(directory)], check=True, capture_output=True)
+        self.mounts.append(directory)
+
     def __exit__(self, *exc) -> None:
-        if self.ok:
+        for d in reversed(self.mounts):
+            subprocess.run(["umount", "-l", str(d)], check=False, capture_output=True)
+        if self.ok and not os.environ.get("REMUSDB_KEEP_RUN"):  # debugging: keep it all
             shutil.rmtree(self.base, ignore_errors=True)
         else:
             self.say(f"kept the drill's files: {self.base}")

@@ -146,11 +146,24 @@ class NodeDaemon:
             self.record.apply(Event.STOP)  # `remusdb status` says so, not a stale role
 
     def stop(self) -> None:
-        """Operator stop: protection ends in order (BYE) and the VM stops with the node."""
+        """Operator stop (SIGTERM: `systemctl stop`, `kill`). The VM stops with the node, so a
+        protected primary first hands it to the standby (a switchover: the database goes on
+        there, nothing lost); an unprotected one just stops it, and the standby, told BYE,
+        does not run it. To stop the database itself, stop the standby's node first."""
         self.stopped.set()
         self._retry.set()
-        if self.primary is not None:
-            self.primary.stop()
+        daemon = self.primary
+        if daemon is None:
+            return
+        if self.record.state is NodeState.PRIMARY_PROTECTED:
+            try:
+                self.record.apply(Event.SWITCHOVER)
+                daemon.hand_over()
+                log.info("operator stop: the VM moves to the standby (switchover)")
+                return
+            except (RemusError, TransitionError) as e:
+                log.warning("operator stop: no switchover (%s); stopping protection", e)
+        daemon.stop()
 
     def _standby_phase(self) -> None:
         self.standby.serve(listener=self.listener)

@@ -16,6 +16,7 @@ import pytest
 from remusdb.checkpoint import failover, wire
 from remusdb.checkpoint import standby as sbmod
 from remusdb.checkpoint.control import request_failover
+from remusdb.checkpoint.link import AuthError
 from remusdb.checkpoint.primary import PrimaryDaemon
 from remusdb.checkpoint.standby import StandbyDaemon
 from remusdb.checkpoint.store import StandbyStore, settle
@@ -171,7 +172,12 @@ def test_a_connection_that_does_not_authenticate_is_dropped_in_seconds(daemon):
     d, cfg = daemon
     squatter = socket.create_connection(("127.0.0.1", cfg.standby.port))
     t0 = time.monotonic()
-    conn, reply = hello(cfg, "x")  # served once the squatter is dropped
+    while True:  # served once the squatter is dropped (a primary retries, as here)
+        try:
+            conn, reply = hello(cfg, "x")
+            break
+        except AuthError:  # our own handshake timed out behind the squatter's
+            assert time.monotonic() - t0 < 10
     assert reply.kind == wire.Kind.WELCOME
     assert time.monotonic() - t0 < 10
     squatter.settimeout(1)
@@ -356,13 +362,15 @@ def test_an_ack_for_an_epoch_never_sent_is_refused(tmp_path):
     guest = SimpleNamespace(files=SimpleNamespace(agent=tmp_path / "qga.sock"), monitor=None)
     p = PrimaryDaemon(cfg, guest, tmp_path, [], clock=SimpleNamespace())
     p.sending = 3
+    ended: list[str] = []
+    p._fail_soon = ended.append  # type: ignore[method-assign]
     p.conn = _Acks([0, 1, 7])
-    with pytest.raises(wire.WireError, match="ACK for epoch 7: sent up to 3"):
-        p._receiver()
-    assert p.acked == 1
+    p._receiver()
+    assert p.acked == 1 and "ACK for epoch 7: sent up to 3" in ended[0]
+    ended.clear()
     p.conn = _Acks([1])  # again: acknowledged already
-    with pytest.raises(wire.WireError):
-        p._receiver()
+    p._receiver()
+    assert p.acked == 1 and "ACK for epoch 1" in ended[0]
 
 
 def test_pages_of_one_epoch_beyond_guest_ram_end_the_session_not_the_daemon(daemon):

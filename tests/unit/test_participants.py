@@ -63,10 +63,14 @@ class Recorder(Participant):
 class FakeQemu:
     """QMP and the COLO primary's side of the migration socket, from the fixtures' streams."""
 
-    def __init__(self, participant: Recorder):
+    def __init__(self, participant: Recorder, vm_status: str = "running"):
         self.p = participant
         self.commands: list[str] = []
         self.thread: threading.Thread | None = None
+        self.vm_status = vm_status  # what query-status says once the stream has ended
+
+    def status(self):
+        return self.vm_status
 
     def set_migration_capabilities(self, **caps):
         self.commands.append("caps")
@@ -103,6 +107,14 @@ class FakeQemu:
             sock.close()
 
 
+def fake_guest(qemu: FakeQemu, tmp_path, running: bool = True) -> SimpleNamespace:
+    """The QemuGuest the primary sees: its process lives (`running`) and QMP is `qemu`."""
+    guest = SimpleNamespace(monitor=qemu, files=RunFiles(tmp_path / "vm"), running=running,
+                            killed=False)
+    guest.kill = lambda: setattr(guest, "killed", True)
+    return guest
+
+
 @pytest.fixture
 def pair(tmp_path):
     cfg = secure(Config(), tmp_path)
@@ -118,7 +130,7 @@ def test_participants_see_seed_pause_resume_send_ack_stop_in_order(pair, tmp_pat
     cfg, standby = pair
     fake = Recorder()
     qemu = FakeQemu(fake)
-    guest = SimpleNamespace(monitor=qemu, files=RunFiles(tmp_path / "vm"))
+    guest = fake_guest(qemu, tmp_path)
     primary = PrimaryDaemon(cfg, guest, tmp_path, [fake], stall_timeout=10)
     primary.protect()  # returns when "QEMU"'s stream ends
     calls = fake.calls
@@ -156,7 +168,7 @@ def test_a_participant_that_fails_to_stop_does_not_keep_the_others_or_bye_from_r
 
     fake = Recorder()
     qemu = FakeQemu(fake)
-    guest = SimpleNamespace(monitor=qemu, files=RunFiles(tmp_path / "vm"))
+    guest = fake_guest(qemu, tmp_path)
     primary = PrimaryDaemon(cfg, guest, tmp_path, [Broken(), fake])
     primary.protect()
     assert fake.calls[-1][0] == "stop" and primary.state == PrimaryState.UNPROTECTED
@@ -172,7 +184,7 @@ def test_a_bug_in_the_sender_ends_protection_in_order_not_by_the_watchdog(pair, 
 
     fake = Recorder()
     qemu = FakeQemu(fake)
-    guest = SimpleNamespace(monitor=qemu, files=RunFiles(tmp_path / "vm"))
+    guest = fake_guest(qemu, tmp_path)
     primary = PrimaryDaemon(cfg, guest, tmp_path, [Buggy(), fake], stall_timeout=30)
     t0 = time.monotonic()
     primary.protect()

@@ -45,3 +45,44 @@ def test_reprotect_drill_two_cycles(tmp_path):
     png = list(tmp_path.glob("drill-reprotect-*.png"))
     assert len(png) == 1 and png[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(r["timeline"]) >= r["final_ledger"]["acknowledged"] * 0.9
+
+
+def _fault_drill(fault: str, kill_at: str = "random") -> dict:
+    from remusdb.drill.faults import FAULTS
+    lines: list[str] = []
+    r = drillrun.drill("postgres", 100, {"asc", "rt"}, kill_at, warmup_s=4, seed=2,
+                       say=lines.append, fault=FAULTS[fault])
+    print("\n".join(lines + drillrun.describe(r)))
+    led = r["ledger"]
+    assert led["acknowledged"] > 0 and led["lost"] == 0, led
+    assert led["total_ok"] and not led["partial_accounts"], led
+    assert r["copies"]["second_copies"] == 0 and r["copies"]["samples"] > 50, r["copies"]
+    assert r["first_success_s"] is not None, r
+    assert r["as_expected"] and r["ok"], r
+    return r
+
+
+def test_a_qemu_crash_alone_fails_over_within_two_seconds():
+    """SIGKILL of the primary's QEMU, its daemon alive: the daemon says VM_LOST (not BYE), the
+    standby runs the last checkpoint, the held output never goes out."""
+    r = _fault_drill("qemu-crash", "mid-epoch")
+    assert r["outcome"] == "failover" and r["resumed_after_s"] <= 2.0, r
+    assert "VM is gone" in r["failover"]["reason"], r["failover"]
+
+
+def test_an_operator_stop_of_the_whole_primary_host_moves_the_vm():
+    """SIGTERM to the primary daemon and its QEMU at once (systemctl stop): the VM goes on at
+    the standby, from the last checkpoint, nothing acknowledged lost."""
+    r = _fault_drill("operator-stop")
+    assert r["outcome"] == "failover", r
+
+
+def test_a_frozen_primary_without_a_fence_keeps_the_vm_and_is_protected_again():
+    r = _fault_drill("host-freeze")
+    assert r["outcome"] == "primary-stays" and not r["failover"], r
+
+
+def test_a_standby_crash_leaves_the_primary_running_and_protection_resumes():
+    r = _fault_drill("standby-crash", "mid-transfer")
+    assert r["outcome"] == "primary-stays", r
+    assert r["connections"]["broken"] == 0, r["connections"]

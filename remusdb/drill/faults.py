@@ -1,0 +1,131 @@
+"""The ways a host fails, as the drill injects them, and what must happen after each.
+
+Each fault names what it does and its expected outcome: the standby fails over (the primary's
+VM is gone, or fenced), or the primary keeps the VM (no second copy may run, whatever the
+standby thinks). The table is pure, so the expectations are tested without a VM; `inject`
+does it to the lab's processes (one PID namespace for all lab hosts, as one root can reach).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from remusdb.errors import RemusError
+
+
+class Outcome(enum.StrEnum):
+    FAILOVER = "failover"  # the standby runs the VM
+    PRIMARY_STAYS = "primary-stays"  # the primary runs on; the standby must not take over
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    does: str
+    expect: Outcome
+    fenced: bool = False  # the drill's config has a fence command that kills the frozen host
+    standby_restarts: bool = False  # the standby daemon is started again after the fault
+    own_store_fs: bool = False  # the standby's store on a filesystem of its own (to fill it)
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.does} → {self.expect.value}"
+
+
+FREEZE_HEARTBEATS = 3  # a freeze lasts this many heartbeat timeouts: the standby notices it
+
+FAULTS: dict[str, Fault] = {f.name: f for f in (
+    Fault("daemon-kill", "SIGKILL of the primary's daemon (its QEMU dies with it)",
+          Outcome.FAILOVER),
+    Fault("qemu-crash", "SIGKILL of the primary's QEMU alone (a crash, the OOM killer)",
+          Outcome.FAILOVER),
+    Fault("operator-stop", "SIGTERM to every process of the primary host (systemctl stop)",
+          Outcome.FAILOVER),
+    Fault("host-freeze", "SIGSTOP of every process of the primary host past the heartbeat "
+          "timeout, then SIGCONT; no fence command", Outcome.PRIMARY_STAYS),
+    Fault("host-freeze-fenced", "the same freeze, with a fence command that kills the frozen "
+          "host's processes", Outcome.FAILOVER, fenced=True),
+    Fault("standby-crash", "SIGKILL of the standby daemon right after a checkpoint, then a "
+          "restart of it", Outcome.PRIMARY_STAYS, standby_restarts=True),
+    Fault("standby-disk-full", "the standby's store filesystem fills up (another file takes "
+          "it all); once the primary reports the standby lost, space is freed and the standby "
+          "restarted", Outcome.PRIMARY_STAYS, standby_restarts=True, own_store_fs=True),
+)}
+STORE_FS_BYTES = 7 << 30  # the lab guest's 4 GiB disk, 1 GiB of RAM images, journals: room
+
+
+def fill(directory: Path) -> Path:
+    """A ballast file taking every free byte of `directory`'s filesystem."""
+    ballast = directory / "ballast"
+    st = os.statvfs(directory)
+    with open(ballast, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize)
+        except OSError:  # a few pages short: it is full all the same
+            pass
+    return ballast
+
+
+def parse(text: str) -> list[Fault]:
+    """"a,b" or "all" → faults, in the table's order; unknown names are one clear error."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(FAULTS.values())
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown or not names:
+        raise RemusError(f"--fault: unknown fault {', '.join(unknown) or '(none)'} (known: "
+                         f"{', '.join(FAULTS)}, or all)")
+    return [FAULTS[n] for n in dict.fromkeys(names)]
+
+
+def as_expected(fault: Fault, failed_over: bool) -> bool:
+    return failed_over == (fault.expect is Outcome.FAILOVER)
+
+
+# Injection
+def descendants(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """`pid` and every process below it: what one host's daemon runs (its QEMU, helpers)."""
+    children: dict[int, list[int]] = {}
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def freeze(pids: list[int], seconds: float) -> None:
+    """SIGSTOP, wait, SIGCONT: what a stalled host (a hypervisor pause, a storage hang) does."""
+    signal_all(pids, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        signal_all(pids, signal.SIGCONT)
+
+
+def fence_command(pid_file: Path) -> str:
+    """A fence command for the lab: kill -9 the processes listed in `pid_file` (a frozen
+    process dies of SIGKILL too), as a power switch would."""
+    return f"kill -9 $(cat {pid_file}) 2>/dev/null; true"
