@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from remusdb.checkpoint import failover, handshake, wire
@@ -96,6 +97,9 @@ class StandbyDaemon:
         self.comparison = Comparison()
         self.apply_ms, self.epoch_bytes = Window(), Window()
         self._lock = threading.Lock()
+        # A manual failover's QEMU starts in this long-lived thread, never in a control
+        # client's: PR_SET_PDEATHSIG fires when the starting *thread* ends.
+        self._vm_starter = ThreadPoolExecutor(1, thread_name_prefix="vm-starter")
         self.taking_over = False  # a failover runs: no HELLO may touch the store now
         self._conn: wire.Connection | None = None
         self.stopped = threading.Event()
@@ -503,7 +507,9 @@ class StandbyDaemon:
                                        "is the previous session's: use --force")
         if self._conn is not None:
             self._conn.close()
-        return ControlReply(True, failover=self.do_failover("manual failover"))
+        # Not in this client's thread: QEMU dies with the thread that started it.
+        report = self._vm_starter.submit(self.do_failover, "manual failover").result()
+        return ControlReply(True, failover=report)
 
     def _publish(self) -> None:
         taken = self.taken

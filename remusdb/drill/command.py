@@ -109,7 +109,9 @@ def matrix(db: str, interval_ms: int, opts: str, fault_list: str, points: str,
     if not directory.is_dir():
         raise RemusError(f"--out: {directory} is not a directory")
     say = _say(as_json, out)
-    plan = [(f, k) for f in chosen_faults for k in kill_points for _ in range(runs_per_fault)]
+    # Round after round, so a matrix cut short still has every fault in it.
+    plan = [(f, k) for _ in range(runs_per_fault) for f in chosen_faults for k in kill_points]
+    path = directory / f"drill-matrix-{db}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     results: list[dict] = []
     t0 = time.monotonic()
     for i, (f, k) in enumerate(plan):
@@ -117,22 +119,18 @@ def matrix(db: str, interval_ms: int, opts: str, fault_list: str, points: str,
         started = time.monotonic()
         try:
             r = drillrun.drill(db, interval_ms, chosen, k, say=say, fault=f)
-        except RemusError as e:  # a drill that could not even run is a failed drill
-            say(f"   drill did not complete: {e}")
-            r = {"fault": f.name, "kill_at": k, "error": str(e).splitlines()[0], "ok": False}
+        except Exception as e:  # a drill that could not even run is a failed drill
+            say(f"   drill did not complete: {type(e).__name__}: {e}")
+            r = {"fault": f.name, "kill_at": k, "ok": False,
+                 "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         r["drill_s"] = round(time.monotonic() - started, 1)
         results.append(r)
         for line in drillrun.describe(r) if "ledger" in r else ["FAIL"]:
             say(f"   {line}")
-    table = {f.name: summarize([r for r in results if r["fault"] == f.name])
-             for f in chosen_faults}
-    total = summarize(results)
-    doc: dict = {"db": db, "interval_ms": interval_ms, "opts": sorted(chosen),
-           "runs_per_fault": runs_per_fault, "kill_points": kill_points,
-           "total": total, "faults": table,
-           "run_s": round(time.monotonic() - t0, 1), "drills": results}
-    path = directory / f"drill-matrix-{db}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+        doc = _matrix_doc(db, interval_ms, chosen, runs_per_fault, kill_points, chosen_faults,
+                          results, time.monotonic() - t0, len(plan))
+        path.write_text(json.dumps(doc, indent=1) + "\n")  # after each drill: nothing lost
+    total = doc["total"]
     if as_json:
         print(json.dumps(doc, indent=1), file=out)
     else:
@@ -140,6 +138,16 @@ def matrix(db: str, interval_ms: int, opts: str, fault_list: str, points: str,
             say(line)
         say(f"saved {path}")
     return 0 if total["passed"] == total["drills"] else 1
+
+
+def _matrix_doc(db, interval_ms, chosen, runs_per_fault, kill_points, chosen_faults,
+                results, run_s, planned) -> dict:
+    return {"db": db, "interval_ms": interval_ms, "opts": sorted(chosen),
+            "runs_per_fault": runs_per_fault, "kill_points": kill_points,
+            "planned": planned, "total": summarize(results),
+            "faults": {f.name: summarize([r for r in results if r["fault"] == f.name])
+                       for f in chosen_faults},
+            "run_s": round(run_s, 1), "drills": results}
 
 
 COLUMNS = ("runs", "passed", "acked", "lost", "violations", "2nd copies", "down p50",

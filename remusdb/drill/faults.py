@@ -52,6 +52,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           "host's processes", Outcome.FAILOVER, fenced=True),
     Fault("standby-crash", "SIGKILL of the standby daemon right after a checkpoint, then a "
           "restart of it", Outcome.PRIMARY_STAYS, standby_restarts=True),
+    Fault("failover-crash", "SIGKILL of the primary's daemon, then of the standby's in the "
+          "middle of its failover; the standby restarted, and failed over again by the "
+          "operator ('remusdb failover --force': the primary is known dead)", Outcome.FAILOVER,
+          standby_restarts=True),
     Fault("standby-disk-full", "the standby's store filesystem fills up (another file takes "
           "it all); once the primary reports the standby lost, space is freed and the standby "
           "restarted", Outcome.PRIMARY_STAYS, standby_restarts=True, own_store_fs=True),

@@ -12,6 +12,7 @@ import time
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
+from remusdb.checkpoint.control import request_failover
 from remusdb.checkpoint.status import read_status
 from remusdb.drill import faults, report, workload
 from remusdb.drill.copies import CopyWatch
@@ -109,6 +110,18 @@ def _inject(lab, p: Protected, fault: Fault, say) -> None:
         p.standby.kill(signal.SIGKILL)
         say("   the standby daemon killed; starting it again")
         p.restart_standby()
+    elif fault.name == "failover-crash":
+        primary.kill(signal.SIGKILL)
+        wait_status(p.standby_status, lambda s: s["state"] == "failing-over", 30,
+                    "the standby's failover to begin", [p.standby], poll=0.002)
+        p.standby.kill(signal.SIGKILL)  # its new QEMU dies with it
+        say("   the standby killed in the middle of its failover; starting it again")
+        p.restart_standby()
+        new = p.standby
+        wait_status(p.standby_status, lambda s: s.get("pid") == new.proc.pid, 60,
+                    "the restarted standby", [new])
+        say("   remusdb failover --force (the operator: the primary is known dead)")
+        request_failover(p.layout.role_dir("standby"), force=True)
     elif fault.name == "standby-disk-full":
         ballast = faults.fill(p.layout.role_dir("standby"))
         node = wait_status(p.layout.status_at("primary", "node"),

@@ -67,7 +67,8 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-def wait_status(path: Path, pred, timeout: float, what: str, daemons=()) -> dict:
+def wait_status(path: Path, pred, timeout: float, what: str, daemons=(),
+                poll: float = 0.2) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         st = read_status(path)
@@ -79,7 +80,7 @@ def wait_status(path: Path, pred, timeout: float, what: str, daemons=()) -> dict
         if time.monotonic() > deadline:
             logs = "\n".join(d.text()[-2000:] for d in daemons)
             raise RemusError(f"timed out waiting for {what}; last status {st}\n{logs}")
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
 class Protected:

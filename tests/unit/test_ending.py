@@ -6,6 +6,7 @@ fences anyone (real daemons on loopback, a synthetic COLO stream, no VM)."""
 import json
 import threading
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -36,43 +37,40 @@ def test_a_silent_standby_is_given_its_heartbeat_timeout_and_fence_command_first
 
 
 # The standby's side, spoken to over the wire
-def test_vm_lost_makes_the_standby_fail_over_at_once_without_a_fence(tmp_path):
-    d, cfg, resumed = fenced_daemon(tmp_path, "exit 3")  # a fence would fail: not needed
+@contextmanager
+def seeded(tmp_path, fence_command: str):
+    """A standby (its take-over recorded, not run) that committed epoch 0 from us."""
+    d, cfg, resumed = fenced_daemon(tmp_path, fence_command)
     start(d)
     try:
         conn = seed(cfg)
+        yield d, conn, resumed
+        conn.close()
+    finally:
+        d.stopped.set()
+
+
+def test_vm_lost_makes_the_standby_fail_over_at_once_without_a_fence(tmp_path):
+    with seeded(tmp_path, "exit 3") as (d, conn, resumed):  # a fence would fail: not needed
         conn.send(wire.encode_json(wire.Kind.VM_LOST, 0, {"reason": "QEMU killed"}))
         assert wait_state(d, {StandbyState.ACTIVE}) == StandbyState.ACTIVE
         assert StandbyState.FENCING not in d.states.history
         assert resumed == [0] and "VM is gone: QEMU killed" in d.taken.report["reason"]
-        conn.close()
-    finally:
-        d.stopped.set()
 
 
 def test_bye_is_answered_once_the_store_is_marked_ended(tmp_path):
-    d, cfg, resumed = fenced_daemon(tmp_path, "true")
-    start(d)
-    try:
-        conn = seed(cfg)
+    with seeded(tmp_path, "true") as (d, conn, resumed):
         conn.send(wire.encode_json(wire.Kind.BYE, 0, {"reason": "operator"}))
         answer = conn.recv()
         assert answer.kind == wire.Kind.BYE
         assert json.loads(StandbyStore(tmp_path / "store").meta_path.read_text())["ended"]
-        conn.close()
         assert wait_state(d, {StandbyState.WAITING}) == StandbyState.WAITING
         assert resumed == []
-    finally:
-        d.stopped.set()
 
 
 def test_the_standbys_own_store_failing_ends_protection_with_bye_and_never_fences(
         tmp_path, monkeypatch):
-    d, cfg, resumed = fenced_daemon(tmp_path, "true")  # a fence that would succeed
-    start(d)
-    try:
-        conn = seed(cfg)
-
+    with seeded(tmp_path, "true") as (d, conn, resumed):  # a fence that would succeed
         def full(epoch):
             raise LocalError("journal: [Errno 28] No space left on device")
         monkeypatch.setattr(d.store, "journal", full)
@@ -84,9 +82,6 @@ def test_the_standbys_own_store_failing_ends_protection_with_bye_and_never_fence
         assert wait_state(d, {StandbyState.RECOVERED}) == StandbyState.RECOVERED
         time.sleep(0.3)
         assert resumed == [] and StandbyState.FENCING not in d.states.history
-        conn.close()
-    finally:
-        d.stopped.set()
 
 
 # The primary's side, with a synthetic QEMU

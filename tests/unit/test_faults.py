@@ -18,11 +18,11 @@ def test_each_fault_expects_what_an_ha_pair_must_do():
     expected = {"daemon-kill": Outcome.FAILOVER, "qemu-crash": Outcome.FAILOVER,
                 "operator-stop": Outcome.FAILOVER, "host-freeze": Outcome.PRIMARY_STAYS,
                 "host-freeze-fenced": Outcome.FAILOVER, "standby-crash": Outcome.PRIMARY_STAYS,
-                "standby-disk-full": Outcome.PRIMARY_STAYS}
+                "failover-crash": Outcome.FAILOVER, "standby-disk-full": Outcome.PRIMARY_STAYS}
     assert {n: f.expect for n, f in FAULTS.items()} == expected
     assert [n for n, f in FAULTS.items() if f.fenced] == ["host-freeze-fenced"]
-    assert [n for n, f in FAULTS.items() if f.standby_restarts] == ["standby-crash",
-                                                                   "standby-disk-full"]
+    assert [n for n, f in FAULTS.items() if f.standby_restarts] == [
+        "standby-crash", "failover-crash", "standby-disk-full"]
     assert [n for n, f in FAULTS.items() if f.own_store_fs] == ["standby-disk-full"]
 
 

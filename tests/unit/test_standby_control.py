@@ -357,3 +357,34 @@ def test_a_connection_that_never_became_a_session_is_no_death(tmp_path):
         assert d.store.committed == 0 and d.failover_attempts == 0
     finally:
         d.stopped.set()
+
+
+def test_a_manual_failovers_vm_outlives_the_control_client_that_asked_for_it(tmp_path):
+    """QEMU runs with PR_SET_PDEATHSIG, which fires when the *thread* that started it ends:
+    a failover asked on the control socket must not start it in that client's thread."""
+    import subprocess
+
+    from remusdb.hypervisor.qemu import _die_with_parent
+    cfg = secure(Config(), tmp_path)
+    cfg.standby.port = free_port()
+    started = []
+
+    def take_over(store, spec, run_dir, cp):  # a stand-in for QEMU, started the same way
+        proc = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent)
+        started.append(proc)
+        return failover.TakenOver(SimpleNamespace(pid=proc.pid), {"epoch": store.committed})
+
+    d = StandbyDaemon(cfg, tmp_path, lambda: None, heartbeat_timeout=0.5, take_over=take_over)
+    start(d)
+    try:
+        conn = seed(cfg)  # then silence, no fence: the operator fails over
+        assert wait_state(d, {"primary-silent"}) == "primary-silent"
+        request_failover(tmp_path, force=True)
+        time.sleep(0.5)  # the control client's thread has ended by now
+        assert len(started) == 1 and started[0].poll() is None  # alive
+        conn.close()
+    finally:
+        d.stopped.set()
+        for p in started:
+            p.kill()
+            p.wait()
