@@ -64,14 +64,18 @@ STORE_FS_BYTES = 7 << 30  # the lab guest's 4 GiB disk, 1 GiB of RAM images, jou
 
 
 def fill(directory: Path) -> Path:
-    """A ballast file taking every free byte of `directory`'s filesystem."""
+    """A ballast file taking every free byte of `directory`'s filesystem, in chunks that
+    shrink to a page: a filesystem that undoes a failed fallocate (tmpfs does) is still left
+    full, whatever the store writes meanwhile."""
     ballast = directory / "ballast"
-    st = os.statvfs(directory)
     with open(ballast, "wb") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize)
-        except OSError:  # a few pages short: it is full all the same
-            pass
+        size, chunk = 0, 64 << 20
+        while chunk >= 4096:
+            try:
+                os.posix_fallocate(f.fileno(), size, chunk)
+                size += chunk
+            except OSError:
+                chunk //= 16
     return ballast
 
 

@@ -86,3 +86,14 @@ def test_a_standby_crash_leaves_the_primary_running_and_protection_resumes():
     r = _fault_drill("standby-crash", "mid-transfer")
     assert r["outcome"] == "primary-stays", r
     assert r["connections"]["broken"] == 0, r["connections"]
+
+
+def test_a_full_standby_disk_is_never_a_failover_and_protection_resumes_once_freed():
+    r = _fault_drill("standby-disk-full")
+    assert r["outcome"] == "primary-stays", r
+
+
+def test_a_standby_killed_mid_failover_fails_over_again_from_its_checkpoint():
+    """Also the manual failover's QEMU outliving the control client's thread."""
+    r = _fault_drill("failover-crash")
+    assert r["outcome"] == "failover" and r["failover"]["reason"] == "manual failover", r
