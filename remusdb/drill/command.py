@@ -151,7 +151,7 @@ def _matrix_doc(db, interval_ms, chosen, runs_per_fault, kill_points, chosen_fau
 
 
 COLUMNS = ("runs", "passed", "acked", "lost", "violations", "2nd copies", "down p50",
-           "down max", "conn. survived", "drill s")
+           "down max", "conn. kept", "drill s")
 
 
 def matrix_table(doc: dict) -> list[str]:
@@ -160,8 +160,8 @@ def matrix_table(doc: dict) -> list[str]:
         cells = [s["drills"], s["passed"], s["acknowledged"], s["lost"],
                  s["invariant_violations"], s["second_copies"], s["downtime_p50_s"],
                  s["downtime_max_s"], s["connection_survival"], s["drill_s_mean"]]
-        return f"{name:20s}" + "".join(f"{'-' if c is None else c!s:>11}" for c in cells)
-    lines = [f"{'fault':20s}" + "".join(f"{c:>11}" for c in COLUMNS)]
+        return f"{name:20s}" + "".join(f"{'-' if c is None else c!s:>12}" for c in cells)
+    lines = [f"{'fault':20s}" + "".join(f"{c:>12}" for c in COLUMNS)]
     lines += [row(name, s) for name, s in doc["faults"].items()]
     lines.append(row("total", doc["total"]))
     return lines
