@@ -113,7 +113,8 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
 def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
     """kill -9 the standby: the primary ends COLO (x-colo-lost-heartbeat), so the VM is not left
     paused, and keeps serving; the standby restarts and the VM is protected again; SIGTERM then
-    stops the primary daemon and its QEMU."""
+    stops the primary daemon and its QEMU, handing the VM to the standby first (an operator
+    stop of a protected primary is a switchover: the database goes on there)."""
     run = RunLayout(base)
     cfg = write_config(run.config, lab, interval_ms=100)
     standby = Daemon(lab, "standby", ["standby", str(cfg)], run.log("standby"))
@@ -145,6 +146,12 @@ def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
         assert primary.proc.returncode == 0, primary.text()[-2000:]
         assert not process_alive(qemu_pid, wait=5.0)
         assert read_status(run.status_at("primary", "node"))["state"] == "stopped"
+        st = wait_status(run.standby_status, lambda s: s["state"] == "active", 60,
+                         "the switchover", [standby])
+        assert st["failover"]["reason"].startswith("switchover"), st["failover"]
+        assert "operator stop: the VM moves to the standby" in primary.text()
+        with lab.inside("client"):
+            assert dbclient.query_one(dbclient.postgres, VM_IP, "SELECT 1", timeout=60) == 1
     finally:
         if primary:
             primary.kill()
