@@ -61,14 +61,6 @@ def silence_wait(heartbeat_timeout_s: float) -> float:
     return heartbeat_timeout_s + handshake.FENCE_TIMEOUT + 2.0
 
 
-def _reason(f: wire.Frame) -> str | None:
-    try:
-        r = f.json().get("reason")
-    except RemusError:
-        return None
-    return r[:500] if isinstance(r, str) else None
-
-
 class PrimaryDaemon:
     def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path,
                  participants: Iterable[Participant] = (), stall_timeout: float = 10.0,
@@ -361,8 +353,7 @@ class PrimaryDaemon:
             if f.kind == wire.Kind.BYE:  # an answer, or the standby ending it (its store)
                 self._answer(Answer.CONFIRMED)
                 if not self._stop.is_set():
-                    self._fail_soon("the standby ended protection: "
-                                    + str(_reason(f) or "no reason given"))
+                    self._fail_soon(f"the standby ended protection: {f.reason()}")
                 return
             if self._stop.is_set():
                 continue
@@ -464,8 +455,8 @@ class PrimaryDaemon:
         return vm_runs(True, status), f"QEMU says {status!r}"
 
     def _vm_lost(self, reason: str, why: str) -> None:
-        log.error("protection lost: %s; the VM is not running here (%s): the standby takes "
-                  "over from its last checkpoint (epoch %d acknowledged)", reason, why,
+        log.error("protection lost: %s; the VM is not running here (%s): telling the standby "
+                  "to take over from its last checkpoint (epoch %d acknowledged)", reason, why,
                   self.acked)
         self.failure = f"{reason}; the VM is gone here ({why})"
         self._stop_participants(reason, vm_gone=True)  # held output never goes out

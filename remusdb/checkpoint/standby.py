@@ -361,8 +361,7 @@ class StandbyDaemon:
             if f.kind == wire.Kind.HANDOVER:
                 raise _HandedOver(f.epoch)
             if f.kind == wire.Kind.VM_LOST:
-                reason = f.json().get("reason")
-                raise _VmLost(reason[:500] if isinstance(reason, str) else "no reason given")
+                raise _VmLost(f.reason())
             done = rx.feed(f)
             if done is not None:
                 self._commit(conn, done)

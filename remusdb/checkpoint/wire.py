@@ -78,6 +78,14 @@ class Frame:
         be this peer's error, not a RecursionError or an OverflowError that ends the daemon."""
         return parse_json(self.payload, f"{self.kind.name} frame of epoch {self.epoch}")
 
+    def reason(self) -> str:
+        """The peer's "reason" (BYE, VM_LOST), for a log line: short, whatever it sent."""
+        try:
+            r = self.json().get("reason")
+        except WireError:
+            r = None
+        return r[:500] if isinstance(r, str) else "no reason given"
+
 
 MAX_JSON = 1 << 20  # every JSON payload is a handful of fields or a short list
 

@@ -23,6 +23,7 @@ from remusdb.lab.layout import KeptOnFailure, RunLayout
 from remusdb.lab.net import VM_IP, Lab
 
 KILL_POINTS = ("random", "mid-epoch", "mid-transfer")
+PID_FILE = "primary-host.pids"  # what the lab's fence command kills
 OPTIMIZATIONS = ("asc", "rt", "cp")
 
 
@@ -87,9 +88,6 @@ def drill(db: str = "postgres", interval_ms: int = 100,
         result["ok"] = kept.ok = (result["ledger"]["ok"] and result["as_expected"]
                                   and result_copies["second_copies"] == 0)
         return result
-
-
-PID_FILE = "primary-host.pids"  # what the lab's fence command kills
 
 
 def _inject(lab, p: Protected, fault: Fault, say) -> None:

@@ -84,6 +84,17 @@ class RunLayout:
         return RunFiles(self.role_dir("standby") / "vm")
 
 
+def mount_tmpfs(directory: Path, size: int) -> None:
+    """A tmpfs of `size` bytes at `directory` (root): a disk that can fill up on purpose."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                    str(directory)], check=True, capture_output=True)
+
+
+def unmount(directory: Path) -> None:
+    subprocess.run(["umount", "-l", str(directory)], check=False, capture_output=True)
+
+
 class KeptOnFailure:
     """A drill's run directory in RAM: removed when the drill passed (`ok` set), kept and
     named when it did not, so its daemons' logs can be read."""
@@ -98,16 +109,14 @@ class KeptOnFailure:
         return self
 
     def mount(self, directory: Path, size: int) -> None:
-        """A filesystem of its own (tmpfs of `size` bytes) at `directory`, for a drill that
-        fills one host's disk; unmounted at the end whatever happened (the logs are not in it)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
-                        str(directory)], check=True, capture_output=True)
+        """A filesystem of its own at `directory`, for a drill that fills one host's disk;
+        unmounted at the end whatever happened (the logs are not in it)."""
+        mount_tmpfs(directory, size)
         self.mounts.append(directory)
 
     def __exit__(self, *exc) -> None:
         for d in reversed(self.mounts):
-            subprocess.run(["umount", "-l", str(d)], check=False, capture_output=True)
+            unmount(d)
         if self.ok and not os.environ.get("REMUSDB_KEEP_RUN"):  # debugging: keep it all
             shutil.rmtree(self.base, ignore_errors=True)
         else:

@@ -159,7 +159,8 @@ class NodeDaemon:
             try:
                 self.record.apply(Event.SWITCHOVER)
                 daemon.hand_over()
-                log.info("operator stop: the VM moves to the standby (switchover)")
+                log.info("operator stop: handing the VM to the standby at the next checkpoint "
+                         "(switchover)")
                 return
             except (RemusError, TransitionError) as e:
                 log.warning("operator stop: no switchover (%s); stopping protection", e)

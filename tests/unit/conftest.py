@@ -1,6 +1,26 @@
+import os
+
 import pytest
 
+from remusdb.lab.layout import mount_tmpfs, unmount
 from tests import hostpg
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """small_fs(size) -> a directory on a tmpfs of its own, to fill up; unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs (root)")
+    mounted = []
+
+    def make(size: int):
+        d = tmp_path / f"fs{len(mounted)}"
+        mount_tmpfs(d, size)
+        mounted.append(d)
+        return d
+    yield make
+    for d in mounted:
+        unmount(d)
 
 
 @pytest.fixture(scope="module")

@@ -178,26 +178,42 @@ def test_held_output_waits_for_a_silent_standby(tmp_path, monkeypatch):
     b.close()
 
 
-def test_a_status_file_on_a_full_disk_is_logged_never_raised(tmp_path, caplog):
+def test_a_status_file_on_a_full_disk_is_logged_never_raised(small_fs, caplog):
     """A full disk must not end a daemon in the middle of a state change."""
-    import os
-    import subprocess
-
     from remusdb.checkpoint.status import StandbyStatus, StatusFile
-    if os.geteuid() != 0:
-        pytest.skip("mounts a tiny tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
-    try:
-        status = StatusFile(mnt / "standby.status.json")
-        status.write(StandbyStatus(state="waiting"))
-        doc = StandbyStatus(state="recovered", checkpoint_ended="x" * (64 << 10))  # no room
-        status.write(doc)
-        status.write(doc)
-        assert status.failing
-        assert sum("not written" in r.message for r in caplog.records) == 1  # once
-        assert not (mnt / "standby.status.json.tmp").exists()
-        assert json.loads((mnt / "standby.status.json").read_text())["state"] == "waiting"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    mnt = small_fs(64 << 10)
+    status = StatusFile(mnt / "standby.status.json")
+    status.write(StandbyStatus(state="waiting"))
+    doc = StandbyStatus(state="recovered", checkpoint_ended="x" * (64 << 10))  # no room
+    status.write(doc)
+    status.write(doc)
+    assert status.failing
+    assert sum("not written" in r.message for r in caplog.records) == 1  # once
+    assert not (mnt / "standby.status.json.tmp").exists()
+    assert json.loads((mnt / "standby.status.json").read_text())["state"] == "waiting"
+
+
+def test_a_vm_lost_that_cannot_be_sent_still_drops_the_held_output(tmp_path):
+    """The link already broken when the VM dies: the held output never goes out, the VM is
+    killed, and the standby learns of it as the link closes (no BYE)."""
+    import socket
+    cfg = secure(Config(), tmp_path)
+    guest = fake_guest(FakeQemu(Recorder()), tmp_path, running=False)
+    primary = PrimaryDaemon(cfg, guest, tmp_path, [stops := Stops()],
+                            clock=SimpleNamespace(summary=dict))
+    stops.primary = primary
+    a, b = socket.socketpair()
+    b.close()
+    primary.conn = wire.Connection(a)
+    primary._fail("COLO stream from QEMU ended")
+    assert stops.at_stop["vm_gone"] is True and guest.killed
+    assert "the VM is gone here (its QEMU exited)" in primary.failure
+    assert primary.states.current == PrimaryState.UNPROTECTED
+
+
+def test_a_peers_reason_is_short_and_never_an_error():
+    long = wire.encode_json(wire.Kind.BYE, 0, {"reason": "x" * 5000})
+    frame = wire.Frame(wire.Kind.BYE, 0, long[1])
+    assert frame.reason() == "x" * 500
+    assert wire.Frame(wire.Kind.VM_LOST, 0, b"[" * 100_000).reason() == "no reason given"
+    assert wire.Frame(wire.Kind.BYE, 0, b'{"reason": 7}').reason() == "no reason given"

@@ -152,7 +152,7 @@ def test_a_failovers_vm_is_timed_from_its_first_running_sample():
     assert c.running_since(10.05, besides="s") is None  # the primary's ran before, not after
 
 
-def test_fill_leaves_the_filesystem_full(tmp_path, monkeypatch):
+def test_fill_leaves_the_filesystem_full(small_fs, monkeypatch):
     """Even when the free space shrinks between a look at it and the fill (the store writes
     meanwhile; here statvfs over-reports it by 1 MiB)."""
     import os
@@ -160,20 +160,13 @@ def test_fill_leaves_the_filesystem_full(tmp_path, monkeypatch):
     real = os.statvfs
     monkeypatch.setattr(faults.os, "statvfs", lambda p: SimpleNamespace(
         f_bavail=real(p).f_bavail + 256, f_frsize=real(p).f_frsize))
-    if os.geteuid() != 0:
-        pytest.skip("mounts a small tmpfs")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
-        (mnt / "store").write_bytes(b"x" * (1 << 20))
-        ballast = faults.fill(mnt)
-        st = real(mnt)
-        assert st.f_bavail * st.f_frsize < 4096 and ballast.stat().st_size > (6 << 20)
-        with pytest.raises(OSError):
-            with open(mnt / "next-journal", "wb") as f:
-                f.write(b"y" * 8192)
-                f.flush()
-                os.fsync(f.fileno())
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    mnt = small_fs(8 << 20)
+    (mnt / "store").write_bytes(b"x" * (1 << 20))
+    ballast = faults.fill(mnt)
+    st = real(mnt)
+    assert st.f_bavail * st.f_frsize < 4096 and ballast.stat().st_size > (6 << 20)
+    with pytest.raises(OSError):
+        with open(mnt / "next-journal", "wb") as f:
+            f.write(b"y" * 8192)
+            f.flush()
+            os.fsync(f.fileno())

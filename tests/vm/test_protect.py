@@ -149,7 +149,7 @@ def test_standby_lost_the_vm_runs_on_unprotected(lab, base):
         st = wait_status(run.standby_status, lambda s: s["state"] == "active", 60,
                          "the switchover", [standby])
         assert st["failover"]["reason"].startswith("switchover"), st["failover"]
-        assert "operator stop: the VM moves to the standby" in primary.text()
+        assert "operator stop: handing the VM to the standby" in primary.text()
         with lab.inside("client"):
             assert dbclient.query_one(dbclient.postgres, VM_IP, "SELECT 1", timeout=60) == 1
     finally:
