@@ -197,13 +197,13 @@ def cmd_failover(args) -> int:
 def cmd_drill(args) -> int:
     from remusdb.drill import command
     return command.failover(args.db, args.interval, args.opts, args.kill_at, args.runs,
-                            args.json, fault=args.fault)
+                            args.json, fault=args.fault, witness=args.witness)
 
 
 def cmd_drill_matrix(args) -> int:
     from remusdb.drill import command
     return command.matrix(args.db, args.interval, args.opts, args.faults, args.points,
-                          args.runs_per_fault, args.out, args.json)
+                          args.runs_per_fault, args.out, args.json, witness=args.witness)
 
 
 def cmd_drill_reprotect(args) -> int:
@@ -342,7 +342,9 @@ def _add_drill(sub) -> None:
     df.add_argument("--runs", type=_count, default=1, metavar="N")
     df.add_argument("--fault", default="daemon-kill", metavar="FAULT",
                     help="how a host fails: " + ", ".join(FAULTS)
-                    + " (default daemon-kill)")
+                    + " (default daemon-kill; the partitions need --witness)")
+    df.add_argument("--witness", action="store_true",
+                    help="etcd as the witness, on a lab host of its own")
     df.add_argument("--json", action="store_true", help="print the reports as JSON")
     df.set_defaults(func=cmd_drill)
     dm = drsub.add_parser("matrix", help="every fault at every kill point, N runs each: a "
@@ -350,7 +352,10 @@ def _add_drill(sub) -> None:
     dm.add_argument("--db", choices=("postgres", "mariadb"), default="postgres")
     dm.add_argument("--interval", type=_count, default=100, metavar="MS")
     dm.add_argument("--opts", default="asc,rt")
-    dm.add_argument("--faults", default="all", help="a comma list, or all (default)")
+    dm.add_argument("--faults", default="all",
+                    help="a comma list, partitions, or all (default)")
+    dm.add_argument("--witness", action="store_true",
+                    help="etcd as the witness (all: the partitions too)")
     dm.add_argument("--points", default="random,mid-epoch,mid-transfer",
                     help="kill points, a comma list (default all three)")
     dm.add_argument("--runs-per-fault", type=_count, default=1, metavar="N",

@@ -9,6 +9,7 @@ Sections and keys (all optional; defaults make a working single-machine setup):
     [primary]       address, port (the host that starts the VM; roles swap at failover)
     [standby]       address, port, heartbeat_timeout_ms, fence_command, max_disk_size
     [link]          keys, insecure (the checkpoint link's mutual TLS)
+    [witness]       endpoints, ttl_s, prefix (etcd: at most one host runs the VM)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import tomli_w
 
 from remusdb.errors import RemusError
+from remusdb.witness.rules import parse_endpoint
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -187,6 +189,23 @@ def _check_address(key, v):
     return v
 
 
+def _check_endpoints(key, v):
+    if not isinstance(v, list) or len(v) > 16:
+        raise _fail(key, v, "expected a list of etcd URLs like [\"http://10.0.0.5:2379\"]")
+    for url in v:
+        try:
+            parse_endpoint(url if isinstance(url, str) else repr(url))
+        except ValueError as e:
+            raise _fail(key, v, str(e)) from None
+    return list(v)
+
+
+def _check_prefix(key, v):
+    if not isinstance(v, str) or not re.match(r"^/[A-Za-z0-9_./-]{0,99}$", v):
+        raise _fail(key, v, "expected a key prefix like /remusdb")
+    return v
+
+
 @dataclass
 class VMConfig:
     name: str = field(default="remusdb", metadata={"check": _check_name})
@@ -267,6 +286,25 @@ class LinkConfig:
 
 
 @dataclass
+class WitnessConfig:
+    """etcd as the witness (witness/): no endpoints, no witness (the standby then fails over
+    on silence only after the fence command or an operator)."""
+
+    endpoints: list = field(default_factory=list, metadata={"check": _check_endpoints})
+    ttl_s: int = field(default=3, metadata={"check": _check_int(2, 60)})
+    prefix: str = field(default="/remusdb", metadata={"check": _check_prefix})
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoints)
+
+    @property
+    def margin_s(self) -> float:
+        """How long before its lease could expire the primary fences itself."""
+        return max(0.5, self.ttl_s / 3)
+
+
+@dataclass
 class Config:
     vm: VMConfig = field(default_factory=VMConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -274,6 +312,7 @@ class Config:
     primary: PrimaryConfig = field(default_factory=PrimaryConfig)
     standby: StandbyConfig = field(default_factory=StandbyConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
+    witness: WitnessConfig = field(default_factory=WitnessConfig)
 
     def host(self, name: str) -> tuple[str, int]:
         """(address, port) of host `name` ("primary" or "standby": the section naming it)."""
@@ -373,4 +412,11 @@ max_disk_size = "1T"     # the largest disk a primary may announce
 keys = ""                # ca.crt, <host>.crt, <host>.key ('remusdb keys init');
                          # "": /etc/remusdb/<vm name>
 insecure = false         # true: plain TCP, no authentication (never in production)
+
+[witness]
+endpoints = []           # etcd members, e.g. ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]:
+                         # a leader key under a lease, so at most one host runs the VM and a
+                         # silent primary is replaced without a fence command; [] = no witness
+ttl_s = 3                # the lease; a primary that cannot renew fences itself before it ends
+prefix = "/remusdb"      # keys: <prefix>/<vm name>/leader and .../protection
 """

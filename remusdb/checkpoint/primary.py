@@ -36,10 +36,12 @@ from remusdb.config import Config
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest
+from remusdb.witness.keeper import LeaseKeeper
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.1
 GUEST_ENDED = frozenset({"shutdown", "guest-panicked", "internal-error"})
+WITNESSED_BYE_WAIT = 2.0  # with the witness told, the standby's answer is only a courtesy
 
 
 class Answer(enum.StrEnum):
@@ -67,7 +69,8 @@ class PrimaryDaemon:
                  queue_depth: int = 4, term: int = 0,
                  peer: tuple[str, int] | None = None, clock: ClockKeeper | None = None,
                  on_state: Callable[[PrimaryState], None] | None = None,
-                 link: Link | None = None, resumes: Iterable[str] = ()):
+                 link: Link | None = None, resumes: Iterable[str] = (),
+                 witness: LeaseKeeper | None = None):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.term = term  # carried in HELLO: a standby of a newer term refuses us
         self.peer = peer or (cfg.standby.address, cfg.standby.port)
@@ -99,6 +102,9 @@ class PrimaryDaemon:
         self._answered = threading.Event()
         self._receiving = False  # the receiver runs: it will see the standby's answer
         self._ended = threading.Event()  # the end of protection is settled (_fail, handover)
+        # The witness's lease: the VM resumes from a checkpoint and its output goes out only
+        # while it lives; the standby's checkpoint is declared current once it is.
+        self.witness = witness
 
     @property
     def state(self) -> PrimaryState:
@@ -219,6 +225,8 @@ class PrimaryDaemon:
             if self._handover.is_set():
                 self._finish_handover(ck.seq)
                 return
+            if not self._may_resume(ck.seq):
+                return
             out.resumed_at = endpoint.ack()
             self.captured = ck.seq
             self.metrics.captured(out.pause_ms, ck.pages.pages, ck.stream_bytes)
@@ -226,6 +234,21 @@ class PrimaryDaemon:
                 p.on_resume(out)
             if ck.seq % 10 == 0:
                 self._publish()
+
+    def _may_resume(self, seq: int) -> bool:
+        """A fenced host keeps its VM paused at this checkpoint until the key is its own
+        again (or the VM is killed: then the session ends)."""
+        w = self.witness
+        if w is None or w.may_speak():
+            return True
+        log.warning("fenced by the witness: the VM stays paused at checkpoint %d", seq)
+        while not w.may_speak():
+            if self._stop.wait(0.02):
+                return False
+            if not self.guest.running:  # the fence killed it: the standby's checkpoint is it
+                raise StreamError("QEMU exited while the VM was held paused (fenced)")
+        log.info("the witness's key is ours again: the VM resumes")
+        return True
 
     def _enqueue(self, out: EpochOut) -> None:
         try:
@@ -280,6 +303,8 @@ class PrimaryDaemon:
         failure = self.failure
         self.guest.kill()
         self.vm_stopped = True
+        if self.witness is not None:  # the standby takes the key as soon as it may
+            self.witness.release()
         assert self.conn is not None
         try:
             if ok:
@@ -374,6 +399,9 @@ class PrimaryDaemon:
             with self._qmp_lock:  # not over a failure _fail has just recorded
                 if self.states.current == PrimaryState.SEEDING and self.failure is None:
                     self.states.set(PrimaryState.PROTECTED)
+                    if self.witness is not None:  # not on the reader: etcd may be slow
+                        threading.Thread(target=self.witness.declare, args=(self.session,),
+                                         name="declare", daemon=True).start()
         elif f.kind != wire.Kind.HEARTBEAT:
             raise RemusError(f"unexpected {f.kind.name} from the standby")
 
@@ -386,6 +414,8 @@ class PrimaryDaemon:
         """A checkpoint stuck mid-transaction would leave the VM paused forever."""
         while not self._stop.wait(0.5):
             since = self.endpoint.paused_since if self.endpoint else None
+            if self.witness is not None and not self.witness.may_speak():
+                continue  # fenced: the pause is ours, on purpose
             if since is not None and time.monotonic() - since > self.stall_timeout:
                 self._fail(f"checkpoint stalled for {self.stall_timeout:.0f} s")
 
@@ -427,6 +457,12 @@ class PrimaryDaemon:
     def _end(self, reason: str) -> None:
         with self._qmp_lock:
             runs, why = self._vm_runs()
+            if runs and self.witness is not None and not self.witness.declare(None):
+                # Unprotected, the VM would run past the standby's checkpoint while the
+                # witness still calls that one current: a standby that takes the key then
+                # would lose what our clients were told. The checkpoint is the VM now.
+                runs, why = False, ("the witness could not be told it runs unprotected "
+                                    "(fenced, or etcd unreachable): killed")
             if runs:
                 try:
                     mon = self.guest.monitor
@@ -437,6 +473,8 @@ class PrimaryDaemon:
             else:
                 self.guest.kill()
                 self.vm_stopped = True
+                if self.witness is not None:  # the VM is gone: the standby may take the key
+                    self.witness.release()
         if not runs:
             self._vm_lost(reason, why)
         else:
@@ -487,6 +525,8 @@ class PrimaryDaemon:
                 log.warning("could not send BYE (%s)", e)
             if self._receiving:  # else epoch 0 never committed: nothing to fail over to
                 wait = silence_wait(self.cfg.standby.heartbeat_timeout_ms / 1000)
+                if self.witness is not None:  # declared unprotected: it cannot take the key
+                    wait = min(wait, WITNESSED_BYE_WAIT)
                 if not self._answered.wait(wait):
                     log.warning("the standby said nothing in %.0f s after BYE: it has fenced "
                                 "this host by now or waits for an operator", wait)

@@ -42,6 +42,9 @@ from remusdb.errors import LocalError, PeerError, RemusError
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
 from remusdb.reprotect.record import NodeRecord
 from remusdb.reprotect.roles import Node, Verdict, judge_hello
+from remusdb.witness.etcd import EtcdWitness
+from remusdb.witness.keeper import LeaseKeeper
+from remusdb.witness.rules import Leader, WitnessError, judge_take_over
 
 log = logging.getLogger(__name__)
 SEEDING_TIMEOUT = 300.0
@@ -80,13 +83,21 @@ class StandbyDaemon:
     def __init__(self, cfg: Config, run_dir: Path, make_spec: Callable[[], GuestSpec],
                  heartbeat_timeout: float = 1.0, fence_command: str = "",
                  trace: Path | None = None, take_over: TakeOver = failover.take_over,
-                 node: NodeRecord | None = None, link: Link | None = None):
+                 node: NodeRecord | None = None, link: Link | None = None,
+                 witness: EtcdWitness | None = None,
+                 make_keeper: Callable[[int], LeaseKeeper] | None = None):
         self.cfg, self.run_dir = cfg, private_dir(Path(run_dir))
         self.link = link or Link.for_host(cfg, "standby")
         self.make_spec, self.take_over = make_spec, take_over
         self.timeout = heartbeat_timeout
         self.fence_command, self.fence_timeout = fence_command, handshake.FENCE_TIMEOUT
         self.node = node  # the node's term and role (None: a standby alone, term 0)
+        # With a witness, every failover waits for its key (witness/rules.py): `pending` is
+        # why the primary is thought failed, until the key is ours or the checkpoint moot.
+        self.witness = witness if make_keeper is not None else None
+        self.make_keeper = make_keeper
+        self.pending: str | None = None
+        self._witness_said = ""
         self.store = StandbyStore(self.run_dir / "store")
         self.incoming = self.store  # the store the current session fills (store.next: staged)
         self.status = StatusFile(self.run_dir / StandbyStatus.file_name())
@@ -138,6 +149,8 @@ class StandbyDaemon:
             try:
                 sock, peer = srv.accept()
             except TimeoutError:
+                if self.pending is not None:
+                    self._try_take_over()
                 continue
             try:
                 secured = self.link.accept(sock)
@@ -173,6 +186,10 @@ class StandbyDaemon:
             return
         log.info("recovered the store at epoch %d", self.store.committed)
         self.states.set(StandbyState.RECOVERED)
+        if self.witness is not None and not self.store.ended:
+            # The witness decides: the key is free only if the primary is gone, and the
+            # checkpoint current only if it said so. A live primary reconnects meanwhile.
+            self.pending = "restarted with a committed checkpoint"
 
     def _session(self, conn: wire.Connection) -> None:
         self._conn = conn
@@ -293,6 +310,9 @@ class StandbyDaemon:
             raise handshake.Quiet(verdict.reason)
         if self.node is not None:
             self.node.adopt(verdict.term)
+        if self.pending is not None:
+            log.info("a primary is back (HELLO accepted): no take-over (%s)", self.pending)
+            self.pending = None
         lineage = str(hello_data.get("disk_lineage", ""))
         self.incoming, plan = local_io(self._incoming_store, str(hello_data["session"]),
                                        lineage, disk_size, verdict.term)
@@ -409,6 +429,11 @@ class StandbyDaemon:
             log.info("no committed checkpoint yet: nothing to fail over to")
             self.states.set(StandbyState.WAITING)
             return
+        if self.witness is not None:
+            self.pending = reason
+            self.states.set(StandbyState.AWAITING_WITNESS)
+            self._try_take_over()
+            return
         try:
             if closed:
                 self.do_failover(reason)
@@ -428,6 +453,59 @@ class StandbyDaemon:
             # The primary is gone and the store intact: an operator can retry.
             self.states.set(StandbyState.FAILOVER_FAILED)
             log.warning("retry with 'remusdb failover' once the cause is fixed")
+
+    def _try_take_over(self) -> None:
+        """One try for the witness's key (serve() tries again every half second): taken, the
+        VM runs here in a newer term; held by the primary, we wait; moot, we stop trying."""
+        assert self.witness is not None and self.make_keeper is not None
+        reason = self.pending
+        if reason is None:
+            return
+        try:
+            view = self.witness.view()
+            node_term = self.node.term if self.node else 0
+            verdict = judge_take_over(view, self.store.session, max(node_term, self.store.term))
+            if verdict.final:
+                self.pending = None
+                log.warning("not failing over: %s", verdict.reason)
+                self.states.set(StandbyState.PRIMARY_SILENT)
+                return
+            if not verdict.may:
+                self._said(verdict.reason)
+                return
+            sent = time.monotonic()
+            if not self.witness.take(Leader("standby" if self.node is None else self.node.host,
+                                            verdict.term, self.store.committed),
+                                     view.revision):
+                self._said("the key was taken first, or the record changed: reading again")
+                return
+        except WitnessError as e:
+            self._said(str(e))
+            return
+        self.pending = None
+        log.warning("witness: the key is ours (term %d): failing over (%s)", verdict.term,
+                    reason)
+        keeper = self.make_keeper(verdict.term)
+        keeper.taken(sent)
+        keeper.start()
+        if self.node is not None:
+            self.node.adopt(verdict.term - 1)  # the take-over's new term is the key's
+        try:
+            if self.fence_command:  # an extra step; the key is the guarantee
+                self.states.set(StandbyState.FENCING)
+                if not self._fence():
+                    log.warning("fence command failed: failing over all the same (the "
+                                "primary's lease has ended: it fenced itself)")
+            self.do_failover(f"{reason}; the witness's key taken (term {verdict.term})")
+        except RemusError:
+            keeper.release()
+            self.states.set(StandbyState.FAILOVER_FAILED)
+            log.warning("retry with 'remusdb failover --force' once the cause is fixed")
+
+    def _said(self, what: str) -> None:
+        if what != self._witness_said:
+            log.warning("waiting for the witness's key: %s", what)
+            self._witness_said = what
 
     def _fence(self) -> bool:
         try:

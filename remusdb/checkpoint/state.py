@@ -23,6 +23,7 @@ class StandbyState(enum.StrEnum):
     RECEIVING = "receiving"
     FENCING = "fencing"  # the primary went silent: the fence command runs
     PRIMARY_SILENT = "primary-silent"  # silent and not fenced: waits for an operator
+    AWAITING_WITNESS = "awaiting-witness"  # the primary failed: failing over once we hold the key
     INTERNAL_ERROR = "internal-error"  # a bug ended the session: no automatic failover
     FAILING_OVER = "failing-over"
     FAILOVER_FAILED = "failover-failed"  # the store is intact: `remusdb failover` retries

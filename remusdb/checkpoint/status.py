@@ -163,6 +163,7 @@ class NodeStatus(StatusDoc):
     term: int = 0
     peer: str = ""
     sessions: list = field(default_factory=list)
+    witness: dict | None = None  # this host's lease, while it runs the VM (witness on)
 
     def headline(self, now: float) -> str:
         return (f"node {self.host}: {self.state}, term {self.term} (pid {self.pid}, updated "

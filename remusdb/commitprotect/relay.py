@@ -22,6 +22,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from xxhash import xxh3_64_hexdigest
@@ -88,7 +89,10 @@ class NetRelay:
         self.tap_buf = bytearray(MAX_FRAME)
         self.tap_view = memoryview(self.tap_buf)
         self.stats = {"to_world": 0, "to_guest": 0, "dropped_to_guest": 0,
-                      "dropped_to_world": 0}
+                      "dropped_to_world": 0, "fenced_to_world": 0}
+        # The witness's lease (witness/keeper.py): False once this host may no longer speak
+        # for the VM. Asked before every write, not told by a thread that may run late.
+        self.speak: Callable[[], bool] | None = None
         self.error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = False
@@ -234,6 +238,9 @@ class NetRelay:
                 return True  # let the other side have a turn
 
     def _to_world(self, frames) -> None:
+        if frames and self.speak is not None and not self.speak():
+            self.stats["fenced_to_world"] += len(frames)  # never sent: a fenced host is mute
+            return
         tap = self.tap
         for f in frames:
             try:

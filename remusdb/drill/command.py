@@ -66,17 +66,19 @@ def _say(as_json: bool, out):
 
 
 def failover(db: str, interval_ms: int, opts: str, kill_at: str, runs: int, as_json: bool,
-             out=sys.stdout, fault: str = "daemon-kill") -> int:
+             out=sys.stdout, fault: str = "daemon-kill", witness: bool = False) -> int:
     _checked(interval_ms, runs)
     chosen = parse_opts(opts)
-    the_fault = faults.FAULTS.get(fault)
-    if the_fault is None:
+    if fault not in faults.FAULTS:
         raise RemusError(f"--fault: unknown fault {fault!r} (known: {', '.join(faults.FAULTS)})")
+    the_fault, = faults.parse(fault, witness)
     say = _say(as_json, out)
     results = []
     for i in range(runs):
-        say(f"== drill {i + 1}/{runs}: {db}, {the_fault.describe()}, at {kill_at}")
-        r = drillrun.drill(db, interval_ms, chosen, kill_at, say=say, fault=the_fault)
+        say(f"== drill {i + 1}/{runs}: {db}, {the_fault.describe(witness)}, at {kill_at}"
+            f"{', witness on' if witness else ''}")
+        r = drillrun.drill(db, interval_ms, chosen, kill_at, say=say, fault=the_fault,
+                           witness=witness)
         results.append(r)
         for line in drillrun.describe(r):
             say(f"   {line}")
@@ -95,11 +97,12 @@ def failover(db: str, interval_ms: int, opts: str, kill_at: str, runs: int, as_j
 
 
 def matrix(db: str, interval_ms: int, opts: str, fault_list: str, points: str,
-           runs_per_fault: int, out_dir: str, as_json: bool, out=sys.stdout) -> int:
+           runs_per_fault: int, out_dir: str, as_json: bool, out=sys.stdout,
+           witness: bool = False) -> int:
     """Every fault × kill point, N runs each; a table per fault and the totals, and a JSON file
     (failed runs keep their directories, as every drill does)."""
     _checked(interval_ms, runs_per_fault)
-    chosen, chosen_faults = parse_opts(opts), faults.parse(fault_list)
+    chosen, chosen_faults = parse_opts(opts), faults.parse(fault_list, witness)
     kill_points = [k.strip() for k in points.split(",") if k.strip()]
     bad = [k for k in kill_points if k not in drillrun.KILL_POINTS]
     if bad or not kill_points:
@@ -111,14 +114,15 @@ def matrix(db: str, interval_ms: int, opts: str, fault_list: str, points: str,
     say = _say(as_json, out)
     # Round after round, so a matrix cut short still has every fault in it.
     plan = [(f, k) for _ in range(runs_per_fault) for f in chosen_faults for k in kill_points]
-    path = directory / f"drill-matrix-{db}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    mode = "-witness" if witness else ""
+    path = directory / f"drill-matrix-{db}{mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     results: list[dict] = []
     t0 = time.monotonic()
     for i, (f, k) in enumerate(plan):
-        say(f"== drill {i + 1}/{len(plan)}: {db}, {f.describe()}, at {k}")
+        say(f"== drill {i + 1}/{len(plan)}: {db}, {f.describe(witness)}, at {k}")
         started = time.monotonic()
         try:
-            r = drillrun.drill(db, interval_ms, chosen, k, say=say, fault=f)
+            r = drillrun.drill(db, interval_ms, chosen, k, say=say, fault=f, witness=witness)
         except Exception as e:  # a drill that could not even run is a failed drill
             say(f"   drill did not complete: {type(e).__name__}: {e}")
             r = {"fault": f.name, "kill_at": k, "ok": False,

@@ -5,6 +5,7 @@ watching throughout, then the ledger read back and checked against what clients 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -18,13 +19,17 @@ from remusdb.drill import faults, report, workload
 from remusdb.drill.copies import CopyWatch
 from remusdb.drill.faults import FAULTS, Fault, Outcome
 from remusdb.errors import RemusError
+from remusdb.lab import witness as partition
 from remusdb.lab.daemons import Protected, wait_status
 from remusdb.lab.layout import KeptOnFailure, RunLayout
 from remusdb.lab.net import VM_IP, Lab
+from remusdb.lab.witness import HOST as WITNESS_HOST
+from remusdb.lab.witness import LabWitness
 
 KILL_POINTS = ("random", "mid-epoch", "mid-transfer")
 PID_FILE = "primary-host.pids"  # what the lab's fence command kills
 OPTIMIZATIONS = ("asc", "rt", "cp")
+STALL_TIMEOUT_S = 10.0  # the primary daemon's (PrimaryDaemon.stall_timeout)
 
 
 def optimizations(opts: AbstractSet[str]) -> dict:
@@ -58,15 +63,19 @@ def drill(db: str = "postgres", interval_ms: int = 100,
           opts: AbstractSet[str] = frozenset(OPTIMIZATIONS),
           kill_at: str = "random", clients: int = 4, warmup_s: float = 5.0,
           after_s: float = 45.0, seed: int | None = None, say=print,
-          fault: Fault = FAULTS["daemon-kill"]) -> dict:
+          fault: Fault = FAULTS["daemon-kill"], witness: bool = False) -> dict:
     """`after_s`: how long after the fault the clients may take to commit again; longer
     than their TCP timeout (workload.CLIENT_TIMEOUT_S), so a stalled connection is measured.
     Passes when nothing acknowledged is lost, the ledger holds, the outcome is the fault's
     expected one, and no two copies of the VM ever ran at once."""
     rng = random.Random(seed)
-    with KeptOnFailure("remusdb-drill-", say) as kept, Lab() as lab:
+    hosts = Lab.hosts + ((WITNESS_HOST,) if witness else ())
+    with KeptOnFailure("remusdb-drill-", say) as kept, Lab(hosts=hosts) as lab, \
+            contextlib.ExitStack() as stack:
         base = kept.base
         lab.add_tap("primary")
+        etcd = {"endpoints": [stack.enter_context(LabWitness(lab, base)).url]} \
+            if witness else None
         trace = RunLayout(base).primary_trace
         fence = {"fence_command": faults.fence_command(base / PID_FILE)} if fault.fenced else {}
         if fault.own_store_fs:
@@ -74,12 +83,12 @@ def drill(db: str = "postgres", interval_ms: int = 100,
         say(f"protecting the VM (checkpoint every {interval_ms} ms, "
             f"{', '.join(sorted(opts)) or 'no optimizations'}) ...")
         with Protected(lab, base, interval_ms=interval_ms, optimizations=optimizations(opts),
-                       protect_args=("--trace", str(trace)), standby=fence) as p:
+                       protect_args=("--trace", str(trace)), standby=fence, witness=etcd) as p:
             watch = CopyWatch(base)
             watch.start()
             try:
                 result = _run(lab, p, db, interval_ms, kill_at, clients, warmup_s, after_s,
-                              rng, trace, say, fault)
+                              rng, trace, say, fault, witness)
             finally:
                 result_copies = watch.stop()
         result["resumed_after_s"] = watch.copies.running_since(
@@ -102,8 +111,11 @@ def _inject(lab, p: Protected, fault: Fault, say) -> None:
         faults.signal_all(host, signal.SIGTERM)
     elif fault.name in ("host-freeze", "host-freeze-fenced"):
         (p.run / PID_FILE).write_text(" ".join(map(str, host)) + "\n")
-        heartbeat = p.config().standby.heartbeat_timeout_ms / 1000
-        faults.freeze(host, faults.FREEZE_HEARTBEATS * heartbeat)
+        cfg = p.config()
+        ttl = cfg.witness.ttl_s if cfg.witness.enabled else None
+        faults.freeze(host, faults.freeze_seconds(cfg.standby.heartbeat_timeout_ms / 1000, ttl))
+    elif fault.needs_witness:
+        _partition(lab, p, fault, say)
     elif fault.name == "standby-crash":
         p.standby.kill(signal.SIGKILL)
         say("   the standby daemon killed; starting it again")
@@ -134,8 +146,42 @@ def _inject(lab, p: Protected, fault: Fault, say) -> None:
         raise RemusError(f"no injection for fault {fault.name}")
 
 
+def _partition(lab, p: Protected, fault: Fault, say) -> None:
+    """Cut, wait, heal; for a failover expected meanwhile, heal only after it (or at most
+    after a minute: the drill then fails on the outcome)."""
+    cfg = p.config()
+    hold = faults.cut_seconds(fault, cfg.witness.ttl_s, STALL_TIMEOUT_S)
+    if fault.name == "link-cut":
+        undo = _cut(lab, "primary", ["standby"])
+    elif fault.name == "primary-isolated":
+        partition.unplug(lab, "primary")
+        undo = lambda: partition.unplug(lab, "primary", up=True)  # noqa: E731
+    elif fault.name == "witness-cut-primary":
+        undo = _cut(lab, "primary", [WITNESS_HOST])
+    elif fault.name == "witness-cut-standby":
+        undo = _cut(lab, "standby", [WITNESS_HOST])
+    elif fault.name == "witness-cut-both":
+        partition.unplug(lab, WITNESS_HOST)
+        undo = lambda: partition.unplug(lab, WITNESS_HOST, up=True)  # noqa: E731
+    else:
+        raise RemusError(f"no injection for fault {fault.name}")
+    try:
+        time.sleep(hold)
+        if fault.expect is Outcome.FAILOVER and fault.name != "witness-cut-both":
+            wait_status(p.standby_status, lambda s: s["state"] == "active", 60,
+                        "the standby's failover", [p.standby])
+    finally:
+        undo()
+        say(f"   {fault.name} healed after {hold:.0f} s")
+
+
+def _cut(lab, host: str, others: list[str]):
+    partition.cut(lab, host, others)
+    return lambda: partition.heal(lab, host)
+
+
 def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after_s, rng,
-         trace, say, fault: Fault) -> dict:
+         trace, say, fault: Fault, witness: bool) -> dict:
     def open_conn():
         with lab.inside("client"):
             return workload.connect(db, VM_IP)
@@ -153,7 +199,7 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
         killed_at = time.monotonic()
         _inject(lab, p, fault, say)
         say(f"{fault.name} ({kill_at}) after {before} acknowledged transfers")
-        if fault.expect is Outcome.FAILOVER:
+        if fault.expected(witness) is Outcome.FAILOVER:
             st = wait_status(p.standby_status, lambda s: s["state"] == "active", 120,
                              "the standby's failover", [p.standby])
             failover, active_after = st["failover"], round(time.monotonic() - killed_at, 2)
@@ -162,11 +208,11 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
             if all(any(o.ok and o.start > killed_at for o in c.ops) for c in clients):
                 break
             time.sleep(0.2)
-        if fault.expect is Outcome.PRIMARY_STAYS:  # and protected again, by a new session
+        if fault.expected(witness) is Outcome.PRIMARY_STAYS:  # and protected (again)
             wait_status(p.layout.status_at("primary", "node"),
                         lambda s: s["state"] == "primary-protected"
-                        and s["sessions"][-1]["at"] != last, 180, "protection again",
-                        [d for d in p.daemons if d.proc.poll() is None])
+                        and (s["sessions"][-1]["at"] != last or not fault.reprotects), 180,
+                        "protection again", [d for d in p.daemons if d.proc.poll() is None])
     finally:
         stop.set()
         for c in clients:
@@ -176,9 +222,9 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
     standby = read_status(p.standby_status) or {}
     failed_over = standby.get("state") == "active"
     return {"db": db, "interval_ms": interval_ms, "kill_at": kill_at, "fault": fault.name,
-            "expected": fault.expect.value,
+            "expected": fault.expected(witness).value, "witness": witness,
             "outcome": (Outcome.FAILOVER if failed_over else Outcome.PRIMARY_STAYS).value,
-            "as_expected": faults.as_expected(fault, failed_over),
+            "as_expected": faults.as_expected(fault, failed_over, witness),
             "failover": failover or standby.get("failover"), "active_after_s": active_after,
             "ledger": workload.check(open_conn, acked),
             **report.downtime(ops, killed_at), "connections": report.connections(ops, killed_at),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ class Monitor:
         self.path = Path(socket_path)
         self._qmp = QEMUMonitorProtocol(str(self.path))
         self._qmp.settimeout(timeout)
+        # The daemon's threads and the witness's fence share it; qemu.qmp's sync client
+        # serves one command at a time.
+        self._lock = threading.Lock()
 
     def connect(self, deadline: float) -> None:
         """Connect once QEMU has created its socket; QEMU needs a moment after exec."""
@@ -46,7 +50,8 @@ class Monitor:
     def execute(self, name: str, **args) -> Any:
         """QMP's `return` member: a JSON value whose shape depends on the command."""
         try:
-            return self._qmp.cmd(name, **args)
+            with self._lock:
+                return self._qmp.cmd(name, **args)
         except ExecuteError as e:  # QEMU's text is the ErrorResponse's error.desc
             raise MonitorError(f"QMP {name} failed: {e.error.error.desc}") from None
 

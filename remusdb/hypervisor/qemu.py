@@ -182,7 +182,10 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
     if netdev:
         cmd += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}"]
     if incoming:
-        cmd += ["-incoming", incoming]
+        # -S: paused once the state is loaded, until `cont`. Without it QEMU starts the VM by
+        # itself (the stream says it ran), before the failover has readied its relay, checked
+        # ARP and marked the store consumed.
+        cmd += ["-S", "-incoming", incoming]
     cmd += spec.extra_args
     if spec.netns:
         cmd = ["nsenter", f"--net=/run/netns/{spec.netns}", "--", *cmd]

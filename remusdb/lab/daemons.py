@@ -23,10 +23,11 @@ REMUSDB = [sys.executable, "-m", "remusdb.cli"]
 
 
 def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = None,
-                 insecure: bool = False, standby: dict | None = None, **vm) -> Path:
+                 insecure: bool = False, standby: dict | None = None,
+                 witness: dict | None = None, **vm) -> Path:
     """The lab's VM config at `path` (run_dir: its directory): the standby on the lab's
     standby host; `vm`, `optimizations` and `standby` add or override keys of [vm],
-    [optimizations] and [standby].
+    [optimizations], [standby] and [witness].
     Validated here, as the daemons will load it. The link is TLS (the default), with a pair
     of keys made in the run directory (`insecure`: plain TCP, for the TLS cost benchmark)."""
     key_dir = path.parent / "keys"
@@ -40,6 +41,7 @@ def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = 
         "standby": {"address": lab.members["standby"].address.split("/")[0],
                     "heartbeat_timeout_ms": 1000, **(standby or {})},
         "link": {"keys": str(key_dir), "insecure": insecure},
+        "witness": dict(witness or {}),
     })
     path.write_text(configmod.dumps(cfg))
     return path
@@ -89,12 +91,13 @@ class Protected:
 
     def __init__(self, lab, run: Path, interval_ms: int = 100, optimizations: dict | None = None,
                  protect_args: tuple = (), standby_args: tuple = (), vm: dict | None = None,
-                 standby: dict | None = None):
+                 standby: dict | None = None, witness: dict | None = None):
         self.lab, self.run = lab, Path(run)
         self.layout = RunLayout(self.run)
         self.run.mkdir(parents=True, exist_ok=True)
         self.cfg = write_config(self.layout.config, lab, interval_ms=interval_ms,
-                                optimizations=optimizations, standby=standby, **(vm or {}))
+                                optimizations=optimizations, standby=standby, witness=witness,
+                                **(vm or {}))
         self.protect_args, self.standby_args = list(protect_args), list(standby_args)
         self.standby: Daemon | None = None
         self.primary: Daemon | None = None

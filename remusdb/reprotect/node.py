@@ -46,6 +46,9 @@ from remusdb.reprotect.roles import (
     judge_start,
     read_role,
 )
+from remusdb.witness.etcd import EtcdWitness
+from remusdb.witness.keeper import LeaseKeeper
+from remusdb.witness.rules import WitnessError, fence_kills
 
 log = logging.getLogger(__name__)
 BACKOFF_S = (1, 2, 4, 8, 10)
@@ -91,6 +94,11 @@ class NodeDaemon:
         self.address = cfg.host(host)
         self.peer = cfg.host(other(host))
         self.link = Link.for_host(cfg, host)
+        w = cfg.witness
+        self.witness = EtcdWitness(w.endpoints, cfg.vm.name, w.prefix, w.ttl_s,
+                                   timeout=min(1.0, (w.ttl_s - w.margin_s) / 6)
+                                   ) if w.enabled else None
+        self.keeper: LeaseKeeper | None = None  # while this host runs the VM (witness on)
         self.followed: list[str] = []  # this node's sessions with the peer that got a WELCOME
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.status = StatusFile(self.run_dir / NodeStatus.file_name())
@@ -102,7 +110,7 @@ class NodeDaemon:
             cfg, self.run_dir, lambda: self.taker.spec(self.standby.store),
             heartbeat_timeout=sb.heartbeat_timeout_ms / 1000, fence_command=sb.fence_command,
             trace=self.options.standby_trace, take_over=self.taker, node=self.record,
-            link=self.link)
+            link=self.link, witness=self.witness, make_keeper=self._keeper)
         self.vm: served.ServedVM | None = None
         self.clock: ClockKeeper | None = None
         self.primary: PrimaryDaemon | None = None
@@ -126,9 +134,12 @@ class NodeDaemon:
                 raise RemusError(f"not starting the VM: {why}")
             log.info("start: %s", why)
             if role is Role.PRIMARY:
+                term = max(self.record.term, peer.term if peer else 0) + 1
+                self._claim(term)
                 self.vm = served.start_fresh(self.cfg, self.image, self.run_dir,
                                              self.standby.store, self.options.net_trace)
-                self.record.apply(Event.STARTED_VM, peer.term if peer else 0)
+                self._gate_output(self.vm)
+                self.record.apply(Event.STARTED_VM, term - 1)
         else:  # a primary without a standby retries when asked: our query is that nudge
             peer = query_peer(*self.peer, self.link)
             log.info("start: the peer is %s", f"a {peer.state.value} (term {peer.term})"
@@ -143,7 +154,81 @@ class NodeDaemon:
             self.listener.close()
             if self.vm is not None:
                 self.vm.close()
+            self._drop_keeper()
             self.record.apply(Event.STOP)  # `remusdb status` says so, not a stale role
+
+    # The witness
+    def _keeper(self, term: int) -> LeaseKeeper:
+        assert self.witness is not None  # asked for only with a witness
+        self.keeper = LeaseKeeper(self.witness, self.host, term, self.cfg.witness.margin_s,
+                                  self._fence, self._resume, self._stale)
+        return self.keeper
+
+    def _claim(self, term: int) -> None:
+        """Before the VM starts here: the witness's key, or no VM."""
+        if self.witness is None:
+            return
+        try:
+            view = self.witness.view()
+            if view.protection is not None:
+                term = max(term, view.protection.term + 1)
+            keeper = self._keeper(term)
+            if not keeper.claim():
+                now = self.witness.view().leader
+                who = f"{now.host} runs it (term {now.term})" if now else "another host runs it"
+                raise RemusError(f"not starting the VM: the witness says {who}")
+        except WitnessError as e:
+            raise RemusError(f"not starting the VM: {e}") from None
+        keeper.start()
+        log.info("witness: the key is ours (term %d)", term)
+
+    def _gate_output(self, vm: served.ServedVM) -> None:
+        if self.keeper is not None:
+            vm.relay.speak = self.keeper.may_speak
+
+    def _fence(self) -> bool:
+        """The lease is about to end: this host goes mute (the relay asks the lease itself).
+        The VM is killed if the standby holds its current checkpoint, else paused. Returns
+        whether it still exists."""
+        vm, daemon, keeper = self.vm, self.primary, self.keeper
+        if vm is None:
+            return False
+        protected = (daemon is not None and daemon.state is PrimaryState.PROTECTED
+                     and keeper is not None and keeper.declared == daemon.session)
+        if fence_kills(protected):
+            log.error("fenced: killing the VM; the standby holds its current checkpoint and "
+                      "resumes it once it holds the witness's key")
+            vm.guest.kill()
+            return False
+        try:
+            assert vm.guest.monitor is not None  # a served VM runs with its monitor
+            vm.guest.monitor.stop()
+            log.error("fenced: the VM is paused here (no standby holds its current state); "
+                      "it resumes if the key comes back to this host")
+        except Exception as e:  # its output is stopped all the same
+            log.error("fenced: the VM could not be paused (%s); its output is stopped", e)
+        return True
+
+    def _resume(self) -> None:
+        vm = self.vm
+        if vm is None or vm.guest.monitor is None:
+            return
+        try:
+            if vm.guest.monitor.status() == "paused":
+                vm.guest.monitor.cont()
+        except Exception as e:
+            log.error("witness: the VM could not be resumed: %s", e)
+
+    def _stale(self) -> None:
+        vm = self.vm
+        if vm is not None:
+            log.error("witness: killing this host's VM (a stale copy)")
+            vm.guest.kill()
+
+    def _drop_keeper(self) -> None:
+        keeper, self.keeper = self.keeper, None
+        if keeper is not None:
+            keeper.release()
 
     def stop(self) -> None:
         """Operator stop (SIGTERM: `systemctl stop`, `kill`). The VM stops with the node, so a
@@ -173,6 +258,7 @@ class NodeDaemon:
             return
         self.taker.served = None
         self.vm = taken  # the take-over already moved the record (term + 1)
+        self._gate_output(taken)
         self.clock = self.standby.taken.clock if self.standby.taken else None
 
     def _primary_phase(self) -> None:
@@ -193,10 +279,12 @@ class NodeDaemon:
             gate.stop()
         self.primary = None
         if self.stopped.is_set():
+            self._drop_keeper()
             return
         handed = self.record.state is NodeState.HANDING_OVER
         vm.close(stop_vm=True)
         self.vm = None
+        self._drop_keeper()
         if self.clock is not None:
             self.clock.stop()
         self.clock = None
@@ -245,7 +333,7 @@ class NodeDaemon:
         daemon = PrimaryDaemon(self.cfg, vm.guest, self.run_dir, parts, term=self.record.term,
                                peer=self.peer, clock=self.clock,
                                on_state=lambda st: self._followed(st, token), link=self.link,
-                               resumes=self.followed[::-1])
+                               resumes=self.followed[::-1], witness=self.keeper)
         # Whatever the standby holds now may be this session's (its epoch 0 may commit even
         # if we never hear the ACK): the next session says it follows it too.
         self.followed = (self.followed + [daemon.session])[-handshake.MAX_RESUMES:]
@@ -316,10 +404,11 @@ class NodeDaemon:
         return ControlReply(True, failover={"state": self.record.state.value})
 
     def _publish(self) -> None:
+        keeper = getattr(self, "keeper", None)  # the record publishes before __init__ ends
         self.status.write(NodeStatus(
             state=self.record.state.value, vm=self.cfg.vm.name, host=self.host,
             term=self.record.term, peer=f"{self.peer[0]}:{self.peer[1]}",
-            sessions=self.sessions[-5:]))
+            sessions=self.sessions[-5:], witness=keeper.summary() if keeper else None))
 
 
 class _Gate(threading.Thread):

@@ -10,6 +10,7 @@ that joins only needs a disk resync and QEMU's RAM copy.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,17 @@ from remusdb.commitprotect.outbuf import OutputBuffer
 from remusdb.commitprotect.relay import NetRelay
 from remusdb.config import Config
 from remusdb.disk.server import DiskServer
+from remusdb.errors import RemusError
 from remusdb.hypervisor.qemu import GuestSpec, QemuGuest
 from remusdb.hypervisor.tap import ensure_tap
 from remusdb.image.builder import GuestImage
 from remusdb.reprotect.record import NodeRecord
 from remusdb.reprotect.roles import Event
 from remusdb.vm import launch_served, make_spec
+from remusdb.witness import arp
 
 log = logging.getLogger(__name__)
+PROBE_WAIT_S = 0.1  # per try, two tries: what a failover with the witness spends on it
 
 
 @dataclass
@@ -81,6 +85,21 @@ def start_fresh(cfg: Config, image: GuestImage, run_dir: Path, store: StandbySto
     return ServedVM(guest, disk, relay, {})
 
 
+def _nobody_answers(cfg: Config) -> None:
+    """The last guard before `cont`: nothing else may answer for the VM's address."""
+    t0 = time.monotonic()
+    try:
+        who = arp.probe(cfg.vm.bridge, cfg.vm.address, wait=PROBE_WAIT_S)
+    except OSError as e:
+        log.warning("ARP probe on %s not sent (%s): resuming without it", cfg.vm.bridge, e)
+        return
+    if who is not None:
+        raise RemusError(f"{who} answers ARP for the VM's address {cfg.vm.address} on "
+                         f"{cfg.vm.bridge}: another copy may run; not resuming")
+    log.info("ARP probe: nothing answers for %s on %s (%.0f ms)", cfg.vm.address,
+             cfg.vm.bridge, (time.monotonic() - t0) * 1000)
+
+
 class TakeOver:
     """The standby daemon's failover, done so the resumed VM stays protectable: the disk
     server on the store's disk before QEMU starts, the relay on QEMU's stream socket before
@@ -106,6 +125,8 @@ class TakeOver:
 
         def before_cont(guest: QemuGuest) -> None:
             relays.append(_relay(cfg, vm_dir / "net.sock", guest, self.net_trace))
+            if cfg.witness.enabled:
+                _nobody_answers(cfg)
 
         if self.record is not None:
             self.record.apply(Event.TOOK_OVER)  # the new term, persisted, before `cont`

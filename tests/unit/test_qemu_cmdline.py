@@ -51,7 +51,8 @@ def test_command_line_variants():
     kvm = build_command(spec(accel="kvm", init="systemd"), files, incoming="defer")
     assert kvm[kvm.index("-accel") + 1] == "kvm"
     assert "init=" not in kvm[kvm.index("-append") + 1]
-    assert kvm[-2:] == ["-incoming", "defer"]
+    assert kvm[-3:] == ["-S", "-incoming", "defer"]  # paused until `cont`, whatever ran
+    assert "-S" not in build_command(spec(), files)
     ns = build_command(spec(netns="rdb1-primary"), files)
     assert ns[:3] == ["nsenter", "--net=/run/netns/rdb1-primary", "--"]
     st = build_command(spec(network="stream", stream_socket=Path("/run/x/net.sock")), files)
