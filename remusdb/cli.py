@@ -172,16 +172,47 @@ def cmd_status(args) -> int:
             st = doc.read(d / doc.file_name())
             if st is not None:
                 found[f"{host}/{doc.role}"] = st
+    witness = _witness_view(cfg) if cfg.witness.enabled else None
     if args.json:
-        print(json.dumps({role: st.to_json() for role, st in found.items()}, indent=1))
+        docs: dict = {role: st.to_json() for role, st in found.items()}
+        if witness is not None:
+            docs["witness"] = witness
+        print(json.dumps(docs, indent=1))
         return 0 if found else 1
-    if not found:
+    if not found and witness is None:
         raise RemusError(f"no remusdb daemon status for VM {cfg.vm.name}")
     for st in found.values():
         print(st.headline(time.time()))
         for line in st.lines():
             print(line)
+    if witness is not None:
+        print(_witness_line(witness))
     return 0
+
+
+def _witness_view(cfg) -> dict:
+    """What etcd says now about this VM: who holds the key, its lease, the current checkpoint."""
+    from remusdb.witness.etcd import EtcdWitness
+    from remusdb.witness.rules import WitnessError
+    w = cfg.witness
+    try:
+        view = EtcdWitness(w.endpoints, cfg.vm.name, w.prefix, w.ttl_s).view()
+    except WitnessError as e:
+        return {"error": str(e)}
+    return {"leader": view.leader.__dict__ if view.leader else None,
+            "lease_left_s": view.lease_left,
+            "protection": view.protection.__dict__ if view.protection else None}
+
+
+def _witness_line(w: dict) -> str:
+    if "error" in w:
+        return f"witness: {w['error']}"
+    leader, p = w["leader"], w["protection"]
+    held = (f"key held by {leader['host']} (term {leader['term']}), lease {w['lease_left_s']:.0f}"
+            " s left" if leader else "key free (nobody runs the VM as far as etcd knows)")
+    cur = ("no record" if p is None else f"current checkpoint: session {p['session'][:8]}"
+           if p["session"] else f"no current checkpoint (the VM ran unprotected, term {p['term']})")
+    return f"witness: {held}; {cur}"
 
 
 def cmd_failover(args) -> int:

@@ -45,6 +45,7 @@ from remusdb.reprotect.roles import Node, Verdict, judge_hello
 from remusdb.witness.etcd import EtcdWitness
 from remusdb.witness.keeper import LeaseKeeper
 from remusdb.witness.rules import Leader, WitnessError, judge_take_over
+from remusdb.witness.rules import TakeOver as TakeOverVerdict
 
 log = logging.getLogger(__name__)
 SEEDING_TIMEOUT = 300.0
@@ -97,6 +98,7 @@ class StandbyDaemon:
         self.witness = witness if make_keeper is not None else None
         self.make_keeper = make_keeper
         self.pending: str | None = None
+        self.keeper: LeaseKeeper | None = None  # the key, once a take-over won it
         self._witness_said = ""
         self.store = StandbyStore(self.run_dir / "store")
         self.incoming = self.store  # the store the current session fills (store.next: staged)
@@ -166,6 +168,7 @@ class StandbyDaemon:
     def rejoin(self) -> None:
         """This host no longer runs the VM (it handed it over, or it died): a standby again."""
         self.taken = None
+        self.keeper = None  # the node released it with the VM
         self.states.set(StandbyState.WAITING)
 
     def _recover_store(self) -> None:
@@ -457,50 +460,66 @@ class StandbyDaemon:
     def _try_take_over(self) -> None:
         """One try for the witness's key (serve() tries again every half second): taken, the
         VM runs here in a newer term; held by the primary, we wait; moot, we stop trying."""
-        assert self.witness is not None and self.make_keeper is not None
         reason = self.pending
         if reason is None:
             return
         try:
-            view = self.witness.view()
-            node_term = self.node.term if self.node else 0
-            verdict = judge_take_over(view, self.store.session, max(node_term, self.store.term))
-            if verdict.final:
-                self.pending = None
-                log.warning("not failing over: %s", verdict.reason)
-                self.states.set(StandbyState.PRIMARY_SILENT)
-                return
-            if not verdict.may:
-                self._said(verdict.reason)
-                return
-            sent = time.monotonic()
-            if not self.witness.take(Leader("standby" if self.node is None else self.node.host,
-                                            verdict.term, self.store.committed),
-                                     view.revision):
-                self._said("the key was taken first, or the record changed: reading again")
-                return
+            verdict, why = self._take_key(force=False)
         except WitnessError as e:
             self._said(str(e))
             return
+        if verdict is None:
+            if why.final:
+                self.pending = None
+                log.warning("not failing over: %s", why.reason)
+                self.states.set(StandbyState.PRIMARY_SILENT)
+            else:
+                self._said(why.reason)
+            return
         self.pending = None
-        log.warning("witness: the key is ours (term %d): failing over (%s)", verdict.term,
-                    reason)
-        keeper = self.make_keeper(verdict.term)
-        keeper.taken(sent)
-        keeper.start()
-        if self.node is not None:
-            self.node.adopt(verdict.term - 1)  # the take-over's new term is the key's
+        log.warning("witness: the key is ours (term %d): failing over (%s)", verdict, reason)
         try:
             if self.fence_command:  # an extra step; the key is the guarantee
                 self.states.set(StandbyState.FENCING)
                 if not self._fence():
                     log.warning("fence command failed: failing over all the same (the "
                                 "primary's lease has ended: it fenced itself)")
-            self.do_failover(f"{reason}; the witness's key taken (term {verdict.term})")
+            self.do_failover(f"{reason}; the witness's key taken (term {verdict})")
         except RemusError:
-            keeper.release()
+            self._drop_keeper()
             self.states.set(StandbyState.FAILOVER_FAILED)
             log.warning("retry with 'remusdb failover --force' once the cause is fixed")
+
+    def _take_key(self, force: bool) -> tuple[int | None, TakeOverVerdict]:
+        """Take the witness's key for our checkpoint: the new term, or None and why not.
+        `force` (the operator): even for a checkpoint the witness does not call current —
+        never while another host holds the key."""
+        assert self.witness is not None and self.make_keeper is not None
+        view = self.witness.view()
+        node_term = self.node.term if self.node else 0
+        verdict = judge_take_over(view, self.store.session, max(node_term, self.store.term))
+        if force and verdict.final and view.leader is None:
+            verdict = TakeOverVerdict(True, False, "forced by the operator", max(
+                node_term, self.store.term, view.protection.term if view.protection else 0) + 1)
+        if not verdict.may:
+            return None, verdict
+        sent = time.monotonic()
+        host = "standby" if self.node is None else self.node.host
+        if not self.witness.take(Leader(host, verdict.term, self.store.committed),
+                                 view.revision):
+            return None, TakeOverVerdict(False, False, "the key was taken first, or the "
+                                                       "record changed: reading again")
+        keeper = self.keeper = self.make_keeper(verdict.term)
+        keeper.taken(sent)
+        keeper.start()
+        if self.node is not None:
+            self.node.adopt(verdict.term - 1)  # the take-over's new term is the key's
+        return verdict.term, verdict
+
+    def _drop_keeper(self) -> None:
+        keeper, self.keeper = self.keeper, None
+        if keeper is not None:
+            keeper.release()
 
     def _said(self, what: str) -> None:
         if what != self._witness_said:
@@ -582,10 +601,22 @@ class StandbyDaemon:
         if self.incoming is not self.store and not req.force:
             return ControlReply(False, "refusing: a new session is seeding; this checkpoint "
                                        "is the previous session's: use --force")
+        if self.witness is not None and self.keeper is None:
+            try:
+                term, verdict = self._take_key(req.force)
+            except WitnessError as e:
+                return ControlReply(False, f"refusing: {e}")
+            if term is None:
+                return ControlReply(False, f"refusing: {verdict.reason}")
+            self.pending = None
         if self._conn is not None:
             self._conn.close()
         # Not in this client's thread: QEMU dies with the thread that started it.
-        report = self._vm_starter.submit(self.do_failover, "manual failover").result()
+        try:
+            report = self._vm_starter.submit(self.do_failover, "manual failover").result()
+        except RemusError:
+            self._drop_keeper()
+            raise
         return ControlReply(True, failover=report)
 
     def _publish(self) -> None:

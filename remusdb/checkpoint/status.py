@@ -171,6 +171,12 @@ class NodeStatus(StatusDoc):
 
     def lines(self) -> list[str]:
         out = []
+        if self.witness:
+            w = self.witness
+            at = w.get("renewed_at")
+            ago = f"{time.time() - at:.1f} s ago" if isinstance(at, (int, float)) else "never"
+            out.append(f"  witness lease: {w.get('hold')} (term {w.get('term')}), last renewed "
+                       f"{ago}; {w.get('fences')} fences, {w.get('requests')} requests to etcd")
         for s in self.sessions[-1:]:
             seed = s.get("seed", {})
             out.append(f"  last seeding: disk {seed.get('path')} ({seed.get('why')}): "

@@ -46,10 +46,18 @@ def summarize(results: list[dict]) -> dict:
         "unrecovered": sum(r["downtime_s"] is None for r in done),
         "downtime_p50_s": round(statistics.median(downs), 3) if downs else None,
         "downtime_max_s": max(downs) if downs else None,
+        "outage_p50_s": _median([r.get("outage_s") for r in done]),
+        "outage_max_s": max((r["outage_s"] for r in done if r.get("outage_s") is not None),
+                            default=None),
         "connection_survival": round(sum(c["survived"] for c in con) / total, 3)
         if total else None,
         "drill_s_mean": round(statistics.mean(times), 1) if times else None,
     }
+
+
+def _median(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
 
 
 def _checked(interval_ms: int, runs: int) -> None:
@@ -155,7 +163,7 @@ def _matrix_doc(db, interval_ms, chosen, runs_per_fault, kill_points, chosen_fau
 
 
 COLUMNS = ("runs", "passed", "acked", "lost", "violations", "2nd copies", "down p50",
-           "down max", "conn. kept", "drill s")
+           "down max", "outage max", "conn. kept", "drill s")
 
 
 def matrix_table(doc: dict) -> list[str]:
@@ -163,7 +171,8 @@ def matrix_table(doc: dict) -> list[str]:
     def row(name: str, s: dict) -> str:
         cells = [s["drills"], s["passed"], s["acknowledged"], s["lost"],
                  s["invariant_violations"], s["second_copies"], s["downtime_p50_s"],
-                 s["downtime_max_s"], s["connection_survival"], s["drill_s_mean"]]
+                 s["downtime_max_s"], s.get("outage_max_s"), s["connection_survival"],
+                 s["drill_s_mean"]]
         return f"{name:20s}" + "".join(f"{'-' if c is None else c!s:>12}" for c in cells)
     lines = [f"{'fault':20s}" + "".join(f"{c:>12}" for c in COLUMNS)]
     lines += [row(name, s) for name, s in doc["faults"].items()]

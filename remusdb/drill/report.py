@@ -7,6 +7,7 @@ transaction) are tested without a VM.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 
 
@@ -33,6 +34,19 @@ def downtime(ops: list[Op], killed_at: float) -> dict:
     return {"downtime_s": None if t1 is None else round(t1 - t0, 3),
             "first_hit_s": round(t0 - killed_at, 3),
             "first_success_s": None if t1 is None else round(t1 - killed_at, 3)}
+
+
+def outage(ops: list[Op], killed_at: float) -> float | None:
+    """The longest time without any acknowledged commit from the last one before the fault on:
+    a partition's outage may begin well after the fault (a primary fences itself at the end of
+    its lease), which `downtime` does not see. None: no commit after the fault."""
+    ends = sorted(o.end for o in ops if o.ok)
+    before = [t for t in ends if t <= killed_at]
+    after = [t for t in ends if t > killed_at]
+    if not after:
+        return None
+    marks = ([before[-1]] if before else [killed_at]) + after
+    return round(max(b - a for a, b in itertools.pairwise(marks)), 3)
 
 
 def connections(ops: list[Op], killed_at: float) -> dict:

@@ -227,7 +227,8 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
             "as_expected": faults.as_expected(fault, failed_over, witness),
             "failover": failover or standby.get("failover"), "active_after_s": active_after,
             "ledger": workload.check(open_conn, acked),
-            **report.downtime(ops, killed_at), "connections": report.connections(ops, killed_at),
+            **report.downtime(ops, killed_at), "outage_s": report.outage(ops, killed_at),
+            "connections": report.connections(ops, killed_at),
             "transfers": {"attempted": len(ops), "acknowledged": len(acked)},
             "window_s": round(time.monotonic() - killed_at, 1), "_killed_at": killed_at}
 
@@ -250,6 +251,8 @@ def describe(r: dict) -> list[str]:
         f"downtime: {r['downtime_s']} s (first hit {r['first_hit_s']} s after the kill, first "
         f"commit after it {r['first_success_s']} s)" if r["downtime_s"] is not None else
         f"downtime: no commit in the {r['window_s']} s after the kill",
+        f"outage: {r.get('outage_s')} s (the longest time without a commit, from the last "
+        "before the fault)",
         f"connections: {con['survived']} survived, {con['broken']} broke "
         f"(error after {con['time_to_error_s']} s)",
     ]

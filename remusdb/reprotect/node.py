@@ -161,7 +161,7 @@ class NodeDaemon:
     def _keeper(self, term: int) -> LeaseKeeper:
         assert self.witness is not None  # asked for only with a witness
         self.keeper = LeaseKeeper(self.witness, self.host, term, self.cfg.witness.margin_s,
-                                  self._fence, self._resume, self._stale)
+                                  self._fence, self._resume, self._stale, self._publish)
         return self.keeper
 
     def _claim(self, term: int) -> None:

@@ -25,10 +25,13 @@ log = logging.getLogger(__name__)
 class LeaseKeeper:
     def __init__(self, witness: EtcdWitness, host: str, term: int, margin: float,
                  on_fence: Callable[[], bool], on_resume: Callable[[], None],
-                 on_stale: Callable[[], None]):
+                 on_stale: Callable[[], None], on_change: Callable[[], None] | None = None):
         self.witness = witness
         self.lease = Lease(float(witness.ttl), margin, term, host)
         self.on_fence, self.on_resume, self.on_stale = on_fence, on_resume, on_stale
+        self.on_change = on_change  # the node's status: the hold and the last renewal
+        self.renewals = 0
+        self.renewed_wall: float | None = None
         self.declared: str | None = None  # the session the protection record names
         self.epoch = -1
         self.paused = False  # fenced with the VM only paused: it may resume
@@ -86,7 +89,7 @@ class LeaseKeeper:
     def release(self) -> None:
         """This host no longer runs the VM: stop renewing, give the key up if etcd answers."""
         self._stop.set()
-        if self.lease.hold is Hold.HOLDING:
+        if self.lease.hold in (Hold.HOLDING, Hold.FENCED):
             self.lease.hold = Hold.RELEASED
         try:
             self.witness.release()
@@ -97,7 +100,7 @@ class LeaseKeeper:
 
     def summary(self) -> dict:
         return {"hold": self.lease.hold.value, "term": self.lease.term,
-                "speak_left_s": round(self.lease.left(time.monotonic()), 2),
+                "renewed_at": self.renewed_wall, "renewals": self.renewals,
                 "declared": self.declared, "fences": self.fences,
                 "requests": self.witness.requests}
 
@@ -133,7 +136,12 @@ class LeaseKeeper:
         if self._error_logged:
             log.info("witness: renewed again")
             self._error_logged = False
-        return self.lease.renewed(sent, now)
+        act = self.lease.renewed(sent, now)
+        self.renewals += 1
+        self.renewed_wall = time.time()
+        if self.renewals % 10 == 1 and self.on_change is not None:
+            self.on_change()
+        return act
 
     def _look(self) -> Action:
         try:
@@ -148,6 +156,15 @@ class LeaseKeeper:
             return Action.NONE
 
     def _act(self, act: Action) -> None:
+        if act is not Action.NONE and self.on_change is not None:
+            try:
+                self._act_on(act)
+            finally:
+                self.on_change()
+        else:
+            self._act_on(act)
+
+    def _act_on(self, act: Action) -> None:
         if act is Action.FENCE:
             self.fences += 1
             log.error("witness: the lease could not be renewed in time: fencing this host "

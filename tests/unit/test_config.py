@@ -36,7 +36,11 @@ def test_memory_not_a_multiple_of_256k_is_allowed(tmp_path):
      "mac, memory, name, network, qemu, ram_dir, run_dir, tap, vcpus)"),
     ('[standbys]\naddress = "x"\n',
      "config error: unknown section [standbys] (known: vm, checkpoint, optimizations, "
-     "primary, standby, link)"),
+     "primary, standby, link, witness)"),
+    ('[witness]\nendpoints = ["etcd:2379"]\n',
+     "config error: witness.endpoints = ['etcd:2379']: expected http://HOST:PORT or "
+     "https://HOST:PORT, got 'etcd:2379'"),
+    ('[witness]\nttl_s = 1\n', "config error: witness.ttl_s = 1: expected an integer from 2 to 60"),
     ('[vm]\nmemory = "1X"\n',
      "config error: vm.memory = '1X': expected a size like 1G, 512M or 1048584K, got '1X'"),
     ('[vm]\nmemory = "64M"\n',

@@ -4,7 +4,7 @@ must catch a lost acknowledged commit, a half-applied transfer, money made), and
 import pytest
 
 from remusdb.drill import command
-from remusdb.drill.report import Op, connections, downtime, ledger_check
+from remusdb.drill.report import Op, connections, downtime, ledger_check, outage
 from remusdb.errors import RemusError
 
 KILL = 100.0
@@ -18,6 +18,17 @@ def test_downtime_from_first_hit_to_first_commit_after_the_kill():
     d = downtime(ops, KILL)
     assert d == {"downtime_s": 2.5, "first_hit_s": -0.5, "first_success_s": 2.0}
     assert downtime([Op(0, 1, 90.0, 91.0, True, 1)], KILL)["downtime_s"] is None
+
+
+def test_an_outage_that_begins_after_the_fault_is_measured():
+    # A partition: commits go on for 2 s (the primary's lease), then none until the failover.
+    ops = [Op(0, 1, 99.0, 99.4, True, 1), Op(0, 1, 99.5, 100.5, True, 2),
+           Op(0, 1, 100.6, 102.0, True, 3), Op(0, 1, 102.1, 109.0, False, 4),
+           Op(0, 2, 109.1, 109.6, True, 5), Op(0, 2, 109.7, 109.9, True, 6)]
+    assert downtime(ops, KILL)["downtime_s"] == 1.0  # the in-flight op committed: blind to it
+    assert outage(ops, KILL) == 7.6  # 102.0 → 109.6
+    assert outage([Op(0, 1, 99.0, 99.4, True, 1)], KILL) is None
+    assert outage([Op(0, 1, 100.5, 101.0, True, 1)], KILL) == 1.0  # from the fault itself
 
 
 def test_connections_survived_or_broke():

@@ -18,8 +18,19 @@ def test_each_fault_expects_what_an_ha_pair_must_do():
     expected = {"daemon-kill": Outcome.FAILOVER, "qemu-crash": Outcome.FAILOVER,
                 "operator-stop": Outcome.FAILOVER, "host-freeze": Outcome.PRIMARY_STAYS,
                 "host-freeze-fenced": Outcome.FAILOVER, "standby-crash": Outcome.PRIMARY_STAYS,
-                "failover-crash": Outcome.FAILOVER, "standby-disk-full": Outcome.PRIMARY_STAYS}
+                "failover-crash": Outcome.FAILOVER, "standby-disk-full": Outcome.PRIMARY_STAYS,
+                # partitions, the witness on: only the side that can hold the key runs the VM
+                "link-cut": Outcome.PRIMARY_STAYS, "primary-isolated": Outcome.FAILOVER,
+                "witness-cut-primary": Outcome.FAILOVER,
+                "witness-cut-standby": Outcome.PRIMARY_STAYS,
+                "witness-cut-both": Outcome.FAILOVER}
     assert {n: f.expect for n, f in FAULTS.items()} == expected
+    # With the witness, a frozen primary's lease ends: the standby takes over, no fence needed.
+    assert {n: f.expected(True) for n, f in FAULTS.items() if f.expected(True) != f.expect} == {
+        "host-freeze": Outcome.FAILOVER}
+    assert faults.PARTITIONS == ("link-cut", "primary-isolated", "witness-cut-primary",
+                                 "witness-cut-standby", "witness-cut-both")
+    assert [n for n, f in FAULTS.items() if not f.reprotects] == ["witness-cut-standby"]
     assert [n for n, f in FAULTS.items() if f.fenced] == ["host-freeze-fenced"]
     assert [n for n, f in FAULTS.items() if f.standby_restarts] == [
         "standby-crash", "failover-crash", "standby-disk-full"]
@@ -31,10 +42,25 @@ def test_an_outcome_other_than_the_faults_fails_the_drill():
     assert not faults.as_expected(FAULTS["qemu-crash"], failed_over=False)  # the DB is gone
     assert not faults.as_expected(FAULTS["host-freeze"], failed_over=True)  # unfenced: no
     assert faults.as_expected(FAULTS["standby-crash"], failed_over=False)
+    assert faults.as_expected(FAULTS["host-freeze"], failed_over=True, witness=True)
+    assert not faults.as_expected(FAULTS["host-freeze"], failed_over=False, witness=True)
+
+
+def test_partitions_last_past_the_lease_and_a_freeze_too():
+    assert faults.freeze_seconds(1.0, None) == 3.0
+    assert faults.freeze_seconds(1.0, 3) == 7.0  # past the lease: the standby takes the key
+    assert faults.cut_seconds(FAULTS["primary-isolated"], 3, 10.0) == 9.0
+    assert faults.cut_seconds(FAULTS["link-cut"], 3, 10.0) == 16.0  # past the stall timeout
 
 
 def test_fault_lists_parse_or_fail_with_one_line():
-    assert faults.parse("all") == list(FAULTS.values())
+    assert faults.parse("all", witness=True) == list(FAULTS.values())
+    assert [f.name for f in faults.parse("all")] == [n for n, f in FAULTS.items()
+                                                     if not f.needs_witness]
+    assert [f.name for f in faults.parse("partitions,link-cut", witness=True)] == list(
+        faults.PARTITIONS)
+    with pytest.raises(RemusError, match="link-cut: a partition drill needs --witness"):
+        faults.parse("daemon-kill,link-cut")
     assert [f.name for f in faults.parse("qemu-crash, daemon-kill,qemu-crash")] == [
         "qemu-crash", "daemon-kill"]
     with pytest.raises(RemusError, match="unknown fault power-cut .*known: daemon-kill"):

@@ -1,0 +1,186 @@
+"""The witness's rules without etcd: the lease, the fence, the standby's take-over verdict;
+and the ARP probe's frames."""
+
+import pytest
+
+from remusdb.witness import arp
+from remusdb.witness.rules import (
+    Action,
+    Hold,
+    Leader,
+    Lease,
+    Protection,
+    View,
+    WitnessError,
+    fence_kills,
+    judge_take_over,
+    parse_endpoint,
+)
+
+
+def lease(now=100.0, ttl=3.0, margin=1.0, term=4, host="primary") -> Lease:
+    le = Lease(ttl, margin, term, host)
+    le.claimed(now)
+    return le
+
+
+def test_a_claimed_lease_speaks_until_its_deadline_only():
+    le = lease(100.0)
+    assert le.hold is Hold.HOLDING and le.deadline() == 102.0
+    assert le.may_speak(101.99) and not le.may_speak(102.0)
+    assert le.renew_every == pytest.approx(2 / 3)
+
+
+def test_the_deadline_counts_from_when_the_renewal_was_sent_not_answered():
+    le = lease(100.0)
+    assert le.renewed(sent_at=101.0, now=101.9) is Action.NONE
+    assert le.deadline() == 103.0  # 101.0 + 3 - 1, though the answer came at 101.9
+
+
+def test_renew_fails_just_before_expiry_fences_at_the_deadline():
+    le = lease(100.0)
+    assert le.tick(101.999) is Action.NONE and le.hold is Hold.HOLDING
+    assert le.tick(102.0) is Action.FENCE
+    assert le.hold is Hold.FENCED and not le.may_speak(102.0)
+    assert le.tick(102.5) is Action.NONE  # fenced once
+
+
+def test_a_renewal_that_succeeds_too_late_still_fences():
+    le = lease(100.0)
+    assert le.renewed(sent_at=101.5, now=102.2) is Action.FENCE  # silent past the deadline?
+    assert le.hold is Hold.FENCED
+
+
+def test_a_frozen_host_wakes_mute_before_any_thread_runs():
+    le = lease(100.0)
+    # No tick ran during the freeze: the relay's own question answers.
+    assert not le.may_speak(130.0) and le.hold is Hold.HOLDING
+
+
+def test_etcd_saying_the_lease_expired_fences_whatever_our_clock_says():
+    le = lease(100.0)
+    assert le.expired(100.5) is Action.FENCE and le.hold is Hold.FENCED
+
+
+def test_an_old_primary_that_returns_finds_a_newer_term_and_is_stale():
+    le = lease(100.0)
+    le.tick(102.0)
+    view = View(Leader("standby", 5), 2.0, Protection(5, "standby", None), 9)
+    assert le.seen(view, 110.0) is Action.STALE and le.hold is Hold.LOST
+    assert le.reclaimed(111.0) is Action.NONE and not le.may_speak(111.0)  # never again
+
+
+def test_standby_wins_the_key_while_the_old_primary_is_paused_then_it_expires():
+    le = lease(100.0)
+    le.tick(102.0)
+    # The standby's key expired meanwhile (it failed); its protection record remains.
+    view = View(None, None, Protection(5, "standby", None), 9)
+    assert le.seen(view, 120.0) is Action.STALE
+
+
+def test_a_paused_primary_reclaims_a_key_nobody_took():
+    le = lease(100.0)
+    le.tick(102.0)
+    assert le.seen(View(None, None, Protection(4, "primary", None), 3), 103.0) is Action.NONE
+    assert le.reclaimed(103.5) is Action.RESUME
+    assert le.may_speak(104.0) and le.deadline() == 105.5
+
+
+def test_our_own_key_seen_while_fenced_is_not_stale():
+    le = lease(100.0)
+    le.tick(102.0)
+    assert le.seen(View(Leader("primary", 4), 0.5, None, 0), 102.1) is Action.NONE
+
+
+def test_a_released_lease_never_acts():
+    le = lease(100.0)
+    le.hold = Hold.RELEASED
+    assert le.tick(200.0) is Action.NONE and le.lost() is Action.NONE
+    assert le.seen(View(Leader("standby", 9), 1.0, None), 200.0) is Action.NONE
+
+
+def test_the_margin_lies_inside_the_ttl():
+    with pytest.raises(ValueError):
+        Lease(3.0, 3.0, 1, "primary")
+
+
+def test_fence_kills_only_when_the_standby_holds_the_current_state():
+    assert fence_kills(True) and not fence_kills(False)
+
+
+S = "a" * 32
+
+
+@pytest.mark.parametrize("view, may, final, term", [
+    (View(None, None, Protection(4, "primary", S), 7), True, False, 5),
+    (View(Leader("primary", 4), 2.0, Protection(4, "primary", S), 7), False, False, 5),
+    (View(None, None, Protection(4, "primary", None), 7), False, True, 0),
+    (View(None, None, Protection(4, "primary", "b" * 32), 7), False, True, 0),
+    (View(None, None, None, 0), False, True, 0),
+])
+def test_the_standby_takes_the_key_only_for_the_current_checkpoint(view, may, final, term):
+    v = judge_take_over(view, S, my_term=4)
+    assert (v.may, v.final) == (may, final), v.reason
+    if term:
+        assert v.term == term
+
+
+def test_the_take_over_term_is_above_every_term_seen():
+    v = judge_take_over(View(None, None, Protection(9, "primary", S), 1), S, my_term=3)
+    assert v.term == 10
+    v = judge_take_over(View(None, None, Protection(2, "primary", S), 1), S, my_term=6)
+    assert v.term == 7
+
+
+@pytest.mark.parametrize("text", ['{"host": 1, "term": 2}', '{"host": "a", "term": true}',
+                                  '{"host": "a", "term": 2e9999}', "[]", "x", '{"host": "a"}',
+                                  '{"host": "a", "term": -5}',
+                                  '{"host": "a", "term": 4611686018427387904}'])
+def test_a_malformed_leader_key_is_a_witness_error(text):
+    with pytest.raises(WitnessError):
+        Leader.decode(text)
+
+
+def test_records_round_trip():
+    assert Leader.decode(Leader("standby", 3, 17).encode()) == Leader("standby", 3, 17)
+    p = Protection(3, "standby", S)
+    assert Protection.decode(p.encode()) == p
+    with pytest.raises(WitnessError):
+        Protection.decode('{"term": 1, "host": "a", "session": 5}')
+
+
+@pytest.mark.parametrize("url, ok", [("http://10.0.0.5:2379", ("http", "10.0.0.5", 2379)),
+                                     ("https://etcd.example:2380", ("https", "etcd.example", 2380)),
+                                     ("http://h", ("http", "h", 2379)), ("ftp://h:1", None),
+                                     ("http://:2379", None), ("http://h:99999", None),
+                                     ("http://h:2379/v3", None), ("h:2379", None)])
+def test_endpoints(url, ok):
+    if ok is None:
+        with pytest.raises(ValueError):
+            parse_endpoint(url)
+    else:
+        assert parse_endpoint(url) == ok
+
+
+MAC = bytes.fromhex("5e8daa49eb20")
+VM = bytes.fromhex("525400d24c18")
+
+
+def test_the_probe_is_an_rfc5227_probe():
+    f = arp.probe_frame(MAC, "10.213.0.10")
+    assert f[:6] == b"\xff" * 6 and f[6:12] == MAC and f[12:14] == b"\x08\x06"
+    assert f[28:32] == b"\0\0\0\0" and f[38:42] == bytes([10, 213, 0, 10])  # from 0.0.0.0
+    assert arp.reply_from(f, "10.213.0.10") is None  # our own probe claims nothing
+
+
+def test_a_reply_or_an_announcement_from_the_address_is_seen_and_nothing_else():
+    # What a live copy of the VM answered in the drill (captured on the standby's bridge).
+    reply = bytes.fromhex("5e8daa49eb20525400d24c1808060001080006040002525400d24c180ad5000a"
+                          "5e8daa49eb2000000000")
+    assert arp.reply_from(reply, "10.213.0.10") == "52:54:00:d2:4c:18"
+    assert arp.reply_from(reply, "10.213.0.11") is None
+    announce = (b"\xff" * 6 + VM + b"\x08\x06" + bytes.fromhex("0001080006040001") + VM
+                + bytes([10, 213, 0, 10]) + b"\0" * 6 + bytes([10, 213, 0, 10]))
+    assert arp.reply_from(announce, "10.213.0.10") == "52:54:00:d2:4c:18"
+    assert arp.reply_from(reply[:30], "10.213.0.10") is None
+    assert arp.reply_from(reply[:12] + b"\x08\x00" + reply[14:], "10.213.0.10") is None

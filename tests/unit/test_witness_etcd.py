@@ -1,0 +1,177 @@
+"""The witness against a real etcd (Debian's etcd-server, one member on loopback): the
+transactions that decide who runs the VM, and the keeper's fence when etcd goes away."""
+
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from remusdb.witness.etcd import EtcdWitness
+from remusdb.witness.keeper import LeaseKeeper
+from remusdb.witness.rules import Hold, Leader, Protection, WitnessError
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    client, peer = _port(), _port()
+    url, purl = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    proc = subprocess.Popen(
+        ["etcd", "--name", "t", "--data-dir", str(tmp_path / "etcd"),
+         "--listen-client-urls", url, "--advertise-client-urls", url,
+         "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
+         "--initial-cluster", f"t={purl}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = EtcdWitness([url], "probe")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            w.view()
+            break
+        except WitnessError:
+            assert time.monotonic() < deadline, "etcd did not start"
+            time.sleep(0.1)
+    yield proc, url
+    proc.send_signal(signal.SIGCONT)
+    proc.kill()
+    proc.wait()
+
+
+def pair(url, ttl=2):
+    return (EtcdWitness([url], "vm1", ttl=ttl, timeout=0.3),
+            EtcdWitness([url], "vm1", ttl=ttl, timeout=0.3))
+
+
+def test_only_one_host_claims_the_key(etcd):
+    a, b = pair(etcd[1])
+    assert a.claim(Leader("primary", 1), Protection(1, "primary"))
+    assert not b.claim(Leader("standby", 1))
+    v = b.view()
+    assert v.leader == Leader("primary", 1) and v.protection == Protection(1, "primary")
+    assert 0 < v.lease_left <= 2
+
+
+def test_the_standby_takes_the_key_only_once_the_lease_ends_and_for_the_declared_checkpoint(etcd):
+    a, b = pair(etcd[1])
+    a.claim(Leader("primary", 1), Protection(1, "primary"))
+    assert a.declare(Protection(1, "primary", "s1"))
+    v = b.view()
+    assert not b.take(Leader("standby", 2), v.revision)  # the primary still holds it
+    deadline = time.monotonic() + 6
+    while b.view().leader is not None:  # not renewed: etcd ends it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not a.renew()
+    assert not a.declare(Protection(1, "primary", None))  # too late to go unprotected
+    assert not b.take(Leader("standby", 2), v.revision - 1)  # a stale read of the record
+    assert b.take(Leader("standby", 2), v.revision)
+    after = b.view()
+    assert after.leader == Leader("standby", 2, -1)
+    assert after.protection == Protection(2, "standby", None)  # runs unprotected now
+
+
+def test_a_primary_that_declared_itself_unprotected_cannot_be_replaced_by_the_old_checkpoint(etcd):
+    a, b = pair(etcd[1])
+    a.claim(Leader("primary", 1), Protection(1, "primary"))
+    a.declare(Protection(1, "primary", "s1"))
+    seen = b.view()  # the standby read "s1 is current" ...
+    assert a.declare(Protection(1, "primary", None))  # ... then the primary went unprotected
+    a.release()
+    assert b.view().leader is None
+    assert not b.take(Leader("standby", 2), seen.revision)  # the record changed: refused
+
+
+def test_a_take_whose_answer_was_lost_is_recognised_as_ours(etcd):
+    a, b = pair(etcd[1])
+    assert a.claim(Leader("primary", 1))
+    lease = a.lease_id
+    a.lease_id = None
+    assert a.claim(Leader("primary", 1))  # the retry of a claim that had succeeded
+    assert a.lease_id == lease and a.renew()
+
+
+def test_every_endpoint_down_is_one_witness_error():
+    w = EtcdWitness(["http://127.0.0.1:9", "http://127.0.0.1:10"], "vm1", timeout=0.2)
+    with pytest.raises(WitnessError, match="127.0.0.1:9.*127.0.0.1:10"):
+        w.view()
+
+
+def test_a_second_endpoint_answers_when_the_first_is_down(etcd):
+    w = EtcdWitness(["http://127.0.0.1:9", etcd[1]], "vm1", timeout=0.2)
+    assert w.claim(Leader("primary", 1)) and w.renew()
+
+
+def _keeper(w, events, term=1):
+    return LeaseKeeper(w, "primary", term, 1.0,
+                       on_fence=lambda: events.append(("fence", time.monotonic())) or False,
+                       on_resume=lambda: events.append(("resume", time.monotonic())),
+                       on_stale=lambda: events.append(("stale", time.monotonic())))
+
+
+def test_the_keeper_renews_and_fences_before_etcd_could_end_the_lease(etcd):
+    proc, url = etcd
+    w = EtcdWitness([url], "vm1", ttl=3, timeout=0.3)
+    events: list = []
+    k = _keeper(w, events)
+    assert k.claim()
+    k.start()
+    time.sleep(4)  # past the TTL: renewals keep it
+    assert k.hold is Hold.HOLDING and k.may_speak() and not events
+    proc.send_signal(signal.SIGSTOP)  # etcd hangs
+    stopped = time.monotonic()
+    deadline = stopped + 5
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert events and events[0][0] == "fence"
+    # Fenced within TTL - margin of the last renewal that was sent: before etcd could end it.
+    assert events[0][1] - stopped < 3 - 1.0 + 0.05
+    assert not k.may_speak()
+    deadline = time.monotonic() + 3
+    while k.hold is not Hold.RELEASED:  # the VM was killed: nothing to resume, ever
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGCONT)
+
+
+def test_a_paused_primary_resumes_when_the_key_comes_back_and_is_stale_once_taken(etcd):
+    proc, url = etcd
+    w = EtcdWitness([url], "vm1", ttl=2, timeout=0.3)
+    events: list = []
+    paused = threading.Event()
+    k = LeaseKeeper(w, "primary", 1, 0.7, on_fence=lambda: paused.set() or True,
+                    on_resume=lambda: events.append("resume"),
+                    on_stale=lambda: events.append("stale"))
+    assert k.claim()
+    k.start()
+    proc.send_signal(signal.SIGSTOP)
+    assert paused.wait(4) and not k.may_speak()
+    proc.send_signal(signal.SIGCONT)  # etcd back: nobody took the key
+    deadline = time.monotonic() + 8
+    while "resume" not in events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events == ["resume"] and k.may_speak()
+    # Now a failover elsewhere: the key taken in a newer term while we are cut off again.
+    proc.send_signal(signal.SIGSTOP)
+    paused.clear()
+    assert paused.wait(4)
+    proc.send_signal(signal.SIGCONT)
+    other = EtcdWitness([url], "vm1", ttl=2, timeout=0.3)
+    deadline = time.monotonic() + 6
+    while not other.claim(Leader("standby", 2), Protection(2, "standby")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    deadline = time.monotonic() + 6
+    while "stale" not in events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events[-1] == "stale" and k.hold is Hold.LOST and not k.may_speak()
