@@ -244,7 +244,7 @@ def cmd_drill_reprotect(args) -> int:
 
 def cmd_demo(args) -> int:
     from remusdb.lab import demo
-    return demo.run(interval_ms=args.interval)
+    return demo.run(interval_ms=args.interval, witness=args.witness)
 
 
 def _add_tools(sub) -> None:
@@ -418,6 +418,8 @@ def parser() -> argparse.ArgumentParser:
     benchcmd.add_parser(sub)
     d = sub.add_parser("demo", help="protect a DB VM, kill its host, fail over (3 namespaces)")
     d.add_argument("--interval", type=_count, default=100, help="checkpoint interval in ms")
+    d.add_argument("--witness", action="store_true",
+                   help="etcd as the witness (a fourth lab host): the failover takes its key")
     d.set_defaults(func=cmd_demo)
     return p
 

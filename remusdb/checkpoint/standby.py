@@ -516,6 +516,22 @@ class StandbyDaemon:
             self.node.adopt(verdict.term - 1)  # the take-over's new term is the key's
         return verdict.term, verdict
 
+    def _take_key_for_operator(self, force: bool) -> str:
+        """A manual failover takes the key too; a key this host held before a restart (its
+        lease outlives the daemon by up to a TTL) is waited out. Returns why not, or ""."""
+        assert self.witness is not None
+        deadline = time.monotonic() + self.witness.ttl + 1
+        while True:
+            try:
+                term, verdict = self._take_key(force)
+                if term is not None:
+                    return ""
+                if verdict.final or time.monotonic() > deadline:
+                    return verdict.reason
+            except WitnessError as e:
+                return str(e)
+            time.sleep(0.2)
+
     def _drop_keeper(self) -> None:
         keeper, self.keeper = self.keeper, None
         if keeper is not None:
@@ -602,12 +618,9 @@ class StandbyDaemon:
             return ControlReply(False, "refusing: a new session is seeding; this checkpoint "
                                        "is the previous session's: use --force")
         if self.witness is not None and self.keeper is None:
-            try:
-                term, verdict = self._take_key(req.force)
-            except WitnessError as e:
-                return ControlReply(False, f"refusing: {e}")
-            if term is None:
-                return ControlReply(False, f"refusing: {verdict.reason}")
+            refused = self._take_key_for_operator(req.force)
+            if refused:
+                return ControlReply(False, f"refusing: {refused}")
             self.pending = None
         if self._conn is not None:
             self._conn.close()

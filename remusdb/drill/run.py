@@ -74,8 +74,7 @@ def drill(db: str = "postgres", interval_ms: int = 100,
             contextlib.ExitStack() as stack:
         base = kept.base
         lab.add_tap("primary")
-        etcd = {"endpoints": [stack.enter_context(LabWitness(lab, base)).url]} \
-            if witness else None
+        etcd = stack.enter_context(LabWitness(lab, base)) if witness else None
         trace = RunLayout(base).primary_trace
         fence = {"fence_command": faults.fence_command(base / PID_FILE)} if fault.fenced else {}
         if fault.own_store_fs:
@@ -83,12 +82,13 @@ def drill(db: str = "postgres", interval_ms: int = 100,
         say(f"protecting the VM (checkpoint every {interval_ms} ms, "
             f"{', '.join(sorted(opts)) or 'no optimizations'}) ...")
         with Protected(lab, base, interval_ms=interval_ms, optimizations=optimizations(opts),
-                       protect_args=("--trace", str(trace)), standby=fence, witness=etcd) as p:
+                       protect_args=("--trace", str(trace)), standby=fence,
+                       witness={"endpoints": [etcd.url]} if etcd else None) as p:
             watch = CopyWatch(base)
             watch.start()
             try:
                 result = _run(lab, p, db, interval_ms, kill_at, clients, warmup_s, after_s,
-                              rng, trace, say, fault, witness)
+                              rng, trace, say, fault, etcd)
             finally:
                 result_copies = watch.stop()
         result["resumed_after_s"] = watch.copies.running_since(
@@ -181,15 +181,22 @@ def _cut(lab, host: str, others: list[str]):
 
 
 def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after_s, rng,
-         trace, say, fault: Fault, witness: bool) -> dict:
+         trace, say, fault: Fault, etcd: LabWitness | None) -> dict:
+    witness = etcd is not None
     def open_conn():
         with lab.inside("client"):
             return workload.connect(db, VM_IP)
 
     clients, stop = workload.start(db, VM_IP, open_conn, n_clients)
-    failover, active_after = None, None
+    failover, active_after, load = None, None, None
     try:
+        counted = (time.monotonic(), etcd.handled()) if etcd else None
         time.sleep(warmup_s)
+        if etcd is not None and counted is not None:  # the witness's load while protected
+            t0, before_counts = counted
+            now, after_counts = time.monotonic(), etcd.handled()
+            load = {m: round((n - before_counts.get(m, 0)) / (now - t0), 2)
+                    for m, n in after_counts.items() if n > before_counts.get(m, 0)}
         before = sum(len(c.acked) for c in clients)
         if before == 0:
             raise RemusError(f"no transfer committed in {warmup_s:.0f} s of warm-up")
@@ -230,7 +237,8 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
             **report.downtime(ops, killed_at), "outage_s": report.outage(ops, killed_at),
             "connections": report.connections(ops, killed_at),
             "transfers": {"attempted": len(ops), "acknowledged": len(acked)},
-            "window_s": round(time.monotonic() - killed_at, 1), "_killed_at": killed_at}
+            "window_s": round(time.monotonic() - killed_at, 1), "_killed_at": killed_at,
+            "witness_requests_per_s": load}
 
 
 def describe(r: dict) -> list[str]:

@@ -16,7 +16,8 @@ from remusdb.image import builder
 from remusdb.vm import image_for
 
 
-def run(interval_ms: int = 100, out=sys.stdout) -> int:
+def run(interval_ms: int = 100, out=sys.stdout, witness: bool = False) -> int:
     image = image_for(Config())
     print(f"guest image: {image.root} (recipe {builder.recipe_key()})", file=out, flush=True)
-    return command.failover("postgres", interval_ms, "asc,rt", "random", 1, False, out=out)
+    return command.failover("postgres", interval_ms, "asc,rt", "random", 1, False, out=out,
+                            witness=witness)

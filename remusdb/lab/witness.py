@@ -8,6 +8,7 @@ frames cross the bridge, untouched), or unplugs the host's uplink (everything, t
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from remusdb.witness.rules import WitnessError
 HOST = "witness"
 PORT = 2379
 TABLE = "remusdb_cut"
+_HANDLED = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="(?P<method>\w+)"[^}]*\}'
+                      r' (?P<n>[0-9.e+]+)$', re.M)
 
 
 class LabWitness:
@@ -76,6 +79,17 @@ class LabWitness:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def handled(self) -> dict[str, float]:
+        """etcd's own count of the requests it handled, per gRPC method (its /metrics): the
+        witness's load, whatever the client."""
+        import requests
+        with self.lab.inside(self.host):
+            text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        counts: dict[str, float] = {}
+        for m in _HANDLED.finditer(text):
+            counts[m["method"]] = counts.get(m["method"], 0.0) + float(m["n"])
+        return counts
 
     def client(self, vm: str, ttl: int = 3) -> EtcdWitness:
         """A client for code running inside a lab host (`lab.inside(...)`)."""

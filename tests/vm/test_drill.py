@@ -47,11 +47,11 @@ def test_reprotect_drill_two_cycles(tmp_path):
     assert sum(r["timeline"]) >= r["final_ledger"]["acknowledged"] * 0.9
 
 
-def _fault_drill(fault: str, kill_at: str = "random") -> dict:
+def _fault_drill(fault: str, kill_at: str = "random", witness: bool = False) -> dict:
     from remusdb.drill.faults import FAULTS
     lines: list[str] = []
     r = drillrun.drill("postgres", 100, {"asc", "rt"}, kill_at, warmup_s=4, seed=2,
-                       say=lines.append, fault=FAULTS[fault])
+                       say=lines.append, fault=FAULTS[fault], witness=witness)
     print("\n".join(lines + drillrun.describe(r)))
     led = r["ledger"]
     assert led["acknowledged"] > 0 and led["lost"] == 0, led
@@ -97,3 +97,32 @@ def test_a_standby_killed_mid_failover_fails_over_again_from_its_checkpoint():
     """Also the manual failover's QEMU outliving the control client's thread."""
     r = _fault_drill("failover-crash")
     assert r["outcome"] == "failover" and r["failover"]["reason"] == "manual failover", r
+
+
+# With the witness (etcd on a lab host of its own, lease 3 s): partitions never make two copies.
+TTL_S = 3
+
+
+@pytest.mark.parametrize("fault", ["primary-isolated", "host-freeze"])
+def test_a_cut_off_or_frozen_primary_is_replaced_within_the_lease_without_an_operator(fault):
+    """No fence command: the primary fences itself when it cannot renew its lease, the
+    standby fails over once it holds the key (a frozen primary wakes mute and stale)."""
+    r = _fault_drill(fault, witness=True)
+    assert r["outcome"] == "failover", r
+    assert r["resumed_after_s"] <= TTL_S + 2, r
+    assert "the witness's key taken" in r["failover"]["reason"], r["failover"]
+
+
+def test_a_cut_between_the_hosts_keeps_the_primary_that_holds_the_key():
+    """Primary and standby cut apart, both reaching the witness: the primary says it runs
+    unprotected (so the standby's checkpoint is no longer current) and serves on at once."""
+    r = _fault_drill("link-cut", witness=True)
+    assert r["outcome"] == "primary-stays" and not r["failover"], r
+
+
+def test_the_witness_unreachable_from_both_stops_both_and_loses_nothing():
+    """Nobody can hold the key: the primary fences itself (its VM killed: the standby holds
+    its current checkpoint), nobody serves; once etcd is back the standby takes over."""
+    r = _fault_drill("witness-cut-both", witness=True)
+    assert r["outcome"] == "failover", r
+    assert r["resumed_after_s"] >= 2 * TTL_S, r  # not before the witness came back
