@@ -175,3 +175,75 @@ def test_a_paused_primary_resumes_when_the_key_comes_back_and_is_stale_once_take
     while "stale" not in events and time.monotonic() < deadline:
         time.sleep(0.05)
     assert events[-1] == "stale" and k.hold is Hold.LOST and not k.may_speak()
+
+
+# The standby daemon with a witness (real daemon, TLS on loopback, real etcd, no VM).
+def _standby(tmp_path, url):
+    from remusdb.checkpoint.standby import StandbyDaemon
+    from remusdb.config import Config
+    from tests.unit.linkpair import secure
+    from tests.unit.test_standby_control import free_port, no_vm, start
+    cfg = secure(Config(), tmp_path)
+    cfg.standby.port = free_port()
+    w = EtcdWitness([url], cfg.vm.name, ttl=2, timeout=0.3)
+    d = StandbyDaemon(cfg, tmp_path / "standby", lambda: no_vm(d), heartbeat_timeout=0.5,
+                      witness=w, make_keeper=lambda term: LeaseKeeper(
+                          w, "standby", term, 0.7, lambda: False, lambda: None, lambda: None))
+    d.failover_attempts = 0
+    start(d)
+    return d, cfg
+
+
+def _primary_holds(url, vm, session):
+    p = EtcdWitness([url], vm, ttl=2, timeout=0.3)
+    k = LeaseKeeper(p, "primary", 1, 0.7, lambda: False, lambda: None, lambda: None)
+    assert k.claim()
+    k.start()
+    assert k.declare(session)
+    return k
+
+
+def _session_then_reset(cfg):
+    """A session commits its full copy, then its connection ends without BYE (a reset)."""
+    from remusdb.checkpoint import wire
+    from tests.unit.test_hostile_standby import full_copy, hello
+    conn, reply = hello(cfg, "x")
+    assert reply.kind == wire.Kind.WELCOME
+    full_copy(conn)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    conn.close()  # RST
+
+
+def test_with_a_witness_a_reset_link_is_no_death_while_the_primary_holds_the_key(etcd, tmp_path):
+    from tests.unit.test_standby_control import wait_state
+    url = etcd[1]
+    d, cfg = _standby(tmp_path, url)
+    k = _primary_holds(url, cfg.vm.name, "x")
+    _session_then_reset(cfg)
+    assert wait_state(d, {"awaiting-witness"}) == "awaiting-witness"
+    time.sleep(3)  # past the TTL: the primary renews, the standby must not fail over
+    assert d.failover_attempts == 0 and d.state == "awaiting-witness"
+    assert k.declare(None)  # the primary runs on unprotected: this checkpoint is moot now
+    assert wait_state(d, {"primary-silent"}, 3) == "primary-silent"
+    k.release()
+    time.sleep(1.5)
+    assert d.failover_attempts == 0  # not even once the key is free
+    d.stopped.set()
+
+
+def test_with_a_witness_the_standby_fails_over_once_the_primary_lease_ends(etcd, tmp_path):
+    from tests.unit.test_standby_control import wait_state
+    url = etcd[1]
+    d, cfg = _standby(tmp_path, url)
+    k = _primary_holds(url, cfg.vm.name, "x")
+    _session_then_reset(cfg)
+    assert wait_state(d, {"awaiting-witness"}) == "awaiting-witness"
+    k._stop.set()  # the primary dies: nobody renews, nobody revokes
+    deadline = time.monotonic() + 6
+    while d.failover_attempts == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.failover_attempts == 1  # it took the key, then tried (no VM here)
+    assert wait_state(d, {"failover-failed"}) == "failover-failed"
+    view = EtcdWitness([url], cfg.vm.name).view()
+    assert view.protection == Protection(2, "standby", None)  # the newer term, written once
+    d.stopped.set()
