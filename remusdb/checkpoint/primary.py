@@ -400,10 +400,17 @@ class PrimaryDaemon:
                 if self.states.current == PrimaryState.SEEDING and self.failure is None:
                     self.states.set(PrimaryState.PROTECTED)
                     if self.witness is not None:  # not on the reader: etcd may be slow
-                        threading.Thread(target=self.witness.declare, args=(self.session,),
-                                         name="declare", daemon=True).start()
+                        threading.Thread(target=self._declare_protected, name="declare",
+                                         daemon=True).start()
         elif f.kind != wire.Kind.HEARTBEAT:
             raise RemusError(f"unexpected {f.kind.name} from the standby")
+
+    def _declare_protected(self) -> None:
+        """The standby's checkpoint is current: the witness may let it take over. Not once
+        protection has ended (`_end` declares the opposite, under the same lock)."""
+        with self._qmp_lock:
+            if self.failure is None and self.witness is not None:
+                self.witness.declare(self.session)
 
     def _answer(self, answer: Answer) -> None:
         if self.standby_answer is None:
@@ -517,7 +524,8 @@ class PrimaryDaemon:
         if self.conn is not None:
             try:
                 self.conn.send(wire.encode_json(wire.Kind.BYE, max(self.captured, 0),
-                                                {"reason": reason}), lock_timeout=5.0)
+                                                {"reason": reason}),
+                               lock_timeout=WITNESSED_BYE_WAIT if self.witness else 5.0)
                 said = True
             except TimeoutError:  # the sender is stuck: the standby is not reading
                 log.warning("could not send BYE (the link is stuck)")

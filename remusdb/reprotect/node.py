@@ -162,6 +162,7 @@ class NodeDaemon:
         assert self.witness is not None  # asked for only with a witness
         self.keeper = LeaseKeeper(self.witness, self.host, term, self.cfg.witness.margin_s,
                                   self._fence, self._resume, self._stale, self._publish)
+        self.taker.speak = self.keeper.may_speak  # a failover resumes its VM only under it
         return self.keeper
 
     def _claim(self, term: int) -> None:
@@ -178,7 +179,11 @@ class NodeDaemon:
                 who = f"{now.host} runs it (term {now.term})" if now else "another host runs it"
                 raise RemusError(f"not starting the VM: the witness says {who}")
         except WitnessError as e:
+            self.keeper = None
             raise RemusError(f"not starting the VM: {e}") from None
+        except RemusError:
+            self.keeper = None
+            raise
         keeper.start()
         log.info("witness: the key is ours (term %d)", term)
 
@@ -227,6 +232,7 @@ class NodeDaemon:
 
     def _drop_keeper(self) -> None:
         keeper, self.keeper = self.keeper, None
+        self.taker.speak = None
         if keeper is not None:
             keeper.release()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,7 @@ class TakeOver:
         self.cfg, self.image, self.run_dir, self.net_trace = cfg, image, Path(run_dir), net_trace
         self.record = record  # the node: its new term is on disk before the VM runs
         self.served: ServedVM | None = None
+        self.speak: Callable[[], bool] | None = None  # the witness's lease, when one is held
 
     def __call__(self, store: StandbyStore, spec: GuestSpec, vm_dir: Path, cp: bool
                  ) -> failover.TakenOver:
@@ -125,8 +127,11 @@ class TakeOver:
 
         def before_cont(guest: QemuGuest) -> None:
             relays.append(_relay(cfg, vm_dir / "net.sock", guest, self.net_trace))
+            relays[0].speak = self.speak
             if cfg.witness.enabled:
                 _nobody_answers(cfg)
+            if self.speak is not None and not self.speak():
+                raise RemusError("the witness's lease ended before the VM could resume")
 
         if self.record is not None:
             self.record.apply(Event.TOOK_OVER)  # the new term, persisted, before `cont`

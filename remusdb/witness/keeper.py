@@ -33,9 +33,11 @@ class LeaseKeeper:
         self.renewals = 0
         self.renewed_wall: float | None = None
         self.declared: str | None = None  # the session the protection record names
+        self.wanted: str | None = None  # what it should name: retried at each renewal
         self.epoch = -1
         self.paused = False  # fenced with the VM only paused: it may resume
         self.fences = 0
+        self._declaring = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error_logged = False
@@ -69,7 +71,16 @@ class LeaseKeeper:
     # What the primary tells the witness
     def declare(self, session: str | None) -> bool:
         """Name the session whose checkpoint is current (None: the VM runs past it). Only
-        while this host may speak; False: not recorded, so the caller must not act on it."""
+        while this host may speak; False: not recorded, so the caller must not act on it.
+        Declarations are written in the order they are made (a late "protected" never
+        overwrites the "unprotected" that followed it); one that failed is retried at each
+        renewal."""
+        with self._declaring:
+            self.wanted = session
+            return self._write_wanted()
+
+    def _write_wanted(self) -> bool:
+        session = self.wanted
         if not self.may_speak():
             return False
         try:
@@ -110,6 +121,9 @@ class LeaseKeeper:
         while not self._stop.is_set():
             if lease.hold is Hold.HOLDING:
                 self._act(self._renew())
+                with self._declaring:
+                    if self.wanted != self.declared:  # one etcd missed
+                        self._write_wanted()
                 now = time.monotonic()
                 wait = min(lease.renew_every, max(0.01, lease.deadline() - now))
             elif lease.hold is Hold.FENCED:

@@ -109,6 +109,26 @@ def test_guest_output_waits_for_its_epoch(rig):
     assert rig.relay.error is None
 
 
+def test_a_fenced_host_sends_nothing_not_even_released_output(rig):
+    """The witness's lease ended (or a frozen host woke past it): the relay asks before every
+    write, so nothing the guest sent reaches the world, held or not."""
+    speaking = [True]
+    rig.relay.speak = lambda: speaking[0]
+    rig.guest.sendall(framed(frame(1)))
+    assert rig.seen() == [1]
+    rig.relay.mark(0)
+    rig.guest.sendall(framed(frame(2)))
+    speaking[0] = False
+    rig.relay.release(0)  # acknowledged, but this host may no longer speak
+    rig.guest.sendall(framed(frame(3)))
+    rig.relay.stop_protection()
+    assert rig.seen() == []
+    assert rig.relay.stats["fenced_to_world"] == 2
+    speaking[0] = True  # the key is ours again: new output flows
+    rig.guest.sendall(framed(frame(4)))
+    assert rig.seen() == [4]
+
+
 def test_frames_split_anywhere_in_the_stream(rig):
     stream = b"".join(framed(frame(i)) for i in range(10, 20))
     for cut in (1, 3, 4, 5, 37, 64, 65):
