@@ -9,7 +9,7 @@ Sections and keys (all optional; defaults make a working single-machine setup):
     [primary]       address, port (the host that starts the VM; roles swap at failover)
     [standby]       address, port, heartbeat_timeout_ms, fence_command, max_disk_size
     [link]          keys, insecure (the checkpoint link's mutual TLS)
-    [witness]       endpoints, ttl_s, prefix (etcd: at most one host runs the VM)
+    [witness]       endpoints, ttl_s, prefix, watchdog (etcd: at most one host runs the VM)
 """
 
 from __future__ import annotations
@@ -200,6 +200,12 @@ def _check_endpoints(key, v):
     return list(v)
 
 
+def _check_key_dir_or_file(key, v):
+    if not isinstance(v, str) or (v and not v.startswith("/")):
+        raise _fail(key, v, "expected the absolute path of a watchdog device, or \"\"")
+    return v
+
+
 def _check_prefix(key, v):
     if not isinstance(v, str) or not re.match(r"^/[A-Za-z0-9_./-]{0,99}$", v):
         raise _fail(key, v, "expected a key prefix like /remusdb")
@@ -293,6 +299,9 @@ class WitnessConfig:
     endpoints: list = field(default_factory=list, metadata={"check": _check_endpoints})
     ttl_s: int = field(default=3, metadata={"check": _check_int(2, 60)})
     prefix: str = field(default="/remusdb", metadata={"check": _check_prefix})
+    # A Linux watchdog device (softdog, or the board's): the host is reset if its daemon
+    # stops renewing without fencing. "": none.
+    watchdog: str = field(default="", metadata={"check": _check_key_dir_or_file})
 
     @property
     def enabled(self) -> bool:
@@ -302,6 +311,11 @@ class WitnessConfig:
     def margin_s(self) -> float:
         """How long before its lease could expire the primary fences itself."""
         return max(0.5, self.ttl_s / 3)
+
+    @property
+    def watchdog_timeout_s(self) -> int:
+        """It must reset the host before the lease could end: within TTL − margin."""
+        return max(1, int(self.ttl_s - self.margin_s))
 
 
 @dataclass
@@ -419,4 +433,5 @@ endpoints = []           # etcd members, e.g. ["http://10.0.0.5:2379", "http://1
                          # silent primary is replaced without a fence command; [] = no witness
 ttl_s = 3                # the lease; a primary that cannot renew fences itself before it ends
 prefix = "/remusdb"      # keys: <prefix>/<vm name>/leader and .../protection
+watchdog = ""            # e.g. "/dev/watchdog" (softdog): reset the host if its daemon hangs
 """

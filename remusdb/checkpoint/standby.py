@@ -510,7 +510,11 @@ class StandbyDaemon:
             return None, TakeOverVerdict(False, False, "the key was taken first, or the "
                                                        "record changed: reading again")
         keeper = self.keeper = self.make_keeper(verdict.term)
-        keeper.taken(sent)
+        try:
+            keeper.taken(sent)  # arms the watchdog, if one is configured
+        except RemusError as e:
+            self._drop_keeper()
+            return None, TakeOverVerdict(False, False, f"the key was ours, but {e}")
         keeper.start()
         if self.node is not None:
             self.node.adopt(verdict.term - 1)  # the take-over's new term is the key's

@@ -49,6 +49,7 @@ from remusdb.reprotect.roles import (
 from remusdb.witness.etcd import EtcdWitness
 from remusdb.witness.keeper import LeaseKeeper
 from remusdb.witness.rules import WitnessError, fence_kills
+from remusdb.witness.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 BACKOFF_S = (1, 2, 4, 8, 10)
@@ -160,8 +161,10 @@ class NodeDaemon:
     # The witness
     def _keeper(self, term: int) -> LeaseKeeper:
         assert self.witness is not None  # asked for only with a witness
-        self.keeper = LeaseKeeper(self.witness, self.host, term, self.cfg.witness.margin_s,
-                                  self._fence, self._resume, self._stale, self._publish)
+        w = self.cfg.witness
+        dog = (lambda: Watchdog(w.watchdog, w.watchdog_timeout_s)) if w.watchdog else None
+        self.keeper = LeaseKeeper(self.witness, self.host, term, w.margin_s, self._fence,
+                                  self._resume, self._stale, self._publish, dog)
         self.taker.speak = self.keeper.may_speak  # a failover resumes its VM only under it
         return self.keeper
 

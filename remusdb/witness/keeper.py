@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from remusdb.witness.etcd import EtcdWitness
 from remusdb.witness.rules import Action, Hold, Leader, Lease, Protection, WitnessError
+from remusdb.witness.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,14 @@ log = logging.getLogger(__name__)
 class LeaseKeeper:
     def __init__(self, witness: EtcdWitness, host: str, term: int, margin: float,
                  on_fence: Callable[[], bool], on_resume: Callable[[], None],
-                 on_stale: Callable[[], None], on_change: Callable[[], None] | None = None):
+                 on_stale: Callable[[], None], on_change: Callable[[], None] | None = None,
+                 watchdog: Callable[[], Watchdog] | None = None):
         self.witness = witness
         self.lease = Lease(float(witness.ttl), margin, term, host)
         self.on_fence, self.on_resume, self.on_stale = on_fence, on_resume, on_stale
         self.on_change = on_change  # the node's status: the hold and the last renewal
+        self.open_watchdog = watchdog  # armed once the key is ours, petted at each renewal
+        self.watchdog: Watchdog | None = None
         self.renewals = 0
         self.renewed_wall: float | None = None
         self.declared: str | None = None  # the session the protection record names
@@ -57,11 +61,22 @@ class LeaseKeeper:
         if not self.witness.claim(leader, Protection(self.lease.term, self.lease.host)):
             return False
         self.lease.claimed(sent)
+        self._arm()
         return True
 
     def taken(self, sent_at: float) -> None:
         """The standby's take-over transaction made the key ours (sent at `sent_at`)."""
         self.lease.claimed(sent_at)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.open_watchdog is not None and self.watchdog is None:
+            self.watchdog = self.open_watchdog()
+
+    def _disarm(self) -> None:
+        dog, self.watchdog = self.watchdog, None
+        if dog is not None:
+            dog.disarm()
 
     def start(self) -> LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
@@ -102,6 +117,7 @@ class LeaseKeeper:
         self._stop.set()
         if self.lease.hold in (Hold.HOLDING, Hold.FENCED):
             self.lease.hold = Hold.RELEASED
+        self._disarm()
         try:
             self.witness.release()
         except WitnessError as e:
@@ -151,6 +167,8 @@ class LeaseKeeper:
             log.info("witness: renewed again")
             self._error_logged = False
         act = self.lease.renewed(sent, now)
+        if act is Action.NONE and self.watchdog is not None:
+            self.watchdog.pet()
         self.renewals += 1
         self.renewed_wall = time.time()
         if self.renewals % 10 == 1 and self.on_change is not None:
@@ -184,12 +202,14 @@ class LeaseKeeper:
             log.error("witness: the lease could not be renewed in time: fencing this host "
                       "(output stopped)")
             self.paused = self.on_fence()
+            self._disarm()  # mute now: no reset needed (a paused VM may resume later)
             if not self.paused:
                 self.release()
         elif act is Action.RESUME:
             log.warning("witness: the key is ours again (term %d): resuming the VM",
                         self.lease.term)
             self.paused = False
+            self._arm()
             self.on_resume()
         elif act is Action.STALE:
             log.error("witness: another host runs the VM in a newer term: this copy is stale")

@@ -247,3 +247,47 @@ def test_with_a_witness_the_standby_fails_over_once_the_primary_lease_ends(etcd,
     view = EtcdWitness([url], cfg.vm.name).view()
     assert view.protection == Protection(2, "standby", None)  # the newer term, written once
     d.stopped.set()
+
+
+class _Dog:
+    """Stands in for /dev/watchdog (this kernel has no softdog): counts pets, sees the disarm."""
+
+    def __init__(self):
+        self.pets, self.disarmed = 0, False
+
+    def pet(self):
+        self.pets += 1
+
+    def disarm(self):
+        self.disarmed = True
+
+
+def test_the_watchdog_is_petted_while_renewing_and_disarmed_once_fenced(etcd):
+    proc, url = etcd
+    w = EtcdWitness([url], "vm1", ttl=3, timeout=0.3)
+    dog = _Dog()
+    fenced = threading.Event()
+    k = LeaseKeeper(w, "primary", 1, 1.0, on_fence=lambda: fenced.set() or False,
+                    on_resume=lambda: None, on_stale=lambda: None, watchdog=lambda: dog)
+    assert k.claim() and k.watchdog is dog
+    k.start()
+    time.sleep(2.5)
+    assert dog.pets >= 2 and not dog.disarmed
+    proc.send_signal(signal.SIGSTOP)
+    assert fenced.wait(4)
+    deadline = time.monotonic() + 2
+    while not dog.disarmed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert dog.disarmed and k.watchdog is None
+    proc.send_signal(signal.SIGCONT)
+
+
+def test_a_watchdog_path_that_is_no_watchdog_is_one_clear_error(tmp_path):
+    from remusdb.errors import RemusError
+    from remusdb.witness.watchdog import Watchdog
+    f = tmp_path / "watchdog"
+    f.write_bytes(b"")
+    with pytest.raises(RemusError, match="cannot set its timeout .*not a watchdog device"):
+        Watchdog(str(f), 2)
+    with pytest.raises(RemusError, match="watchdog /nonexistent: No such file"):
+        Watchdog("/nonexistent", 2)
