@@ -172,10 +172,12 @@ def _check_dir(key, v):
     return v
 
 
-def _check_key_dir(key, v):
-    if not isinstance(v, str) or (v and not v.startswith("/")):
-        raise _fail(key, v, "expected an absolute directory path (or \"\": /etc/remusdb/<vm>)")
-    return v
+def _check_path_or_empty(expected: str):
+    def check(key, v):
+        if not isinstance(v, str) or (v and not v.startswith("/")):
+            raise _fail(key, v, expected)
+        return v
+    return check
 
 
 def _check_disk_size(key, v):
@@ -198,12 +200,6 @@ def _check_endpoints(key, v):
         except ValueError as e:
             raise _fail(key, v, str(e)) from None
     return list(v)
-
-
-def _check_key_dir_or_file(key, v):
-    if not isinstance(v, str) or (v and not v.startswith("/")):
-        raise _fail(key, v, "expected the absolute path of a watchdog device, or \"\"")
-    return v
 
 
 def _check_prefix(key, v):
@@ -287,7 +283,8 @@ class StandbyConfig:
 class LinkConfig:
     """Mutual TLS on the checkpoint link (checkpoint/link.py); plain TCP only when asked."""
 
-    keys: str = field(default="", metadata={"check": _check_key_dir})  # "": /etc/remusdb/<vm>
+    keys: str = field(default="", metadata={"check": _check_path_or_empty(
+        "expected an absolute directory path (or \"\": /etc/remusdb/<vm>)")})
     insecure: bool = field(default=False, metadata={"check": _check_bool})
 
 
@@ -301,7 +298,8 @@ class WitnessConfig:
     prefix: str = field(default="/remusdb", metadata={"check": _check_prefix})
     # A Linux watchdog device (softdog, or the board's): the host is reset if its daemon
     # stops renewing without fencing. "": none.
-    watchdog: str = field(default="", metadata={"check": _check_key_dir_or_file})
+    watchdog: str = field(default="", metadata={"check": _check_path_or_empty(
+        "expected the absolute path of a watchdog device, or \"\"")})
 
     @property
     def enabled(self) -> bool:

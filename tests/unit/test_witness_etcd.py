@@ -214,13 +214,19 @@ def _session_then_reset(cfg):
     conn.close()  # RST
 
 
-def test_with_a_witness_a_reset_link_is_no_death_while_the_primary_holds_the_key(etcd, tmp_path):
+def _after_a_reset(url, tmp_path):
+    """A standby with a witness whose primary holds the key, after a reset of their link."""
     from tests.unit.test_standby_control import wait_state
-    url = etcd[1]
     d, cfg = _standby(tmp_path, url)
     k = _primary_holds(url, cfg.vm.name, "x")
     _session_then_reset(cfg)
     assert wait_state(d, {"awaiting-witness"}) == "awaiting-witness"
+    return d, cfg, k
+
+
+def test_with_a_witness_a_reset_link_is_no_death_while_the_primary_holds_the_key(etcd, tmp_path):
+    from tests.unit.test_standby_control import wait_state
+    d, cfg, k = _after_a_reset(etcd[1], tmp_path)
     time.sleep(3)  # past the TTL: the primary renews, the standby must not fail over
     assert d.failover_attempts == 0 and d.state == "awaiting-witness"
     assert k.declare(None)  # the primary runs on unprotected: this checkpoint is moot now
@@ -234,10 +240,7 @@ def test_with_a_witness_a_reset_link_is_no_death_while_the_primary_holds_the_key
 def test_with_a_witness_the_standby_fails_over_once_the_primary_lease_ends(etcd, tmp_path):
     from tests.unit.test_standby_control import wait_state
     url = etcd[1]
-    d, cfg = _standby(tmp_path, url)
-    k = _primary_holds(url, cfg.vm.name, "x")
-    _session_then_reset(cfg)
-    assert wait_state(d, {"awaiting-witness"}) == "awaiting-witness"
+    d, cfg, k = _after_a_reset(url, tmp_path)
     k._stop.set()  # the primary dies: nobody renews, nobody revokes
     deadline = time.monotonic() + 6
     while d.failover_attempts == 0 and time.monotonic() < deadline:
