@@ -96,9 +96,10 @@ class NodeDaemon:
         self.peer = cfg.host(other(host))
         self.link = Link.for_host(cfg, host)
         w = cfg.witness
-        self.witness = EtcdWitness(w.endpoints, cfg.vm.name, w.prefix, w.ttl_s,
-                                   timeout=min(1.0, (w.ttl_s - w.margin_s) / 6)
-                                   ) if w.enabled else None
+        # A renewal that tries every endpoint still returns within half its period: the
+        # fence never waits on a request (each endpoint, on a LAN, answers in milliseconds).
+        self.witness = EtcdWitness(w.endpoints, cfg.vm.name, w.prefix, w.ttl_s, timeout=min(
+            1.0, (w.ttl_s - w.margin_s) / 6 / max(1, len(w.endpoints)))) if w.enabled else None
         self.keeper: LeaseKeeper | None = None  # while this host runs the VM (witness on)
         self.followed: list[str] = []  # this node's sessions with the peer that got a WELCOME
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -115,8 +115,7 @@ class LeaseKeeper:
     def release(self) -> None:
         """This host no longer runs the VM: stop renewing, give the key up if etcd answers."""
         self._stop.set()
-        if self.lease.hold in (Hold.HOLDING, Hold.FENCED):
-            self.lease.hold = Hold.RELEASED
+        self.lease.release()
         self._disarm()
         try:
             self.witness.release()

@@ -209,11 +209,10 @@ class Lease:
         self.claimed(sent_at)
         return Action.RESUME
 
-    def lost(self) -> Action:
-        if self.hold in (Hold.LOST, Hold.RELEASED):
-            return Action.NONE
-        self.hold = Hold.LOST
-        return Action.STALE
+    def release(self) -> None:
+        """Given up (the VM stopped here): never speaks again, whatever comes."""
+        if self.hold in (Hold.HOLDING, Hold.FENCED):
+            self.hold = Hold.RELEASED
 
 
 def fence_kills(protected: bool) -> bool:

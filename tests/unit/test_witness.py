@@ -94,9 +94,47 @@ def test_our_own_key_seen_while_fenced_is_not_stale():
 
 def test_a_released_lease_never_acts():
     le = lease(100.0)
-    le.hold = Hold.RELEASED
-    assert le.tick(200.0) is Action.NONE and le.lost() is Action.NONE
+    le.release()
+    assert le.hold is Hold.RELEASED and not le.may_speak(100.5)
+    assert le.tick(200.0) is Action.NONE and le.reclaimed(200.0) is Action.NONE
     assert le.seen(View(Leader("standby", 9), 1.0, None), 200.0) is Action.NONE
+
+
+OTHER = View(Leader("standby", 5), 2.0, Protection(5, "standby", None), 9)
+NOBODY = View(None, None, Protection(4, "primary", None), 3)
+
+
+@pytest.mark.parametrize("start, event, end, action", [
+    (Hold.HOLDING, lambda le: le.renewed(101.0, 101.1), Hold.HOLDING, Action.NONE),
+    (Hold.HOLDING, lambda le: le.renewed(101.0, 102.5), Hold.FENCED, Action.FENCE),
+    (Hold.HOLDING, lambda le: le.tick(101.0), Hold.HOLDING, Action.NONE),
+    (Hold.HOLDING, lambda le: le.tick(102.0), Hold.FENCED, Action.FENCE),
+    (Hold.HOLDING, lambda le: le.expired(100.1), Hold.FENCED, Action.FENCE),
+    (Hold.HOLDING, lambda le: le.seen(OTHER, 100.1), Hold.LOST, Action.STALE),
+    (Hold.HOLDING, lambda le: le.release(), Hold.RELEASED, None),
+    (Hold.FENCED, lambda le: le.renewed(103.0, 103.1), Hold.FENCED, Action.NONE),
+    (Hold.FENCED, lambda le: le.tick(110.0), Hold.FENCED, Action.NONE),
+    (Hold.FENCED, lambda le: le.expired(110.0), Hold.FENCED, Action.NONE),
+    (Hold.FENCED, lambda le: le.seen(NOBODY, 103.0), Hold.FENCED, Action.NONE),
+    (Hold.FENCED, lambda le: le.seen(OTHER, 103.0), Hold.LOST, Action.STALE),
+    (Hold.FENCED, lambda le: le.reclaimed(103.0), Hold.HOLDING, Action.RESUME),
+    (Hold.FENCED, lambda le: le.release(), Hold.RELEASED, None),
+    (Hold.LOST, lambda le: le.reclaimed(103.0), Hold.LOST, Action.NONE),
+    (Hold.LOST, lambda le: le.seen(NOBODY, 103.0), Hold.LOST, Action.NONE),
+    (Hold.LOST, lambda le: le.release(), Hold.LOST, None),
+    (Hold.HOLDING, lambda le: le.reclaimed(101.0), Hold.HOLDING, Action.NONE),
+])
+def test_every_transition_of_the_lease(start, event, end, action):
+    le = lease(100.0)
+    if start is Hold.FENCED:
+        le.tick(102.0)
+    elif start is Hold.LOST:
+        le.tick(102.0)
+        le.seen(OTHER, 102.1)
+    assert le.hold is start
+    assert event(le) is action
+    assert le.hold is end
+    assert le.may_speak(le.deadline() - 0.01) == (end is Hold.HOLDING)
 
 
 def test_the_margin_lies_inside_the_ttl():
