@@ -486,7 +486,7 @@ class StandbyDaemon:
                                 "primary's lease has ended: it fenced itself)")
             self.do_failover(f"{reason}; the witness's key taken (term {verdict})")
         except RemusError:
-            self._drop_keeper()
+            self._drop_keeper(failed=True)
             self.states.set(StandbyState.FAILOVER_FAILED)
             log.warning("retry with 'remusdb failover --force' once the cause is fixed")
 
@@ -496,6 +496,8 @@ class StandbyDaemon:
         never while another host holds the key."""
         assert self.witness is not None and self.make_keeper is not None
         view = self.witness.view()
+        if self.witness.clear_expired(view):
+            view = self.witness.view()
         node_term = self.node.term if self.node else 0
         verdict = judge_take_over(view, self.store.session, max(node_term, self.store.term))
         if force and verdict.final and view.leader is None:
@@ -530,16 +532,22 @@ class StandbyDaemon:
                 term, verdict = self._take_key(force)
                 if term is not None:
                     return ""
-                if verdict.final or time.monotonic() > deadline:
+                if (verdict.final and not force) or time.monotonic() > deadline:
                     return verdict.reason
             except WitnessError as e:
                 return str(e)
             time.sleep(0.2)
 
-    def _drop_keeper(self) -> None:
+    def _drop_keeper(self, failed: bool = False) -> None:
+        """Give the key back. `failed`: the VM never ran here, so this checkpoint is still
+        the current one: say so first, or no later take-over (nor this one's retry) may use
+        it."""
         keeper, self.keeper = self.keeper, None
-        if keeper is not None:
-            keeper.release()
+        if keeper is None:
+            return
+        if failed and self.taken is None:
+            keeper.declare(self.store.session)
+        keeper.release()
 
     def _said(self, what: str) -> None:
         if what != self._witness_said:
@@ -632,7 +640,7 @@ class StandbyDaemon:
         try:
             report = self._vm_starter.submit(self.do_failover, "manual failover").result()
         except RemusError:
-            self._drop_keeper()
+            self._drop_keeper(failed=True)
             raise
         return ControlReply(True, failover=report)
 

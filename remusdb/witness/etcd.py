@@ -62,7 +62,7 @@ class EtcdWitness:
     def view(self) -> View:
         def read(c) -> View:
             leader = lease_left = protection = None
-            revision = 0
+            revision = lease = 0
             got = c.get(self.leader_key, metadata=True)
             if got:
                 value, meta = got[0]
@@ -76,7 +76,7 @@ class EtcdWitness:
                 value, meta = got[0]
                 protection = Protection.decode(value)
                 revision = int(meta.get("mod_revision", 0))
-            return View(leader, lease_left, protection, revision)
+            return View(leader, lease_left, protection, revision, lease)
         return self._call(read)
 
     # The primary
@@ -123,6 +123,17 @@ class EtcdWitness:
             self._call(lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": lease}))
 
     # The standby
+    def clear_expired(self, view: View) -> bool:
+        """Revoke a leader lease etcd already counts as ended, so its key goes now rather than
+        at etcd's next revocation tick (a renewal cannot revive it: etcd waits for the
+        revocation and then refuses). True if it did."""
+        if not view.expired or not view.lease_id:
+            return False
+        self._call(lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": view.lease_id}))
+        log.info("witness: revoked the expired lease of %s (term %d)", view.leader.host
+                 if view.leader else "?", view.leader.term if view.leader else -1)
+        return True
+
     def take(self, leader: Leader, revision: int) -> bool:
         """Take the key for a failover: only if nobody holds it and the protection record is
         the one read at `revision`; the record then says no checkpoint is current (the VM runs

@@ -81,6 +81,18 @@ def test_the_standby_takes_the_key_only_once_the_lease_ends_and_for_the_declared
     assert after.protection == Protection(2, "standby", None)  # runs unprotected now
 
 
+def test_an_expired_lease_is_cleared_at_once_and_a_live_one_never(etcd):
+    from dataclasses import replace
+    a, b = pair(etcd[1])
+    a.claim(Leader("primary", 1), Protection(1, "primary", "s1"))
+    live = b.view()
+    assert not live.expired and live.lease_id == a.lease_id
+    assert not b.clear_expired(live) and b.view().leader is not None
+    # What a view says once etcd counts the lease as ended but has not deleted the key yet:
+    assert b.clear_expired(replace(live, lease_left=-1.0))
+    assert b.view().leader is None and not a.renew()
+
+
 def test_a_primary_that_declared_itself_unprotected_cannot_be_replaced_by_the_old_checkpoint(etcd):
     a, b = pair(etcd[1])
     a.claim(Leader("primary", 1), Protection(1, "primary"))
