@@ -499,16 +499,17 @@ class StandbyDaemon:
         if self.witness.clear_expired(view):
             view = self.witness.view()
         node_term = self.node.term if self.node else 0
-        verdict = judge_take_over(view, self.store.session, max(node_term, self.store.term))
+        host = "standby" if self.node is None else self.node.host
+        verdict = judge_take_over(view, self.store.session, max(node_term, self.store.term),
+                                  host)
         if force and verdict.final and view.leader is None:
             verdict = TakeOverVerdict(True, False, "forced by the operator", max(
                 node_term, self.store.term, view.protection.term if view.protection else 0) + 1)
         if not verdict.may:
             return None, verdict
         sent = time.monotonic()
-        host = "standby" if self.node is None else self.node.host
         if not self.witness.take(Leader(host, verdict.term, self.store.committed),
-                                 view.revision):
+                                 view.revision, self.store.session):
             return None, TakeOverVerdict(False, False, "the key was taken first, or the "
                                                        "record changed: reading again")
         keeper = self.keeper = self.make_keeper(verdict.term)

@@ -134,11 +134,11 @@ class EtcdWitness:
                  if view.leader else "?", view.leader.term if view.leader else -1)
         return True
 
-    def take(self, leader: Leader, revision: int) -> bool:
+    def take(self, leader: Leader, revision: int, resumed: str = "") -> bool:
         """Take the key for a failover: only if nobody holds it and the protection record is
         the one read at `revision`; the record then says no checkpoint is current (the VM runs
-        here unprotected, in the new term)."""
-        after = Protection(leader.term, leader.host, None)
+        here unprotected, in the new term, resumed from session `resumed`'s checkpoint)."""
+        after = Protection(leader.term, leader.host, None, resumed or None)
 
         def run(c) -> bool:
             lease = int(c.post(c.get_url("/lease/grant"), json={"TTL": self.ttl})["ID"])

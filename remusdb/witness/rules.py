@@ -69,6 +69,7 @@ class Protection:
     term: int
     host: str
     session: str | None = None
+    resumed: str | None = None  # a take-over: the session whose checkpoint `host` resumes
 
     def encode(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -77,10 +78,11 @@ class Protection:
     def decode(cls, text: bytes | str) -> Protection:
         d = _decode(text, "protection")
         term, host, session = d.get("term"), d.get("host"), d.get("session")
-        if not _is_int(term) or not isinstance(host, str) or not (
-                session is None or isinstance(session, str)):
+        resumed = d.get("resumed")
+        if not _is_int(term) or not isinstance(host, str) or not all(
+                v is None or isinstance(v, str) for v in (session, resumed)):
             raise WitnessError(f"the witness's protection key is malformed: {d!r:.200}")
-        return cls(int(term), host, session)  # type: ignore[arg-type]  # checked above
+        return cls(int(term), host, session, resumed)  # type: ignore[arg-type]  # checked
 
 
 def _is_int(v: object) -> bool:
@@ -240,13 +242,17 @@ class TakeOver:
     term: int = 0  # the term to write when it wins
 
 
-def judge_take_over(view: View, session: str, my_term: int) -> TakeOver:
-    """Whether the standby that holds `session`'s checkpoint may try to take the key."""
+def judge_take_over(view: View, session: str, my_term: int, me: str = "") -> TakeOver:
+    """Whether the standby that holds `session`'s checkpoint may try to take the key. The
+    record of `me` taking over from this very checkpoint, while it still exists, is our own
+    failover interrupted before its VM ran (a store is consumed before `cont`): the
+    checkpoint is still the current one."""
     p = view.protection
     if p is None:
         return TakeOver(False, True, "the witness has no protection record: no primary ever "
                                      "declared this checkpoint current")
-    if p.session != session:
+    ours = bool(me) and p.session is None and p.host == me and p.resumed == session
+    if p.session != session and not ours:
         why = ("the VM ran on unprotected after this checkpoint" if p.session is None
                else f"the current checkpoint is session {p.session[:8]}'s, not this one")
         return TakeOver(False, True, f"{why} (witness, term {p.term}, host {p.host}): "

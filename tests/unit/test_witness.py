@@ -163,6 +163,19 @@ def test_the_standby_takes_the_key_only_for_the_current_checkpoint(view, may, fi
         assert v.term == term
 
 
+def test_our_own_interrupted_take_over_leaves_the_checkpoint_current():
+    # This standby took the key (term 5), then died before its VM ran; restarted, it finds
+    # the record its take wrote, and its checkpoint intact.
+    view = View(None, None, Protection(5, "standby", None, resumed=S), 8)
+    assert judge_take_over(view, S, my_term=5, me="standby").may
+    assert judge_take_over(view, S, my_term=5, me="primary").final  # someone else's: moot
+    assert judge_take_over(view, S, my_term=5).final
+    # A claim of ours (a VM started here) or a take from another checkpoint: moot.
+    assert judge_take_over(View(None, None, Protection(5, "standby"), 8), S, 5, "standby").final
+    other = View(None, None, Protection(5, "standby", None, resumed="c" * 32), 8)
+    assert judge_take_over(other, S, 5, "standby").final
+
+
 def test_the_take_over_term_is_above_every_term_seen():
     v = judge_take_over(View(None, None, Protection(9, "primary", S), 1), S, my_term=3)
     assert v.term == 10
@@ -183,6 +196,10 @@ def test_records_round_trip():
     assert Leader.decode(Leader("standby", 3, 17).encode()) == Leader("standby", 3, 17)
     p = Protection(3, "standby", S)
     assert Protection.decode(p.encode()) == p
+    t = Protection(3, "standby", None, resumed=S)
+    assert Protection.decode(t.encode()) == t
+    with pytest.raises(WitnessError):
+        Protection.decode('{"term": 1, "host": "a", "resumed": 5}')
     with pytest.raises(WitnessError):
         Protection.decode('{"term": 1, "host": "a", "session": 5}')
 
