@@ -10,12 +10,13 @@ and the primary's declarations (only while the leader key is still under its own
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import etcd3gw
-from etcd3gw.exceptions import Etcd3Exception
+from etcd3gw.exceptions import ConnectionTimeoutError, Etcd3Exception
 from etcd3gw.utils import _encode
 
 from remusdb.witness.rules import Leader, Protection, View, WitnessError, parse_endpoint
@@ -52,7 +53,7 @@ class EtcdWitness:
             try:
                 out = fn(self.clients[k])
             except (Etcd3Exception, OSError, ValueError, KeyError, TypeError) as e:
-                errors.append(f"{self.endpoints[k]}: {type(e).__name__}: {str(e)[:120]}")
+                errors.append(f"{self.endpoints[k]}: {_reason(e)}")
                 continue
             self._first = k
             return out
@@ -162,6 +163,17 @@ class EtcdWitness:
             lease = int(got[0][1].get("lease", 0))
         self.lease_id = lease
         return True
+
+
+def _reason(e: Exception) -> str:
+    """One short phrase for what went wrong (requests' texts run to hundreds of characters)."""
+    text = getattr(e, "detail_text", None) or str(e)
+    m = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if m:
+        return m.group(0).strip()
+    if isinstance(e, ConnectionTimeoutError) or "timed out" in text:
+        return "timed out"
+    return f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__
 
 
 def _absent(key: str) -> dict:
