@@ -208,8 +208,9 @@ def _witness_line(w: dict) -> str:
     if "error" in w:
         return f"witness: {w['error']}"
     leader, p = w["leader"], w["protection"]
-    held = (f"key held by {leader['host']} (term {leader['term']}), lease {w['lease_left_s']:.0f}"
-            " s left" if leader else "key free (nobody runs the VM as far as etcd knows)")
+    held = (f"key held by {leader['host']} (term {leader['term']}, epoch {leader['epoch']} "
+            f"acknowledged), lease {w['lease_left_s']:.0f} s left" if leader
+            else "key free (nobody runs the VM as far as etcd knows)")
     cur = ("no record" if p is None else f"current checkpoint: session {p['session'][:8]}"
            if p["session"] else f"no current checkpoint (the VM ran unprotected, term {p['term']})")
     return f"witness: {held}; {cur}"

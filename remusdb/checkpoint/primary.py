@@ -394,6 +394,8 @@ class PrimaryDaemon:
                 raise wire.WireError(f"ACK for epoch {f.epoch}: sent up to {self.sending}, "
                                      f"acknowledged up to {self.acked}")
             self.acked = f.epoch
+            if self.witness is not None:
+                self.witness.epoch = f.epoch
             for p in self.participants:
                 p.on_ack(f.epoch)
             with self._qmp_lock:  # not over a failure _fail has just recorded

@@ -161,6 +161,11 @@ class EtcdWitness:
             if not got or Leader.decode(got[0][0]) != leader:
                 return False
             lease = int(got[0][1].get("lease", 0))
+            # Our own value under a lease that has ended (a fenced host's old key, not yet
+            # deleted) is no claim: only a live lease is one.
+            ttl = c.post(c.get_url("/kv/lease/timetolive"), json={"ID": lease})
+            if not lease or float(ttl.get("TTL", -1)) <= 0:
+                return False
         self.lease_id = lease
         return True
 

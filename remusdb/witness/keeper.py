@@ -38,7 +38,8 @@ class LeaseKeeper:
         self.renewed_wall: float | None = None
         self.declared: str | None = None  # the session the protection record names
         self.wanted: str | None = None  # what it should name: retried at each renewal
-        self.epoch = -1
+        self.epoch = -1  # the epoch last acknowledged by the standby (the primary sets it)
+        self._epoch_written = -1
         self.paused = False  # fenced with the VM only paused: it may resume
         self.fences = 0
         self._declaring = threading.Lock()
@@ -170,9 +171,25 @@ class LeaseKeeper:
             self.watchdog.pet()
         self.renewals += 1
         self.renewed_wall = time.time()
-        if self.renewals % 10 == 1 and self.on_change is not None:
-            self.on_change()
+        if self.renewals % 10 == 1:
+            self._publish_epoch()
+            if self.on_change is not None:
+                self.on_change()
         return act
+
+    def _publish_epoch(self) -> None:
+        """The leader key carries the epoch last acknowledged, every tenth renewal (a few
+        seconds stale; `remusdb status` shows it): one transaction, not one per epoch."""
+        if self.epoch == self._epoch_written or not self.may_speak():
+            return
+        with self._declaring:
+            try:
+                if self.witness.declare(
+                        Protection(self.lease.term, self.lease.host, self.declared),
+                        Leader(self.lease.host, self.lease.term, self.epoch)):
+                    self._epoch_written = self.epoch
+            except WitnessError:
+                pass
 
     def _look(self) -> Action:
         try:

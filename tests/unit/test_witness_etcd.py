@@ -1,6 +1,7 @@
 """The witness against a real etcd (Debian's etcd-server, one member on loopback): the
 transactions that decide who runs the VM, and the keeper's fence when etcd goes away."""
 
+import json
 import shutil
 import signal
 import socket
@@ -137,9 +138,11 @@ def test_the_keeper_renews_and_fences_before_etcd_could_end_the_lease(etcd):
     events: list = []
     k = _keeper(w, events)
     assert k.claim()
+    k.epoch = 42  # what the primary last had acknowledged
     k.start()
     time.sleep(4)  # past the TTL: renewals keep it
     assert k.hold is Hold.HOLDING and k.may_speak() and not events
+    assert w.view().leader == Leader("primary", 1, 42)  # the key carries the epoch
     proc.send_signal(signal.SIGSTOP)  # etcd hangs
     stopped = time.monotonic()
     deadline = stopped + 5
@@ -307,3 +310,21 @@ def test_a_watchdog_path_that_is_no_watchdog_is_one_clear_error(tmp_path):
         Watchdog(str(f), 2)
     with pytest.raises(RemusError, match="watchdog /nonexistent: No such file"):
         Watchdog("/nonexistent", 2)
+
+
+def test_status_says_who_holds_the_key_and_which_checkpoint_is_current(etcd, tmp_path, capsys):
+    from remusdb import cli
+    from remusdb import config as configmod
+    cfg = configmod.from_dict({"witness": {"endpoints": [etcd[1]]}})
+    path = tmp_path / "vm.toml"
+    path.write_text(configmod.dumps(cfg))
+    w = EtcdWitness([etcd[1]], cfg.vm.name)
+    assert w.claim(Leader("primary", 4, 17), Protection(4, "primary", "ab" * 16))
+    assert cli.main(["status", str(path), "--run-dir", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "witness: key held by primary (term 4, epoch 17 acknowledged), lease" in out
+    assert "current checkpoint: session abababab" in out
+    w.release()
+    cli.main(["status", str(path), "--run-dir", str(tmp_path / "none"), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["witness"]["leader"] is None and doc["witness"]["protection"]["term"] == 4
