@@ -192,7 +192,8 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
     return cmd
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For a child that must not outlive the process (the thread) that started it."""
     import ctypes
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -227,7 +228,7 @@ class QemuGuest:
         log = open(self.files.qemu_log, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent if self.die_with_parent
+                                     preexec_fn=die_with_parent if self.die_with_parent
                                      else None)
         log.close()
         self.files.pid.write_text(f"{self.proc.pid}\n")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from remusdb.errors import RemusError
+from remusdb.hypervisor.qemu import die_with_parent
 from remusdb.witness.etcd import EtcdWitness
 from remusdb.witness.rules import WitnessError
 
@@ -50,7 +51,8 @@ class LabWitness:
              "--listen-client-urls", f"{self.url},http://127.0.0.1:{self.port}",
              "--advertise-client-urls", self.url, "--listen-peer-urls", peer,
              "--initial-advertise-peer-urls", peer, "--initial-cluster", f"lab={peer}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent)  # a drill killed with -9 leaves no etcd behind
         log.close()
         try:
             self._wait_ready()

@@ -364,13 +364,13 @@ def test_a_manual_failovers_vm_outlives_the_control_client_that_asked_for_it(tmp
     a failover asked on the control socket must not start it in that client's thread."""
     import subprocess
 
-    from remusdb.hypervisor.qemu import _die_with_parent
+    from remusdb.hypervisor.qemu import die_with_parent
     cfg = secure(Config(), tmp_path)
     cfg.standby.port = free_port()
     started = []
 
     def take_over(store, spec, run_dir, cp):  # a stand-in for QEMU, started the same way
-        proc = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(["sleep", "60"], preexec_fn=die_with_parent)
         started.append(proc)
         return failover.TakenOver(SimpleNamespace(pid=proc.pid), {"epoch": store.committed})
 
