@@ -496,8 +496,6 @@ class StandbyDaemon:
         never while another host holds the key."""
         assert self.witness is not None and self.make_keeper is not None
         view = self.witness.view()
-        if self.witness.clear_expired(view):
-            view = self.witness.view()
         node_term = self.node.term if self.node else 0
         host = "standby" if self.node is None else self.node.host
         verdict = judge_take_over(view, self.store.session, max(node_term, self.store.term),

@@ -63,21 +63,23 @@ class EtcdWitness:
     def view(self) -> View:
         def read(c) -> View:
             leader = lease_left = protection = None
-            revision = lease = 0
+            revision = 0
             got = c.get(self.leader_key, metadata=True)
             if got:
                 value, meta = got[0]
                 leader = Leader.decode(value)
                 lease = int(meta.get("lease", 0))
                 if lease:
+                    # Whole seconds; the gateway leaves a 0 out (under a second left, the key
+                    # still there), and says -1 only once the lease is gone.
                     ttl = c.post(c.get_url("/kv/lease/timetolive"), json={"ID": lease})
-                    lease_left = float(ttl.get("TTL", -1))
+                    lease_left = float(ttl.get("TTL", 0))
             got = c.get(self.protection_key, metadata=True)
             if got:
                 value, meta = got[0]
                 protection = Protection.decode(value)
                 revision = int(meta.get("mod_revision", 0))
-            return View(leader, lease_left, protection, revision, lease)
+            return View(leader, lease_left, protection, revision)
         return self._call(read)
 
     # The primary
@@ -124,17 +126,6 @@ class EtcdWitness:
             self._call(lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": lease}))
 
     # The standby
-    def clear_expired(self, view: View) -> bool:
-        """Revoke a leader lease etcd already counts as ended, so its key goes now rather than
-        at etcd's next revocation tick (a renewal cannot revive it: etcd waits for the
-        revocation and then refuses). True if it did."""
-        if not view.expired or not view.lease_id:
-            return False
-        self._call(lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": view.lease_id}))
-        log.info("witness: revoked the expired lease of %s (term %d)", view.leader.host
-                 if view.leader else "?", view.leader.term if view.leader else -1)
-        return True
-
     def take(self, leader: Leader, revision: int, resumed: str = "") -> bool:
         """Take the key for a failover: only if nobody holds it and the protection record is
         the one read at `revision`; the record then says no checkpoint is current (the VM runs
@@ -164,7 +155,7 @@ class EtcdWitness:
             # Our own value under a lease that has ended (a fenced host's old key, not yet
             # deleted) is no claim: only a live lease is one.
             ttl = c.post(c.get_url("/kv/lease/timetolive"), json={"ID": lease})
-            if not lease or float(ttl.get("TTL", -1)) <= 0:
+            if not lease or float(ttl.get("TTL", 0)) <= 0:
                 return False
         self.lease_id = lease
         return True

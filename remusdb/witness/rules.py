@@ -108,13 +108,6 @@ class View:
     lease_left: float | None
     protection: Protection | None
     revision: int = 0  # of the protection key, for a transaction that expects it unchanged
-    lease_id: int = 0  # the leader key's lease
-
-    @property
-    def expired(self) -> bool:
-        """etcd counts the leader's lease as ended, though it has not deleted the key yet (its
-        revocation runs on a tick, and lagged 2 s here): no renewal can bring it back."""
-        return self.leader is not None and self.lease_left is not None and self.lease_left < 0
 
 
 class Hold(enum.StrEnum):
