@@ -41,6 +41,7 @@ from remusdb.witness.keeper import LeaseKeeper
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.1
 GUEST_ENDED = frozenset({"shutdown", "guest-panicked", "internal-error"})
+STALL_TIMEOUT_S = 10.0  # a checkpoint stuck this long ends protection (the watchdog)
 WITNESSED_BYE_WAIT = 2.0  # with the witness told, the standby's answer is only a courtesy
 
 
@@ -65,7 +66,7 @@ def silence_wait(heartbeat_timeout_s: float) -> float:
 
 class PrimaryDaemon:
     def __init__(self, cfg: Config, guest: QemuGuest, run_dir: Path,
-                 participants: Iterable[Participant] = (), stall_timeout: float = 10.0,
+                 participants: Iterable[Participant] = (), stall_timeout: float = STALL_TIMEOUT_S,
                  queue_depth: int = 4, term: int = 0,
                  peer: tuple[str, int] | None = None, clock: ClockKeeper | None = None,
                  on_state: Callable[[PrimaryState], None] | None = None,

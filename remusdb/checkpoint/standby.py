@@ -464,62 +464,59 @@ class StandbyDaemon:
         if reason is None:
             return
         try:
-            verdict, why = self._take_key(force=False)
+            won, verdict = self._take_key(force=False)
         except WitnessError as e:
             self._said(str(e))
             return
-        if verdict is None:
-            if why.final:
+        if not won:
+            if verdict.final:
                 self.pending = None
-                log.warning("not failing over: %s", why.reason)
+                log.warning("not failing over: %s", verdict.reason)
                 self.states.set(StandbyState.PRIMARY_SILENT)
             else:
-                self._said(why.reason)
+                self._said(verdict.reason)
             return
         self.pending = None
-        log.warning("witness: the key is ours (term %d): failing over (%s)", verdict, reason)
+        log.warning("witness: the key is ours (term %d): failing over (%s)", verdict.term,
+                    reason)
         try:
             if self.fence_command:  # an extra step; the key is the guarantee
                 self.states.set(StandbyState.FENCING)
                 if not self._fence():
                     log.warning("fence command failed: failing over all the same (the "
                                 "primary's lease has ended: it fenced itself)")
-            self.do_failover(f"{reason}; the witness's key taken (term {verdict})")
+            self.do_failover(f"{reason}; the witness's key taken (term {verdict.term})")
         except RemusError:
             self._drop_keeper(failed=True)
             self.states.set(StandbyState.FAILOVER_FAILED)
             log.warning("retry with 'remusdb failover --force' once the cause is fixed")
 
-    def _take_key(self, force: bool) -> tuple[int | None, TakeOverVerdict]:
-        """Take the witness's key for our checkpoint: the new term, or None and why not.
-        `force` (the operator): even for a checkpoint the witness does not call current —
-        never while another host holds the key."""
+    def _take_key(self, force: bool) -> tuple[bool, TakeOverVerdict]:
+        """Take the witness's key for our checkpoint: whether we hold it now (in the
+        verdict's term), and why (not). `force`: see judge_take_over."""
         assert self.witness is not None and self.make_keeper is not None
         view = self.witness.view()
         node_term = self.node.term if self.node else 0
         host = "standby" if self.node is None else self.node.host
         verdict = judge_take_over(view, self.store.session, max(node_term, self.store.term),
-                                  host)
-        if force and verdict.final and view.leader is None:
-            verdict = TakeOverVerdict(True, False, "forced by the operator", max(
-                node_term, self.store.term, view.protection.term if view.protection else 0) + 1)
+                                  host, force)
         if not verdict.may:
-            return None, verdict
+            return False, verdict
         sent = time.monotonic()
         if not self.witness.take(Leader(host, verdict.term, self.store.committed),
                                  view.revision, self.store.session):
-            return None, TakeOverVerdict(False, False, "the key was taken first, or the "
-                                                       "record changed: reading again")
+            return False, TakeOverVerdict(False, False, "the key was taken first, or the "
+                                                        "record changed: reading again")
         keeper = self.keeper = self.make_keeper(verdict.term)
         try:
             keeper.taken(sent)  # arms the watchdog, if one is configured
         except RemusError as e:
             self._drop_keeper()
-            return None, TakeOverVerdict(False, False, f"the key was ours, but {e}")
+            return False, TakeOverVerdict(False, False, f"the key was ours, but {e}")
         keeper.start()
         if self.node is not None:
             self.node.adopt(verdict.term - 1)  # the take-over's new term is the key's
-        return verdict.term, verdict
+        return True, verdict
 
     def _take_key_for_operator(self, force: bool) -> str:
         """A manual failover takes the key too; a key this host held before a restart (its
@@ -528,8 +525,8 @@ class StandbyDaemon:
         deadline = time.monotonic() + self.witness.ttl + 1
         while True:
             try:
-                term, verdict = self._take_key(force)
-                if term is not None:
+                won, verdict = self._take_key(force)
+                if won:
                     return ""
                 if (verdict.final and not force) or time.monotonic() > deadline:
                     return verdict.reason

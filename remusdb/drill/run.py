@@ -14,6 +14,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from remusdb.checkpoint.control import request_failover
+from remusdb.checkpoint.primary import STALL_TIMEOUT_S
 from remusdb.checkpoint.status import read_status
 from remusdb.drill import faults, report, workload
 from remusdb.drill.copies import CopyWatch
@@ -29,7 +30,6 @@ from remusdb.lab.witness import LabWitness
 KILL_POINTS = ("random", "mid-epoch", "mid-transfer")
 PID_FILE = "primary-host.pids"  # what the lab's fence command kills
 OPTIMIZATIONS = ("asc", "rt", "cp")
-STALL_TIMEOUT_S = 10.0  # the primary daemon's (PrimaryDaemon.stall_timeout)
 
 
 def optimizations(opts: AbstractSet[str]) -> dict:
@@ -190,13 +190,12 @@ def _run(lab, p: Protected, db, interval_ms, kill_at, n_clients, warmup_s, after
     clients, stop = workload.start(db, VM_IP, open_conn, n_clients)
     failover, active_after, load = None, None, None
     try:
-        counted = (time.monotonic(), etcd.handled()) if etcd else None
+        t0, counts = time.monotonic(), etcd.handled() if etcd else {}
         time.sleep(warmup_s)
-        if etcd is not None and counted is not None:  # the witness's load while protected
-            t0, before_counts = counted
-            now, after_counts = time.monotonic(), etcd.handled()
-            load = {m: round((n - before_counts.get(m, 0)) / (now - t0), 2)
-                    for m, n in after_counts.items() if n > before_counts.get(m, 0)}
+        if etcd is not None:  # the witness's load while protected
+            now, after = time.monotonic(), etcd.handled()
+            load = {m: round((n - counts.get(m, 0)) / (now - t0), 2)
+                    for m, n in after.items() if n > counts.get(m, 0)}
         before = sum(len(c.acked) for c in clients)
         if before == 0:
             raise RemusError(f"no transfer committed in {warmup_s:.0f} s of warm-up")

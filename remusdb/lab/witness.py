@@ -93,10 +93,6 @@ class LabWitness:
             counts[m["method"]] = counts.get(m["method"], 0.0) + float(m["n"])
         return counts
 
-    def client(self, vm: str, ttl: int = 3) -> EtcdWitness:
-        """A client for code running inside a lab host (`lab.inside(...)`)."""
-        return EtcdWitness([self.url], vm, ttl=ttl)
-
 
 def _nft(lab, host: str, script: str) -> None:
     r = subprocess.run(["nsenter", f"--net=/run/netns/{lab.ns(host)}", "--", "nft", "-f", "-"],

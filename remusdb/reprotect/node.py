@@ -202,9 +202,8 @@ class NodeDaemon:
         vm, daemon, keeper = self.vm, self.primary, self.keeper
         if vm is None:
             return False
-        protected = (daemon is not None and daemon.state is PrimaryState.PROTECTED
-                     and keeper is not None and keeper.declared == daemon.session)
-        if fence_kills(protected):
+        if fence_kills(daemon is not None and daemon.state is PrimaryState.PROTECTED,
+                       keeper.declared if keeper else None, daemon.session if daemon else None):
             log.error("fenced: killing the VM; the standby holds its current checkpoint and "
                       "resumes it once it holds the witness's key")
             vm.guest.kill()

@@ -107,7 +107,7 @@ class LeaseKeeper:
                         "protected" if session else "unprotected", e)
             return False
         if ok and self.may_speak():
-            self.declared = session
+            self.declared, self._epoch_written = session, self.epoch
             log.info("witness: %s", f"session {session[:8]} is the current checkpoint"
                      if session else "no checkpoint is current (the VM runs unprotected)")
             return True
@@ -138,7 +138,10 @@ class LeaseKeeper:
             if lease.hold is Hold.HOLDING:
                 self._act(self._renew())
                 with self._declaring:
-                    if self.wanted != self.declared:  # one etcd missed
+                    # one etcd missed, or (every tenth renewal) the epoch the leader key
+                    # carries: a few seconds stale, one transaction rather than one per epoch
+                    if self.wanted != self.declared or (
+                            self.renewals % 10 == 1 and self.epoch != self._epoch_written):
                         self._write_wanted()
                 now = time.monotonic()
                 wait = min(lease.renew_every, max(0.01, lease.deadline() - now))
@@ -162,7 +165,7 @@ class LeaseKeeper:
         now = time.monotonic()
         if not ok:
             log.error("witness: etcd says our lease has expired")
-            return self.lease.expired(now)
+            return self.lease.expired()
         if self._error_logged:
             log.info("witness: renewed again")
             self._error_logged = False
@@ -171,30 +174,14 @@ class LeaseKeeper:
             self.watchdog.pet()
         self.renewals += 1
         self.renewed_wall = time.time()
-        if self.renewals % 10 == 1:
-            self._publish_epoch()
-            if self.on_change is not None:
-                self.on_change()
+        if self.renewals % 10 == 1 and self.on_change is not None:
+            self.on_change()
         return act
-
-    def _publish_epoch(self) -> None:
-        """The leader key carries the epoch last acknowledged, every tenth renewal (a few
-        seconds stale; `remusdb status` shows it): one transaction, not one per epoch."""
-        if self.epoch == self._epoch_written or not self.may_speak():
-            return
-        with self._declaring:
-            try:
-                if self.witness.declare(
-                        Protection(self.lease.term, self.lease.host, self.declared),
-                        Leader(self.lease.host, self.lease.term, self.epoch)):
-                    self._epoch_written = self.epoch
-            except WitnessError:
-                pass
 
     def _look(self) -> Action:
         try:
             view = self.witness.view()
-            act = self.lease.seen(view, time.monotonic())
+            act = self.lease.seen(view)
             if act is Action.NONE and self.paused and view.leader is None:
                 sent = time.monotonic()
                 if self.witness.claim(Leader(self.lease.host, self.lease.term, self.epoch)):
@@ -204,13 +191,11 @@ class LeaseKeeper:
             return Action.NONE
 
     def _act(self, act: Action) -> None:
-        if act is not Action.NONE and self.on_change is not None:
-            try:
-                self._act_on(act)
-            finally:
-                self.on_change()
-        else:
+        try:
             self._act_on(act)
+        finally:
+            if act is not Action.NONE and self.on_change is not None:
+                self.on_change()  # the node's status shows the new hold
 
     def _act_on(self, act: Action) -> None:
         if act is Action.FENCE:

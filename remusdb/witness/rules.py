@@ -172,26 +172,22 @@ class Lease:
             return Action.NONE  # a fenced host resumes only by claiming the key anew
         if now >= self.deadline():
             # It succeeded, but too late to know: we may have been silent past the deadline.
-            self.hold = Hold.FENCED
-            return Action.FENCE
+            return self.expired()
         self.renewed_at = max(self.renewed_at or sent_at, sent_at)
         return Action.NONE
 
     def tick(self, now: float) -> Action:
         """Called whenever a renewal failed or is late: fence at the deadline."""
-        if self.hold is Hold.HOLDING and now >= self.deadline():
-            self.hold = Hold.FENCED
-            return Action.FENCE
-        return Action.NONE
+        return self.expired() if now >= self.deadline() else Action.NONE
 
-    def expired(self, now: float) -> Action:
+    def expired(self) -> Action:
         """etcd says our lease is gone: fence now, whatever our own clock thought."""
         if self.hold is not Hold.HOLDING:
             return Action.NONE
         self.hold = Hold.FENCED
         return Action.FENCE
 
-    def seen(self, view: View, now: float) -> Action:
+    def seen(self, view: View) -> Action:
         """What the witness says, read while fenced: ours again, someone else's, or nobody's."""
         if self.hold in (Hold.LOST, Hold.RELEASED):
             return Action.NONE
@@ -217,12 +213,13 @@ class Lease:
             self.hold = Hold.RELEASED
 
 
-def fence_kills(protected: bool) -> bool:
-    """A fenced primary kills its VM when the standby holds its current checkpoint (every
-    output the clients saw is in it: the standby resumes with nothing lost, once it holds the
-    key), and only pauses it when nobody else has its state (unprotected): resumed if the key
-    comes back, never lost to a blip of the witness."""
-    return protected
+def fence_kills(protected: bool, declared: str | None, session: str | None) -> bool:
+    """A fenced primary kills its VM when the standby holds its current checkpoint — the
+    session is protected *and* the witness was told so (else no standby may take the key for
+    it): every output the clients saw is in that checkpoint, resumed with nothing lost once
+    the standby holds the key. Otherwise nobody else has the VM's state: it is only paused,
+    resumed if the key comes back, never lost to a blip of the witness."""
+    return protected and session is not None and declared == session
 
 
 @dataclass(frozen=True)
@@ -235,11 +232,25 @@ class TakeOver:
     term: int = 0  # the term to write when it wins
 
 
-def judge_take_over(view: View, session: str, my_term: int, me: str = "") -> TakeOver:
+def judge_take_over(view: View, session: str, my_term: int, me: str = "",
+                    force: bool = False) -> TakeOver:
     """Whether the standby that holds `session`'s checkpoint may try to take the key. The
     record of `me` taking over from this very checkpoint, while it still exists, is our own
     failover interrupted before its VM ran (a store is consumed before `cont`): the
-    checkpoint is still the current one."""
+    checkpoint is still the current one. `force` (the operator's word): even a checkpoint
+    the witness does not call current — never while another host holds the key."""
+    verdict = _judge(view, session, my_term, me)
+    if force and verdict.final and view.leader is None:
+        return TakeOver(True, False, "forced by the operator", _next_term(view, my_term))
+    return verdict
+
+
+def _next_term(view: View, my_term: int) -> int:
+    return max(my_term, view.protection.term if view.protection else 0,
+               view.leader.term if view.leader else 0) + 1
+
+
+def _judge(view: View, session: str, my_term: int, me: str) -> TakeOver:
     p = view.protection
     if p is None:
         return TakeOver(False, True, "the witness has no protection record: no primary ever "
@@ -250,7 +261,7 @@ def judge_take_over(view: View, session: str, my_term: int, me: str = "") -> Tak
                else f"the current checkpoint is session {p.session[:8]}'s, not this one")
         return TakeOver(False, True, f"{why} (witness, term {p.term}, host {p.host}): "
                                      "failing over to it would lose what clients were told")
-    term = max(my_term, p.term, view.leader.term if view.leader else 0) + 1
+    term = _next_term(view, my_term)
     if view.leader is not None:
         left = f", lease {view.lease_left:.1f} s left" if view.lease_left is not None else ""
         return TakeOver(False, False, f"the witness says {view.leader.host} holds the VM "

@@ -59,14 +59,14 @@ def test_a_frozen_host_wakes_mute_before_any_thread_runs():
 
 def test_etcd_saying_the_lease_expired_fences_whatever_our_clock_says():
     le = lease(100.0)
-    assert le.expired(100.5) is Action.FENCE and le.hold is Hold.FENCED
+    assert le.expired() is Action.FENCE and le.hold is Hold.FENCED
 
 
 def test_an_old_primary_that_returns_finds_a_newer_term_and_is_stale():
     le = lease(100.0)
     le.tick(102.0)
     view = View(Leader("standby", 5), 2.0, Protection(5, "standby", None), 9)
-    assert le.seen(view, 110.0) is Action.STALE and le.hold is Hold.LOST
+    assert le.seen(view) is Action.STALE and le.hold is Hold.LOST
     assert le.reclaimed(111.0) is Action.NONE and not le.may_speak(111.0)  # never again
 
 
@@ -75,13 +75,13 @@ def test_standby_wins_the_key_while_the_old_primary_is_paused_then_it_expires():
     le.tick(102.0)
     # The standby's key expired meanwhile (it failed); its protection record remains.
     view = View(None, None, Protection(5, "standby", None), 9)
-    assert le.seen(view, 120.0) is Action.STALE
+    assert le.seen(view) is Action.STALE
 
 
 def test_a_paused_primary_reclaims_a_key_nobody_took():
     le = lease(100.0)
     le.tick(102.0)
-    assert le.seen(View(None, None, Protection(4, "primary", None), 3), 103.0) is Action.NONE
+    assert le.seen(View(None, None, Protection(4, "primary", None), 3)) is Action.NONE
     assert le.reclaimed(103.5) is Action.RESUME
     assert le.may_speak(104.0) and le.deadline() == 105.5
 
@@ -89,7 +89,7 @@ def test_a_paused_primary_reclaims_a_key_nobody_took():
 def test_our_own_key_seen_while_fenced_is_not_stale():
     le = lease(100.0)
     le.tick(102.0)
-    assert le.seen(View(Leader("primary", 4), 0.5, None, 0), 102.1) is Action.NONE
+    assert le.seen(View(Leader("primary", 4), 0.5, None, 0)) is Action.NONE
 
 
 def test_a_released_lease_never_acts():
@@ -97,7 +97,7 @@ def test_a_released_lease_never_acts():
     le.release()
     assert le.hold is Hold.RELEASED and not le.may_speak(100.5)
     assert le.tick(200.0) is Action.NONE and le.reclaimed(200.0) is Action.NONE
-    assert le.seen(View(Leader("standby", 9), 1.0, None), 200.0) is Action.NONE
+    assert le.seen(View(Leader("standby", 9), 1.0, None)) is Action.NONE
 
 
 OTHER = View(Leader("standby", 5), 2.0, Protection(5, "standby", None), 9)
@@ -109,18 +109,18 @@ NOBODY = View(None, None, Protection(4, "primary", None), 3)
     (Hold.HOLDING, lambda le: le.renewed(101.0, 102.5), Hold.FENCED, Action.FENCE),
     (Hold.HOLDING, lambda le: le.tick(101.0), Hold.HOLDING, Action.NONE),
     (Hold.HOLDING, lambda le: le.tick(102.0), Hold.FENCED, Action.FENCE),
-    (Hold.HOLDING, lambda le: le.expired(100.1), Hold.FENCED, Action.FENCE),
-    (Hold.HOLDING, lambda le: le.seen(OTHER, 100.1), Hold.LOST, Action.STALE),
+    (Hold.HOLDING, lambda le: le.expired(), Hold.FENCED, Action.FENCE),
+    (Hold.HOLDING, lambda le: le.seen(OTHER), Hold.LOST, Action.STALE),
     (Hold.HOLDING, lambda le: le.release(), Hold.RELEASED, None),
     (Hold.FENCED, lambda le: le.renewed(103.0, 103.1), Hold.FENCED, Action.NONE),
     (Hold.FENCED, lambda le: le.tick(110.0), Hold.FENCED, Action.NONE),
-    (Hold.FENCED, lambda le: le.expired(110.0), Hold.FENCED, Action.NONE),
-    (Hold.FENCED, lambda le: le.seen(NOBODY, 103.0), Hold.FENCED, Action.NONE),
-    (Hold.FENCED, lambda le: le.seen(OTHER, 103.0), Hold.LOST, Action.STALE),
+    (Hold.FENCED, lambda le: le.expired(), Hold.FENCED, Action.NONE),
+    (Hold.FENCED, lambda le: le.seen(NOBODY), Hold.FENCED, Action.NONE),
+    (Hold.FENCED, lambda le: le.seen(OTHER), Hold.LOST, Action.STALE),
     (Hold.FENCED, lambda le: le.reclaimed(103.0), Hold.HOLDING, Action.RESUME),
     (Hold.FENCED, lambda le: le.release(), Hold.RELEASED, None),
     (Hold.LOST, lambda le: le.reclaimed(103.0), Hold.LOST, Action.NONE),
-    (Hold.LOST, lambda le: le.seen(NOBODY, 103.0), Hold.LOST, Action.NONE),
+    (Hold.LOST, lambda le: le.seen(NOBODY), Hold.LOST, Action.NONE),
     (Hold.LOST, lambda le: le.release(), Hold.LOST, None),
     (Hold.HOLDING, lambda le: le.reclaimed(101.0), Hold.HOLDING, Action.NONE),
 ])
@@ -130,7 +130,7 @@ def test_every_transition_of_the_lease(start, event, end, action):
         le.tick(102.0)
     elif start is Hold.LOST:
         le.tick(102.0)
-        le.seen(OTHER, 102.1)
+        le.seen(OTHER)
     assert le.hold is start
     assert event(le) is action
     assert le.hold is end
@@ -143,7 +143,20 @@ def test_the_margin_lies_inside_the_ttl():
 
 
 def test_fence_kills_only_when_the_standby_holds_the_current_state():
-    assert fence_kills(True) and not fence_kills(False)
+    assert fence_kills(True, "s1", "s1")
+    assert not fence_kills(False, "s1", "s1")  # seeding, or the session has ended
+    assert not fence_kills(True, None, "s1")  # protected, but the witness was never told
+    assert not fence_kills(True, "s0", "s1")  # told of an earlier session's checkpoint
+    assert not fence_kills(True, None, None)
+
+
+def test_an_operator_forces_only_a_free_key():
+    moot = View(None, None, Protection(4, "primary", None), 7)
+    assert judge_take_over(moot, S, my_term=4).final
+    forced = judge_take_over(moot, S, my_term=4, force=True)
+    assert forced.may and forced.term == 5
+    held = View(Leader("primary", 4), 2.0, Protection(4, "primary", None), 7)
+    assert not judge_take_over(held, S, my_term=4, force=True).may  # never over a holder
 
 
 S = "a" * 32

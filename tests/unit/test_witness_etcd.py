@@ -331,3 +331,76 @@ def test_status_says_who_holds_the_key_and_which_checkpoint_is_current(etcd, tmp
     cli.main(["status", str(path), "--run-dir", str(tmp_path / "none"), "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert doc["witness"]["leader"] is None and doc["witness"]["protection"]["term"] == 4
+
+
+# How a primary with a witness ends a session (the real keeper and etcd; a synthetic COLO
+# stream from a fake QEMU, real daemons on loopback: tests/unit/test_ending.py's rig).
+from tests.unit.test_ending import Stops  # noqa: E402
+from tests.unit.test_ending import standby as standby_fixture  # noqa: E402
+
+standby = pytest.fixture(standby_fixture.__wrapped__, name="standby")
+
+
+def _primary_with_witness(cfg, tmp_path, url, qemu_status="running"):
+    from remusdb.checkpoint.primary import PrimaryDaemon
+    from tests.unit.test_participants import FakeQemu, fake_guest
+    w = EtcdWitness([url], cfg.vm.name, ttl=3, timeout=0.3)
+    k = LeaseKeeper(w, "primary", 1, 1.0, lambda: False, lambda: None, lambda: None)
+    assert k.claim()
+    k.start()
+    stops = Stops()
+    qemu = FakeQemu(stops, qemu_status)
+    guest = fake_guest(qemu, tmp_path, True)
+    primary = stops.primary = PrimaryDaemon(cfg, guest, tmp_path, [stops], stall_timeout=10,
+                                            witness=k)
+    return primary, stops, guest, qemu, w
+
+
+def test_a_primary_that_cannot_tell_the_witness_it_runs_unprotected_kills_its_vm(
+        etcd, standby, tmp_path):
+    """The session ends with the VM running, but etcd does not answer: running on unprotected
+    would leave the standby's checkpoint 'current' behind the VM's back. The VM is killed
+    (VM_LOST), its held output dropped; the standby's checkpoint is the VM now."""
+    from tests.unit.test_standby_control import wait_state
+    proc, url = etcd
+    cfg, d, resumed = standby
+    primary, stops, guest, qemu, _ = _primary_with_witness(cfg, tmp_path, url)
+    original = primary._end
+
+    def etcd_gone_then_end(reason):
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            original(reason)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+    primary._end = etcd_gone_then_end
+    primary.protect()  # returns when "QEMU"'s stream ends, the VM still running
+    assert "the witness could not be told it runs unprotected" in primary.failure
+    assert guest.killed and stops.at_stop["vm_gone"] is True
+    assert "x-colo-lost-heartbeat" not in qemu.commands
+    assert wait_state(d, {"active"}) == "active"
+
+
+def test_with_the_witness_told_held_output_does_not_wait_for_a_silent_standby(etcd, tmp_path):
+    """Declared unprotected, no standby can take the key for its checkpoint: the held output
+    goes out after the BYE's short wait, not after `silence_wait` (over a minute)."""
+    from remusdb.checkpoint import wire
+    from remusdb.checkpoint.primary import WITNESSED_BYE_WAIT, Answer, silence_wait
+    from remusdb.config import Config
+    from tests.unit.linkpair import secure
+    cfg = secure(Config(), tmp_path)
+    primary, stops, guest, qemu, w = _primary_with_witness(cfg, tmp_path, etcd[1])
+    primary.session = "s1"
+    assert primary.witness.declare("s1")
+    a, b = socket.socketpair()
+    primary.conn = wire.Connection(a)
+    primary._receiving = True
+    threading.Thread(target=primary._receiver, daemon=True).start()
+    t0 = time.monotonic()
+    primary._fail("checkpoint stalled")
+    took = time.monotonic() - t0
+    assert took < WITNESSED_BYE_WAIT + 2 < silence_wait(1.0), took
+    assert stops.at_stop == {"vm_gone": False, "answer": Answer.SILENT}
+    assert not guest.killed and "x-colo-lost-heartbeat" in qemu.commands
+    assert w.view().protection == Protection(1, "primary", None)  # no checkpoint current
+    b.close()
