@@ -57,7 +57,8 @@ class Checkpoint:
     pages: PageSet
     devices: bytes
     requested_at: float  # monotonic: CHECKPOINT_REQUEST arrived
-    paused_at: float  # VMSTATE_SEND arrived (the VM is stopped)
+    paused_at: float  # our CHECKPOINT_REPLY left: QEMU stops the VM on it
+    stopped_at: float  # VMSTATE_SEND arrived: the VM is stopped, its disk drained and flushed
     received_at: float  # device blob complete
     stream_bytes: int
 
@@ -85,8 +86,11 @@ class ColoEndpoint:
         read_message(self.r, Colo.CHECKPOINT_REQUEST)
         requested = time.monotonic()
         self.conn.sendall(message(Colo.CHECKPOINT_REPLY))
-        read_message(self.r, Colo.VMSTATE_SEND)
+        # From here the VM is stopping (vm_stop: vCPUs out, disk requests drained and
+        # flushed): the guest's pause counts from the reply, not from VMSTATE_SEND.
         paused = self.paused_since = time.monotonic()
+        read_message(self.r, Colo.VMSTATE_SEND)
+        stopped = time.monotonic()
         start = self.r.offset
         pages = pages if pages is not None else PageSet()
         ram, initial = self.ram, self.initial
@@ -97,8 +101,8 @@ class ColoEndpoint:
         devices = self.r.bytes(size)
         pages.own(self.r.pool, self.r.detach())
         self.seq += 1
-        return Checkpoint(self.seq, pages, devices, requested, paused, time.monotonic(),
-                          self.r.offset - start)
+        return Checkpoint(self.seq, pages, devices, requested, paused, stopped,
+                          time.monotonic(), self.r.offset - start)
 
     def ack(self) -> float:
         """Let the VM run again; returns when the acknowledgement left."""

@@ -73,6 +73,8 @@ class EpochOut:
     disk_digests: tuple | None = None  # test mode: (chunks, xxh3) of the disk at this epoch
     disk_generation: int = 0  # the block index's write generation at the cut (RT)
     paused_at: float = 0.0  # monotonic: the VM stopped for this checkpoint
+    stopped_at: float = 0.0  # monotonic: QEMU said it had stopped (VMSTATE_SEND)
+    received_at: float = 0.0  # monotonic: the epoch was read whole (pages, device state)
     resumed_at: float = 0.0  # monotonic: the VM runs again
     stream_bytes: int = 0  # what QEMU sent for it
     rows: np.ndarray | None = None  # page rows sent as data (default: every page's last record)

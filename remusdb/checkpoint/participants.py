@@ -201,7 +201,8 @@ class OutputCommit(Participant):
 
 class EpochTrace(Participant):
     """Benchmarks and drills: one line per checkpoint — wall time, epoch, pause ms, dirty
-    pages, zero pages, stream bytes."""
+    pages, zero pages, stream bytes, and the parts of the pause: ms QEMU took to stop the VM,
+    ms from then until the epoch was read whole."""
 
     def __init__(self, path: Path):
         self.file: TextIO | None = open(path, "a", buffering=1)  # line-buffered
@@ -212,7 +213,9 @@ class EpochTrace(Participant):
             if self.file is not None:
                 self.file.write(f"{time.time():.3f},{out.number},{out.pause_ms:.3f},"
                                 f"{out.pages.pages},{out.pages.zero_count},"
-                                f"{out.stream_bytes}\n")
+                                f"{out.stream_bytes},"
+                                f"{(out.stopped_at - out.paused_at) * 1000:.3f},"
+                                f"{(out.received_at - out.stopped_at) * 1000:.3f}\n")
 
     def on_stop(self, reason: str, vm_gone: bool = False) -> None:
         with self.lock:

@@ -219,6 +219,7 @@ class PrimaryDaemon:
         while not self._stop.is_set():
             ck = endpoint.next_checkpoint()
             out = EpochOut(ck.seq, ck.pages, ck.devices, paused_at=ck.paused_at,
+                           stopped_at=ck.stopped_at, received_at=ck.received_at,
                            stream_bytes=ck.stream_bytes)
             for p in self.participants:
                 p.on_pause(out)

@@ -23,6 +23,7 @@ class ClockKeeper(threading.Thread):
         self.period, self.max_offset = period, max_offset
         self.stop_event = threading.Event()
         self.steps = 0
+        self.stepped_s = 0.0  # the guest time given back in all: how long its VM stood still
         self.last_offset: float | None = None
         self.errors = 0
 
@@ -48,6 +49,7 @@ class ClockKeeper(threading.Thread):
                     if "hwclock" not in str(e):
                         raise
                 self.steps += 1
+                self.stepped_s += offset
             self.last_offset = offset
             return offset
         except (RemusError, OSError, TimeoutError, ValueError):
@@ -61,4 +63,5 @@ class ClockKeeper(threading.Thread):
 
     def summary(self) -> dict:
         return {"offset_s": None if self.last_offset is None else round(self.last_offset, 3),
-                "steps": self.steps, "errors": self.errors}
+                "steps": self.steps, "stepped_s": round(self.stepped_s, 3),
+                "errors": self.errors}

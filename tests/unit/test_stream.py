@@ -194,3 +194,36 @@ def test_reader_never_resizes_a_buffer_numpy_still_views():
     held = np.frombuffer(r.take(10), np.uint8)  # a live export of the buffer
     rest = r.bytes(len(payload) - 10)
     assert held.tobytes() + rest == payload
+
+
+def test_the_pause_counts_from_our_reply_not_from_vmstate_send():
+    """QEMU stops the VM on our CHECKPOINT_REPLY (vCPUs out, disk drained and flushed) and
+    only then says VMSTATE_SEND: a pause measured from VMSTATE_SEND left that out (it read
+    ~4 ms where the guest stood still for ~9)."""
+    data, last = fx.initial_stream(RECORDS[:2])
+    ck, _ = fx.checkpoint_stream(RECORDS[2:], last)
+    request = s.message(s.Colo.CHECKPOINT_REQUEST)
+    a, b = socket.socketpair()
+    a.settimeout(10)
+    b.settimeout(10)
+    stopping = 0.2
+
+    def qemu():
+        a.sendall(data)
+        assert a.recv(4) == s.message(s.Colo.CHECKPOINT_READY)
+        a.sendall(request)
+        assert a.recv(4) == s.message(s.Colo.CHECKPOINT_REPLY)
+        threading.Event().wait(stopping)  # vm_stop: draining the disk takes its time
+        a.sendall(ck[len(request):])
+
+    threading.Thread(target=qemu, daemon=True).start()
+    ep = ColoEndpoint(b)
+    ep.read_initial()
+    ep.ready()
+    c = ep.next_checkpoint()
+    resumed = ep.ack()
+    assert c.stopped_at - c.paused_at >= stopping
+    assert resumed - c.paused_at >= stopping
+    assert c.paused_at <= c.stopped_at <= c.received_at <= resumed
+    a.close()
+    b.close()

@@ -1,0 +1,334 @@
+"""Where a checkpointed VM's throughput goes: the same pgbench workloads on a fresh VM in each
+mode, with the CPU seconds per second of every process (and of every QEMU thread: vCPUs, main
+loop, migration), the time the VM stood still and TPS, normalized to the unprotected run of the
+same invocation. Needs root. Run:
+    .venv/bin/python benchmarks/checkpoint_cost.py [--modes unprotected,served,nooc:10000,
+        nooc:25,nooc:50,nooc:100,nooc:250,cp:100,remus:100] [--seconds 20]
+        [--workloads tpcb,select-only] [--perf DIR] [--tpcc]
+
+Modes: `unprotected` a plain VM on the tap; `served` the VM through the disk server and the
+net relay, no standby (so no checkpoint); `nooc:MS` checkpoints every MS without output commit
+(what the checkpoints alone cost); `cp:MS` commit protection; `remus:MS` output commit, cp off.
+`--perf DIR` profiles QEMU (perf record -e cpu-clock -g) and the primary daemon (py-spy)
+during the first workload of every checkpointed mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import save
+from remusdb.checkpoint.status import read_status
+from remusdb.config import Config
+from remusdb.errors import RemusError
+from remusdb.hypervisor.agent import GuestAgent
+from remusdb.image import builder
+from remusdb.lab.daemons import Daemon, Protected, drop_images, wait_status, write_config
+from remusdb.lab.layout import RunLayout
+from remusdb.lab.load import pgbench_run
+from remusdb.lab.net import Lab
+from remusdb.vm import launch
+
+WORKLOADS = {"tpcb": ["-c", "4"], "select-only": ["-S", "-c", "4"]}
+TICK = os.sysconf("SC_CLK_TCK")
+DEFAULT_MODES = "unprotected,served,nooc:10000,nooc:25,nooc:50,nooc:100,nooc:250,cp:100,remus:100"
+
+
+# CPU accounting: processes by role, QEMU threads by job
+def _stat(path: Path) -> tuple[str, int, int] | None:
+    """(comm, ppid, utime+stime ticks) of /proc/<pid>[/task/<tid>]/stat."""
+    try:
+        raw = path.read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    f = raw.rsplit(")", 1)[1].split()
+    return comm, int(f[1]), int(f[11]) + int(f[12])
+
+
+def descendants(roots: dict[str, int]) -> dict[int, str]:
+    """pid → role for every process under the role's root pid (its own tree)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            st = _stat(d / "stat")
+            if st:
+                parent[int(d.name)] = st[1]
+    out = {}
+    for pid in parent:
+        p = pid
+        while p > 1:
+            for role, root in roots.items():
+                if p == root:
+                    out[pid] = role
+                    break
+            else:
+                p = parent.get(p, 0)
+                continue
+            break
+    return out
+
+
+def thread_job(comm: str) -> str:
+    if re.match(r"CPU \d+/(TCG|KVM)", comm):
+        return "vcpus"
+    return {"qemu-system-x86": "main loop", "live_migration": "migration",
+            "colo compare": "migration"}.get(comm, "other")
+
+
+@dataclass
+class CpuSample:
+    at: float
+    procs: dict[int, tuple[str, int]]  # pid → (role, ticks)
+    qemu_threads: dict[int, tuple[str, int]]  # tid → (job, ticks)
+
+
+def sample(roles: dict[int, str], qemu: int | None) -> CpuSample:
+    procs = {}
+    for pid, role in roles.items():
+        st = _stat(Path(f"/proc/{pid}/stat"))
+        if st:
+            procs[pid] = (role, st[2])
+    threads = {}
+    if qemu:
+        for t in Path(f"/proc/{qemu}/task").glob("*"):
+            st = _stat(t / "stat")
+            if st:
+                threads[int(t.name)] = (thread_job(st[0]), st[2])
+    return CpuSample(time.monotonic(), procs, threads)
+
+
+def cpu_per_s(a: CpuSample, b: CpuSample) -> dict:
+    dt = b.at - a.at
+    out: dict[str, dict[str, float]] = {"process": {}, "qemu_thread": {}}
+    for key, before, after in (("process", a.procs, b.procs),
+                               ("qemu_thread", a.qemu_threads, b.qemu_threads)):
+        for pid, (name, ticks) in after.items():
+            used = (ticks - before.get(pid, (name, 0))[1]) / TICK / dt
+            out[key][name] = round(out[key].get(name, 0.0) + used, 3)
+    return out
+
+
+GUEST_CPU = ("user", "nice", "system", "idle", "iowait", "irq", "softirq")
+
+
+def guest_cpu(agent_socket: Path) -> np.ndarray | None:
+    """The guest's own /proc/stat jiffies (all CPUs): what its vCPUs spent their time on. The
+    agent serves one client at a time (the clock keeper is another): try a few times."""
+    for _ in range(20):
+        agent = GuestAgent(agent_socket)
+        try:
+            agent.sync(timeout=2.0)
+            out = agent.exec(["head", "-1", "/proc/stat"], timeout=10).stdout.split()
+            return np.array([int(x) for x in out[1 : 1 + len(GUEST_CPU)]], np.int64)
+        except (RemusError, OSError, ValueError):
+            time.sleep(0.2)
+        finally:
+            agent.close()
+    return None
+
+
+def guest_share(a: np.ndarray | None, b: np.ndarray | None) -> dict:
+    if a is None or b is None or (b - a).sum() <= 0:
+        return {}
+    d = (b - a) / (b - a).sum()
+    return {k: round(float(v), 3) for k, v in zip(GUEST_CPU, d)}
+
+
+# The modes
+@dataclass
+class Target:
+    """What one mode measures: the processes by role, QEMU's pid, the guest agent's socket,
+    where its trace and status are (checkpointed modes)."""
+
+    roles: dict[str, int]
+    qemu: int | None
+    agent: Path
+    trace: Path | None = None
+    status: Path | None = None
+
+
+def stall(target: Target, t0: float, t1: float, clock0: dict | None) -> dict:
+    """How long the VM stood still in [t0, t1] (wall time): from the primary's per-checkpoint
+    trace, and as the guest saw it (the clock keeper's steps: its clock stops with the VM)."""
+    out: dict = {}
+    if target.trace is None or not target.trace.exists():
+        return out
+    rows = np.loadtxt(target.trace, delimiter=",", ndmin=2)
+    if rows.size:
+        rows = rows[(rows[:, 0] >= t0) & (rows[:, 0] <= t1)]
+    if len(rows):
+        out.update(epochs=len(rows), pause_ms_p50=round(float(np.median(rows[:, 2])), 2),
+                   pause_ms_p99=round(float(np.percentile(rows[:, 2], 99)), 2),
+                   stall_s_per_s=round(float(rows[:, 2].sum()) / 1000 / (t1 - t0), 3),
+                   dirty_pages_p50=int(np.median(rows[:, 3])))
+        if rows.shape[1] > 7:
+            out["stopping_ms_p50"] = round(float(np.median(rows[:, 6])), 2)
+            out["reading_ms_p50"] = round(float(np.median(rows[:, 7])), 2)
+    clock1 = (read_status(target.status) or {}).get("guest_clock") if target.status else None
+    if clock0 and clock1 and "stepped_s" in clock1:
+        lost = (clock1["stepped_s"] + (clock1["offset_s"] or 0)
+                - clock0["stepped_s"] - (clock0["offset_s"] or 0))
+        out["guest_clock_lost_s_per_s"] = round(lost / (t1 - t0), 3)
+    return out
+
+
+def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -> dict:
+    pgbench_run(lab, "-i", "-s", str(args.scale), "-q", timeout=900)
+    out = {}
+    for i, (name, extra) in enumerate(WORKLOADS.items()):
+        if name not in args.workloads:
+            continue
+        roles = descendants(target.roles)
+        profilers = start_profilers(perf_dir, target, mode, name) if perf_dir and i == 0 \
+            else []
+        clock0 = (read_status(target.status) or {}).get("guest_clock") \
+            if target.status else None
+        g0 = guest_cpu(target.agent)
+        a, w0 = sample(roles, target.qemu), time.time()
+        report = pgbench_run(lab, "-n", "-T", str(args.seconds), *extra,
+                             timeout=args.seconds + 600)
+        b, w1 = sample(roles, target.qemu), time.time()
+        g1 = guest_cpu(target.agent)
+        time.sleep(1.5)  # the status is published every 10 epochs
+        for p in profilers:
+            p.wait()
+        tps = re.search(r"tps = ([\d.]+)", report)
+        lat = re.search(r"latency average = ([\d.]+) ms", report)
+        out[name] = {"tps": float(tps.group(1)) if tps else None,
+                     "latency_ms": float(lat.group(1)) if lat else None,
+                     "cpu_s_per_s": cpu_per_s(a, b), "guest_cpu": guest_share(g0, g1),
+                     **stall(target, w0, w1, clock0)}
+    return out
+
+
+def start_profilers(perf_dir: Path, target: Target, mode: str, name: str) -> list:
+    """perf on QEMU, py-spy on the primary daemon, for the first part of the workload."""
+    secs = "10"
+    procs = []
+    tag = f"{mode.replace(':', '-')}-{name}"
+    if target.qemu and shutil.which("perf"):
+        procs.append(subprocess.Popen(
+            ["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(target.qemu), "-o",
+             str(perf_dir / f"{tag}.perf.data"), "--", "sleep", secs],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    daemon = target.roles.get("primary daemon")
+    if daemon and Path(spy).exists():
+        procs.append(subprocess.Popen(
+            [spy, "record", "-d", secs, "-r", "200", "-p", str(daemon), "-f", "raw", "-o",
+             str(perf_dir / f"{tag}.pyspy.txt"), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def qemu_pid(run_dir: Path, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    pid_file = RunLayout(run_dir).primary_vm.pid
+    while not pid_file.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no QEMU pid file at {pid_file}")
+        time.sleep(0.2)
+    return int(pid_file.read_text())
+
+
+def measure(lab, base: Path, mode: str, args, perf_dir: Path | None) -> dict:
+    run = base / mode.replace(":", "-")
+    if mode == "unprotected":
+        guest = launch(Config(), builder.build(), run, netns=lab.ns("primary"))
+        try:
+            return run_workloads(lab, Target({"qemu": guest.pid or 0}, guest.pid,
+                                             guest.files.agent), args, perf_dir, mode)
+        finally:
+            guest.kill()
+            shutil.rmtree(run, ignore_errors=True)
+    if mode == "served":  # no standby: the VM runs served and unprotected, retrying
+        layout = RunLayout(run)
+        run.mkdir(parents=True)
+        cfg = write_config(layout.config, lab)
+        primary = Daemon(lab, "primary", ["protect", str(cfg)], layout.log("primary"))
+        try:
+            wait_status(layout.status_at("primary", "node"),
+                        lambda s: s.get("state") == "primary-unprotected", 300, "a served VM",
+                        [primary])
+            pid = qemu_pid(run)
+            return run_workloads(lab, Target({"primary daemon": primary.proc.pid, "qemu": pid},
+                                             pid, layout.primary_vm.agent), args, perf_dir,
+                                 mode)
+        finally:
+            primary.kill()
+            drop_images(run)
+    kind, interval = mode.split(":")
+    protect_args: tuple = ("--trace", str(RunLayout(run).primary_trace))
+    if kind == "nooc":
+        protect_args += ("--unsafe-no-output-commit",)
+    with Protected(lab, run, interval_ms=int(interval), optimizations={"cp": kind == "cp"},
+                   protect_args=protect_args) as p:
+        assert p.primary is not None and p.standby is not None
+        pid = qemu_pid(run)
+        target = Target({"primary daemon": p.primary.proc.pid,
+                         "standby daemon": p.standby.proc.pid, "qemu": pid}, pid,
+                        p.layout.primary_vm.agent, p.layout.primary_trace, p.primary_status)
+        return run_workloads(lab, target, args, perf_dir, mode)
+
+
+def show(rows: dict, ref: dict) -> None:
+    print(f"\n{'mode':13s}{'workload':13s}{'TPS':>8s}{'ratio':>7s}{'QEMU':>6s}{'vCPUs':>7s}"
+          f"{'main':>6s}{'migr':>6s}{'prim':>6s}{'stby':>6s}{'stall':>7s}{'clock':>7s}"
+          f"{'pause':>7s}{'stop':>6s}  guest CPU")
+    for mode, r in rows.items():
+        for w, m in r.items():
+            proc, th = m["cpu_s_per_s"]["process"], m["cpu_s_per_s"]["qemu_thread"]
+            ratio = m["tps"] / ref[w]["tps"] if m.get("tps") and ref.get(w, {}).get("tps") \
+                else float("nan")
+            m["tps_ratio"] = round(ratio, 3)
+            print(f"{mode:13s}{w:13s}{m['tps'] or 0:8.1f}{ratio:7.2f}"
+                  f"{proc.get('qemu', 0):6.2f}{th.get('vcpus', 0):7.2f}"
+                  f"{th.get('main loop', 0):6.2f}{th.get('migration', 0):6.2f}"
+                  f"{proc.get('primary daemon', 0):6.2f}{proc.get('standby daemon', 0):6.2f}"
+                  f"{m.get('stall_s_per_s', 0):7.3f}{m.get('guest_clock_lost_s_per_s', 0):7.3f}"
+                  f"{m.get('pause_ms_p50', 0):7.1f}{m.get('stopping_ms_p50', 0):6.1f}  "
+                  + " ".join(f"{k} {v:.2f}" for k, v in m.get("guest_cpu", {}).items() if v))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--modes", default=DEFAULT_MODES)
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--scale", type=int, default=1)
+    ap.add_argument("--perf", metavar="DIR", help="profile QEMU and the primary daemon")
+    args = ap.parse_args()
+    args.workloads = args.workloads.split(",")
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces, the VM)")
+    perf_dir = Path(args.perf) if args.perf else None
+    if perf_dir:
+        perf_dir.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="remusdb-cost-", dir="/dev/shm"))
+    rows: dict = {}
+    try:
+        with Lab() as lab:
+            lab.add_tap("primary")
+            for mode in args.modes.split(","):
+                rows[mode] = measure(lab, base, mode, args, perf_dir)
+                print(f"{mode}: " + ", ".join(f"{w} {m['tps']} TPS"
+                                              for w, m in rows[mode].items()), flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    show(rows, rows.get("unprotected", {}))
+    save("checkpoint_cost", {"seconds": args.seconds, "scale": args.scale, "modes": rows})
+
+
+if __name__ == "__main__":
+    main()
