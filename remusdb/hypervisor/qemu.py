@@ -95,6 +95,7 @@ class GuestSpec:
             "kernel": str(self.kernel), "initrd": str(self.initrd), "mac": self.mac,
             "ip": self.ip, "gateway": self.gateway, "init": self.init, "network": self.network,
             "extra_append": self.extra_append, "extra_args": self.extra_args,
+            "cmdline": self.kernel_cmdline(),  # a snapshot is of a guest booted with it
         }
 
     def kernel_cmdline(self) -> str:
@@ -102,6 +103,8 @@ class GuestSpec:
                  f"remusdb.ip={self.ip}", f"remusdb.gw={self.gateway}"]
         if self.init == "fast":
             parts.append("init=/sbin/remusdb-init")
+        if self.accel == "tcg":
+            parts.append("tsc=reliable")
         if self.extra_append:
             parts.append(self.extra_append)
         return " ".join(parts)
@@ -162,7 +165,8 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
     else:
         drive = f"file={spec.disk},format={spec.disk_format}"
     cmd = [
-        spec.binary, "-name", spec.name, "-nodefaults", "-no-user-config", "-display", "none",
+        # debug-threads: vCPU and I/O threads carry names (CPU 0/TCG, ...) for per-thread CPU
+        spec.binary, "-name", f"{spec.name},debug-threads=on", "-nodefaults", "-no-user-config", "-display", "none",
         "-machine", f"pc,memory-backend={RAM_BACKEND}", *accel, "-cpu", spec.cpu,
         "-smp", str(spec.vcpus), "-m", f"{spec.memory // 1024}K",
         "-object", (f"memory-backend-file,id={RAM_BACKEND},size={spec.memory // 1024}K,"

@@ -65,3 +65,23 @@ def test_fingerprint_ignores_paths_but_not_shape():
     a, b = spec(), spec(disk=Path("/elsewhere/disk.qcow2"))
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != spec(memory=1 << 30).fingerprint()
+
+
+def test_tcg_guest_keeps_the_tsc_as_its_clock():
+    """Under TCG the guest kernel calls its TSC unsynchronized and falls back to the HPET,
+    whose every read is an MMIO exit under the big lock; TCG's TSC is one host counter, so
+    it is reliable. Under KVM the guest picks kvm-clock itself."""
+    files = RunFiles(Path("/run/x"))
+    tcg = build_command(spec(), files)
+    assert "tsc=reliable" in tcg[tcg.index("-append") + 1].split()
+    kvm = build_command(spec(accel="kvm"), files)
+    assert "tsc=reliable" not in kvm[kvm.index("-append") + 1]
+    # a snapshot of a guest booted with another command line is another snapshot
+    assert spec().fingerprint() != spec(extra_append="quiet").fingerprint()
+    assert spec().fingerprint()["cmdline"] == spec().kernel_cmdline()
+
+
+def test_qemu_threads_are_named():
+    """Per-thread CPU (vCPUs apart from the main loop and the migration thread)."""
+    cmd = build_command(spec(), RunFiles(Path("/run/x")))
+    assert cmd[cmd.index("-name") + 1] == "pg1,debug-threads=on"
