@@ -3,14 +3,16 @@ mode, with the CPU seconds per second of every process (and of every QEMU thread
 loop, migration), the time the VM stood still and TPS, normalized to the unprotected run of the
 same invocation. Needs root. Run:
     .venv/bin/python benchmarks/checkpoint_cost.py [--modes unprotected,served,nooc:10000,
-        nooc:25,nooc:50,nooc:100,nooc:250,cp:100,remus:100] [--seconds 20]
-        [--workloads tpcb,select-only] [--perf DIR] [--tpcc]
+        nooc:25,nooc:100,nooc:250,cp:100,remus:100] [--seconds 20]
+        [--workloads tpcb,select-only] [--perf DIR] [--rtt]
 
 Modes: `unprotected` a plain VM on the tap; `served` the VM through the disk server and the
 net relay, no standby (so no checkpoint); `nooc:MS` checkpoints every MS without output commit
 (what the checkpoints alone cost); `cp:MS` commit protection; `remus:MS` output commit, cp off.
-`--perf DIR` profiles QEMU (perf record -e cpu-clock -g) and the primary daemon (py-spy)
-during the first workload of every checkpointed mode.
+`--perf DIR` profiles QEMU (perf record -e cpu-clock -g at 250 Hz) and the primary daemon
+(py-spy) during the first workload of every mode: the profilers cost the guest (more under
+checkpoints), so take TPS from a run without them. `--rtt` pings the guest every 5 ms during
+the first workload and bins the echo RTT by the time since the last checkpoint's resume.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,12 +39,12 @@ from remusdb.image import builder
 from remusdb.lab.daemons import Daemon, Protected, drop_images, wait_status, write_config
 from remusdb.lab.layout import RunLayout
 from remusdb.lab.load import pgbench_run
-from remusdb.lab.net import Lab
+from remusdb.lab.net import VM_IP, Lab
 from remusdb.vm import launch
 
 WORKLOADS = {"tpcb": ["-c", "4"], "select-only": ["-S", "-c", "4"]}
 TICK = os.sysconf("SC_CLK_TCK")
-DEFAULT_MODES = "unprotected,served,nooc:10000,nooc:25,nooc:50,nooc:100,nooc:250,cp:100,remus:100"
+DEFAULT_MODES = "unprotected,served,nooc:10000,nooc:25,nooc:100,nooc:250,cp:100,remus:100"
 
 
 # CPU accounting: processes by role, QEMU threads by job
@@ -91,6 +94,11 @@ class CpuSample:
     at: float
     procs: dict[int, tuple[str, int]]  # pid → (role, ticks)
     qemu_threads: dict[int, tuple[str, int]]  # tid → (job, ticks)
+    machine: list[int]  # /proc/stat's cpu line: user nice system idle iowait irq softirq steal
+
+
+def machine_ticks() -> list[int]:
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
 
 
 def sample(roles: dict[int, str], qemu: int | None) -> CpuSample:
@@ -105,7 +113,7 @@ def sample(roles: dict[int, str], qemu: int | None) -> CpuSample:
             st = _stat(t / "stat")
             if st:
                 threads[int(t.name)] = (thread_job(st[0]), st[2])
-    return CpuSample(time.monotonic(), procs, threads)
+    return CpuSample(time.monotonic(), procs, threads, machine_ticks())
 
 
 def cpu_per_s(a: CpuSample, b: CpuSample) -> dict:
@@ -116,6 +124,9 @@ def cpu_per_s(a: CpuSample, b: CpuSample) -> dict:
         for pid, (name, ticks) in after.items():
             used = (ticks - before.get(pid, (name, 0))[1]) / TICK / dt
             out[key][name] = round(out[key].get(name, 0.0) + used, 3)
+    d = [y - x for x, y in zip(a.machine, b.machine, strict=True)]
+    out["machine"] = {"busy": round((sum(d) - d[3] - d[4] - d[7]) / TICK / dt, 3),
+                      "steal": round(d[7] / TICK / dt, 3)}
     return out
 
 
@@ -142,7 +153,7 @@ def guest_share(a: np.ndarray | None, b: np.ndarray | None) -> dict:
     if a is None or b is None or (b - a).sum() <= 0:
         return {}
     d = (b - a) / (b - a).sum()
-    return {k: round(float(v), 3) for k, v in zip(GUEST_CPU, d)}
+    return {k: round(float(v), 3) for k, v in zip(GUEST_CPU, d, strict=True)}
 
 
 # The modes
@@ -183,6 +194,37 @@ def stall(target: Target, t0: float, t1: float, clock0: dict | None) -> dict:
     return out
 
 
+RTT_BINS_MS = (0, 10, 20, 30, 50, 70, 90, 10_000)
+
+
+def start_ping(lab, seconds: int) -> subprocess.Popen:
+    """ICMP echo to the guest every 5 ms from the client host, timestamped (-D)."""
+    return subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "ping", "-D", "-i",
+                             "0.005", "-w", str(seconds), VM_IP],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def rtt_after_resume(ping_out: str, trace: Path | None) -> dict:
+    """Echo RTT p50 by how long after a checkpoint's resume the echo was sent: how far past
+    the pause a checkpoint slows the guest's answers."""
+    pings = np.array([(float(m.group(1)), float(m.group(2))) for m in re.finditer(
+        r"\[([\d.]+)\].*time=([\d.]+) ms", ping_out)]).reshape(-1, 2)
+    if not len(pings):
+        return {}
+    if trace is None or not trace.exists():
+        return {"all": round(float(np.median(pings[:, 1])), 2)}
+    resumed = np.loadtxt(trace, delimiter=",", ndmin=2)[:, 0]
+    sent = pings[:, 0] - pings[:, 1] / 1000
+    idx = np.searchsorted(resumed, sent) - 1
+    since, rtt = (sent - resumed[np.maximum(idx, 0)])[idx >= 0] * 1000, pings[idx >= 0, 1]
+    out = {}
+    for a, b in zip(RTT_BINS_MS, RTT_BINS_MS[1:], strict=False):
+        sel = (since >= a) & (since < b)
+        if sel.any():
+            out[f"{a}-{b} ms"] = round(float(np.median(rtt[sel])), 2)
+    return out
+
+
 def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -> dict:
     pgbench_run(lab, "-i", "-s", str(args.scale), "-q", timeout=900)
     out = {}
@@ -195,11 +237,13 @@ def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -
         clock0 = (read_status(target.status) or {}).get("guest_clock") \
             if target.status else None
         g0 = guest_cpu(target.agent)
+        ping = start_ping(lab, args.seconds) if args.rtt and i == 0 else None
         a, w0 = sample(roles, target.qemu), time.time()
         report = pgbench_run(lab, "-n", "-T", str(args.seconds), *extra,
                              timeout=args.seconds + 600)
         b, w1 = sample(roles, target.qemu), time.time()
         g1 = guest_cpu(target.agent)
+        rtt = rtt_after_resume(ping.communicate()[0], target.trace) if ping else None
         time.sleep(1.5)  # the status is published every 10 epochs
         for p in profilers:
             p.wait()
@@ -209,6 +253,9 @@ def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -
                      "latency_ms": float(lat.group(1)) if lat else None,
                      "cpu_s_per_s": cpu_per_s(a, b), "guest_cpu": guest_share(g0, g1),
                      **stall(target, w0, w1, clock0)}
+        if rtt is not None:
+            out[name]["echo_rtt_p50_ms_after_resume"] = rtt
+            print(f"{mode} {name}: echo RTT p50 (ms) by time after a resume: {rtt}")
     return out
 
 
@@ -219,14 +266,14 @@ def start_profilers(perf_dir: Path, target: Target, mode: str, name: str) -> lis
     tag = f"{mode.replace(':', '-')}-{name}"
     if target.qemu and shutil.which("perf"):
         procs.append(subprocess.Popen(
-            ["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(target.qemu), "-o",
-             str(perf_dir / f"{tag}.perf.data"), "--", "sleep", secs],
+            ["perf", "record", "-q", "-e", "cpu-clock", "-F", "250", "-g", "-p",
+             str(target.qemu), "-o", str(perf_dir / f"{tag}.perf.data"), "--", "sleep", secs],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     daemon = target.roles.get("primary daemon")
     if daemon and Path(spy).exists():
         procs.append(subprocess.Popen(
-            [spy, "record", "-d", secs, "-r", "200", "-p", str(daemon), "-f", "raw", "-o",
+            [spy, "record", "-d", secs, "-r", "100", "-p", str(daemon), "-f", "raw", "-o",
              str(perf_dir / f"{tag}.pyspy.txt"), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
@@ -283,21 +330,25 @@ def measure(lab, base: Path, mode: str, args, perf_dir: Path | None) -> dict:
 
 
 def show(rows: dict, ref: dict) -> None:
-    print(f"\n{'mode':13s}{'workload':13s}{'TPS':>8s}{'ratio':>7s}{'QEMU':>6s}{'vCPUs':>7s}"
+    print(f"\n{'mode':13s}{'workload':13s}{'TPS':>8s}{'ratio':>7s}{'host':>6s}{'steal':>6s}"
+          f"{'QEMU':>6s}{'vCPUs':>7s}"
           f"{'main':>6s}{'migr':>6s}{'prim':>6s}{'stby':>6s}{'stall':>7s}{'clock':>7s}"
-          f"{'pause':>7s}{'stop':>6s}  guest CPU")
+          f"{'pause':>7s}{'stop':>6s}{'read':>6s}  guest CPU")
     for mode, r in rows.items():
         for w, m in r.items():
             proc, th = m["cpu_s_per_s"]["process"], m["cpu_s_per_s"]["qemu_thread"]
             ratio = m["tps"] / ref[w]["tps"] if m.get("tps") and ref.get(w, {}).get("tps") \
                 else float("nan")
             m["tps_ratio"] = round(ratio, 3)
+            host = m["cpu_s_per_s"].get("machine", {})
             print(f"{mode:13s}{w:13s}{m['tps'] or 0:8.1f}{ratio:7.2f}"
+                  f"{host.get('busy', 0):6.2f}{host.get('steal', 0):6.2f}"
                   f"{proc.get('qemu', 0):6.2f}{th.get('vcpus', 0):7.2f}"
                   f"{th.get('main loop', 0):6.2f}{th.get('migration', 0):6.2f}"
                   f"{proc.get('primary daemon', 0):6.2f}{proc.get('standby daemon', 0):6.2f}"
                   f"{m.get('stall_s_per_s', 0):7.3f}{m.get('guest_clock_lost_s_per_s', 0):7.3f}"
-                  f"{m.get('pause_ms_p50', 0):7.1f}{m.get('stopping_ms_p50', 0):6.1f}  "
+                  f"{m.get('pause_ms_p50', 0):7.1f}{m.get('stopping_ms_p50', 0):6.1f}"
+                  f"{m.get('reading_ms_p50', 0):6.1f}  "
                   + " ".join(f"{k} {v:.2f}" for k, v in m.get("guest_cpu", {}).items() if v))
 
 
@@ -308,6 +359,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--scale", type=int, default=1)
     ap.add_argument("--perf", metavar="DIR", help="profile QEMU and the primary daemon")
+    ap.add_argument("--rtt", action="store_true",
+                    help="ping the guest during the first workload: RTT by time after a resume")
     args = ap.parse_args()
     args.workloads = args.workloads.split(",")
     if os.geteuid() != 0:

@@ -166,7 +166,8 @@ def build_command(spec: GuestSpec, files: RunFiles, incoming: str | None = None)
         drive = f"file={spec.disk},format={spec.disk_format}"
     cmd = [
         # debug-threads: vCPU and I/O threads carry names (CPU 0/TCG, ...) for per-thread CPU
-        spec.binary, "-name", f"{spec.name},debug-threads=on", "-nodefaults", "-no-user-config", "-display", "none",
+        spec.binary, "-name", f"{spec.name},debug-threads=on", "-nodefaults",
+        "-no-user-config", "-display", "none",
         "-machine", f"pc,memory-backend={RAM_BACKEND}", *accel, "-cpu", spec.cpu,
         "-smp", str(spec.vcpus), "-m", f"{spec.memory // 1024}K",
         "-object", (f"memory-backend-file,id={RAM_BACKEND},size={spec.memory // 1024}K,"

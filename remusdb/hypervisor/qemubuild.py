@@ -1,4 +1,4 @@
-"""Build Debian's QEMU 7.2 with remusdb's two COLO/TCG fixes, once, cached like the image.
+"""Build Debian's QEMU 7.2 with remusdb's COLO/TCG patches, once, cached like the image.
 
 Under TCG, Debian's 7.2 deadlocks after the first COLO checkpoint and misses dirty pages (see
 docs/hypervisor.md and the patches in qemu-patches/). Under KVM neither bug applies and the
