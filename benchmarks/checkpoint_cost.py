@@ -67,18 +67,14 @@ def descendants(roots: dict[str, int]) -> dict[int, str]:
             st = _stat(d / "stat")
             if st:
                 parent[int(d.name)] = st[1]
+    role_of = {pid: role for role, pid in roots.items()}
     out = {}
     for pid in parent:
         p = pid
-        while p > 1:
-            for role, root in roots.items():
-                if p == root:
-                    out[pid] = role
-                    break
-            else:
-                p = parent.get(p, 0)
-                continue
-            break
+        while p > 1 and p not in role_of:
+            p = parent.get(p, 0)
+        if p in role_of:
+            out[pid] = role_of[p]
     return out
 
 
@@ -228,9 +224,8 @@ def rtt_after_resume(ping_out: str, trace: Path | None) -> dict:
 def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -> dict:
     pgbench_run(lab, "-i", "-s", str(args.scale), "-q", timeout=900)
     out = {}
-    for i, (name, extra) in enumerate(WORKLOADS.items()):
-        if name not in args.workloads:
-            continue
+    chosen = [(name, extra) for name, extra in WORKLOADS.items() if name in args.workloads]
+    for i, (name, extra) in enumerate(chosen):
         roles = descendants(target.roles)
         profilers = start_profilers(perf_dir, target, mode, name) if perf_dir and i == 0 \
             else []
