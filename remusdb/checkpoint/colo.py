@@ -56,7 +56,6 @@ class Checkpoint:
     seq: int
     pages: PageSet
     devices: bytes
-    requested_at: float  # monotonic: CHECKPOINT_REQUEST arrived
     paused_at: float  # our CHECKPOINT_REPLY left: QEMU stops the VM on it
     stopped_at: float  # VMSTATE_SEND arrived: the VM is stopped, its disk drained and flushed
     received_at: float  # device blob complete
@@ -84,7 +83,6 @@ class ColoEndpoint:
 
     def next_checkpoint(self, pages: PageSet | None = None) -> Checkpoint:
         read_message(self.r, Colo.CHECKPOINT_REQUEST)
-        requested = time.monotonic()
         self.conn.sendall(message(Colo.CHECKPOINT_REPLY))
         # From here the VM is stopping (vm_stop: vCPUs out, disk requests drained and
         # flushed): the guest's pause counts from the reply, not from VMSTATE_SEND.
@@ -101,7 +99,7 @@ class ColoEndpoint:
         devices = self.r.bytes(size)
         pages.own(self.r.pool, self.r.detach())
         self.seq += 1
-        return Checkpoint(self.seq, pages, devices, requested, paused, stopped,
+        return Checkpoint(self.seq, pages, devices, paused, stopped,
                           time.monotonic(), self.r.offset - start)
 
     def ack(self) -> float:
