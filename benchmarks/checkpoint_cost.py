@@ -4,15 +4,22 @@ loop, migration), the time the VM stood still and TPS, normalized to the unprote
 same invocation. Needs root. Run:
     .venv/bin/python benchmarks/checkpoint_cost.py [--modes unprotected,served,nooc:10000,
         nooc:25,nooc:100,nooc:250,cp:100,remus:100] [--seconds 20]
-        [--workloads tpcb,select-only] [--perf DIR] [--rtt]
+        [--workloads tpcb,select-only] [--repeat N] [--perf DIR] [--rtt] [--sched]
 
 Modes: `unprotected` a plain VM on the tap; `served` the VM through the disk server and the
 net relay, no standby (so no checkpoint); `nooc:MS` checkpoints every MS without output commit
 (what the checkpoints alone cost); `cp:MS` commit protection; `remus:MS` output commit, cp off.
-`--perf DIR` profiles QEMU (perf record -e cpu-clock -g at 250 Hz) and the primary daemon
-(py-spy) during the first workload of every mode: the profilers cost the guest (more under
-checkpoints), so take TPS from a run without them. `--rtt` pings the guest every 5 ms during
-the first workload and bins the echo RTT by the time since the last checkpoint's resume.
+`--perf DIR` profiles QEMU (perf record -e cpu-clock -g at 250 Hz) and both daemons (py-spy)
+during the first workload of every mode: the profilers cost the guest (more under checkpoints),
+so take TPS from a run without them. `--rtt` pings the guest every 5 ms during the first
+workload and bins the echo RTT by the time since the last checkpoint's resume.
+`--sched` records the scheduler's events during the first workload and says, by time since the
+last resume, how long the vCPU threads ran, waited runnable for a host CPU, or slept, and who
+held the host's CPUs (benchmarks/_sched.py).
+`--repeat N` runs the modes N times, interleaved (all modes, then all again): the unprotected
+TPC-B baseline alone varies by a third from one VM to the next here, so a ratio from one pair of
+runs can mislead either way; each row is then the run with the median TPS, and the ratio is of
+the medians.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import _sched
 from benchmarks._common import save
 from remusdb.checkpoint.status import read_status
 from remusdb.config import Config
@@ -233,6 +241,7 @@ def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -
             if target.status else None
         g0 = guest_cpu(target.agent)
         ping = start_ping(lab, args.seconds) if args.rtt and i == 0 else None
+        sched = start_sched(args, target, i)
         a, w0 = sample(roles, target.qemu), time.time()
         report = pgbench_run(lab, "-n", "-T", str(args.seconds), *extra,
                              timeout=args.seconds + 600)
@@ -251,11 +260,46 @@ def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -
         if rtt is not None:
             out[name]["echo_rtt_p50_ms_after_resume"] = rtt
             print(f"{mode} {name}: echo RTT p50 (ms) by time after a resume: {rtt}")
+        if sched is not None:
+            out[name]["scheduler"] = finish_sched(sched, roles, target)
+            _sched.show(f"{mode} {name}", out[name]["scheduler"])
     return out
 
 
+@dataclass
+class SchedRecording:
+    proc: subprocess.Popen
+    data: Path
+    offset: float  # time.time() - time.monotonic(): perf records on CLOCK_MONOTONIC
+
+
+def start_sched(args, target: Target, i: int) -> SchedRecording | None:
+    """Scheduler events on every CPU during the first workload (--sched)."""
+    if not args.sched or i != 0 or not shutil.which("perf"):
+        return None
+    data = Path(tempfile.mkdtemp(prefix="remusdb-sched-")) / "sched.data"
+    offset = time.time() - time.monotonic()
+    return SchedRecording(_sched.record(data, min(10, args.seconds)), data, offset)
+
+
+def finish_sched(rec: SchedRecording, roles: dict[int, str], target: Target) -> dict:
+    rec.proc.wait()
+    try:
+        role_of = {}
+        for pid, role in roles.items():  # every thread of every process, by its role
+            try:
+                role_of.update({int(t): role for t in os.listdir(f"/proc/{pid}/task")})
+            except FileNotFoundError:
+                pass
+        resumes = np.loadtxt(target.trace, delimiter=",", ndmin=2)[:, 0] \
+            if target.trace and target.trace.exists() else None
+        return _sched.analyze(_sched.script(rec.data), role_of, resumes, rec.offset)
+    finally:
+        shutil.rmtree(rec.data.parent, ignore_errors=True)
+
+
 def start_profilers(perf_dir: Path, target: Target, mode: str, name: str) -> list:
-    """perf on QEMU, py-spy on the primary daemon, for the first part of the workload."""
+    """perf on QEMU, py-spy on both daemons, for the first part of the workload."""
     secs = "10"
     procs = []
     tag = f"{mode.replace(':', '-')}-{name}"
@@ -265,12 +309,13 @@ def start_profilers(perf_dir: Path, target: Target, mode: str, name: str) -> lis
              str(target.qemu), "-o", str(perf_dir / f"{tag}.perf.data"), "--", "sleep", secs],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    daemon = target.roles.get("primary daemon")
-    if daemon and Path(spy).exists():
-        procs.append(subprocess.Popen(
-            [spy, "record", "-d", secs, "-r", "100", "-p", str(daemon), "-f", "raw", "-o",
-             str(perf_dir / f"{tag}.pyspy.txt"), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for role in ("primary daemon", "standby daemon"):
+        daemon = target.roles.get(role)
+        if daemon and Path(spy).exists():
+            procs.append(subprocess.Popen(
+                [spy, "record", "-d", secs, "-r", "100", "-p", str(daemon), "-f", "raw", "-o",
+                 str(perf_dir / f"{tag}.{role.split()[0]}.pyspy.txt"), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
 
 
@@ -345,6 +390,9 @@ def show(rows: dict, ref: dict) -> None:
                   f"{m.get('pause_ms_p50', 0):7.1f}{m.get('stopping_ms_p50', 0):6.1f}"
                   f"{m.get('reading_ms_p50', 0):6.1f}  "
                   + " ".join(f"{k} {v:.2f}" for k, v in m.get("guest_cpu", {}).items() if v))
+            if len(m.get("tps_runs", ())) > 1:
+                print(f"{'':26s}TPS of each run: "
+                      + ", ".join(f"{t:.1f}" for t in m["tps_runs"] if t is not None))
 
 
 def main() -> None:
@@ -352,8 +400,12 @@ def main() -> None:
     ap.add_argument("--modes", default=DEFAULT_MODES)
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=1, help="run the modes N times, interleaved")
     ap.add_argument("--scale", type=int, default=1)
-    ap.add_argument("--perf", metavar="DIR", help="profile QEMU and the primary daemon")
+    ap.add_argument("--perf", metavar="DIR", help="profile QEMU and both daemons")
+    ap.add_argument("--sched", action="store_true",
+                    help="scheduler events during the first workload: where the vCPUs' time "
+                         "goes by time after a resume (perf, sched_switch)")
     ap.add_argument("--rtt", action="store_true",
                     help="ping the guest during the first workload: RTT by time after a resume")
     args = ap.parse_args()
@@ -364,18 +416,33 @@ def main() -> None:
     if perf_dir:
         perf_dir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="remusdb-cost-", dir="/dev/shm"))
-    rows: dict = {}
+    runs: dict[str, list[dict]] = {}
     try:
         with Lab() as lab:
             lab.add_tap("primary")
-            for mode in args.modes.split(","):
-                rows[mode] = measure(lab, base, mode, args, perf_dir)
-                print(f"{mode}: " + ", ".join(f"{w} {m['tps']} TPS"
-                                              for w, m in rows[mode].items()), flush=True)
+            for r in range(args.repeat):
+                (base / str(r)).mkdir()
+                for mode in args.modes.split(","):
+                    got = measure(lab, base / str(r), mode, args, perf_dir if r == 0 else None)
+                    runs.setdefault(mode, []).append(got)
+                    print(f"{mode} (run {r + 1}/{args.repeat}): " + ", ".join(
+                        f"{w} {m['tps']} TPS" for w, m in got.items()), flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    rows = {mode: median_runs(got) for mode, got in runs.items()}
     show(rows, rows.get("unprotected", {}))
-    save("checkpoint_cost", {"seconds": args.seconds, "scale": args.scale, "modes": rows})
+    save("checkpoint_cost", {"seconds": args.seconds, "scale": args.scale,
+                             "repeat": args.repeat, "modes": rows})
+
+
+def median_runs(runs: list[dict]) -> dict:
+    """Per workload, the run with the median TPS, and every run's TPS beside it."""
+    out = {}
+    for w in runs[0]:
+        ranked = sorted((r[w] for r in runs), key=lambda m: m.get("tps") or 0)
+        out[w] = {**ranked[(len(ranked) - 1) // 2],
+                  "tps_runs": [r[w].get("tps") for r in runs]}
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""benchmarks/_sched.py: vCPU states and CPU occupants from scheduler events, binned by the
+time since a checkpoint's resume (synthetic `perf script` lines)."""
+
+import numpy as np
+
+from benchmarks import _sched
+
+
+def switch(cpu, t, prev, prev_pid, state, nxt, next_pid):
+    return (f"{prev:>16s} {prev_pid}/{prev_pid} [{cpu:03d}] {t:.6f}: sched:sched_switch: "
+            f"prev_comm={prev} prev_pid={prev_pid} prev_prio=120 prev_state={state} ==> "
+            f"next_comm={nxt} next_pid={next_pid} next_prio=120")
+
+
+def wakeup(cpu, t, comm, pid):
+    return (f"{'swapper/0':>16s} 0/0 [{cpu:03d}] {t:.6f}: sched:sched_wakeup: "
+            f"comm={comm} pid={pid} prio=120 target_cpu={cpu:03d}")
+
+
+# One CPU. A resume at t=1.000 (wall clock 101.000 with offset 100): the daemon (pid 50) runs
+# the first 4 ms while the vCPU (pid 7), preempted, waits; the vCPU then runs 16 ms, sleeps
+# 10 ms (the idle task runs), is woken and runs to the end.
+LINES = [
+    switch(0, 0.990, "swapper/0", 0, "R", "CPU 0/TCG", 7),
+    switch(0, 1.000, "CPU 0/TCG", 7, "R", "python3", 50),
+    switch(0, 1.004, "python3", 50, "S", "CPU 0/TCG", 7),
+    switch(0, 1.020, "CPU 0/TCG", 7, "S", "swapper/0", 0),
+    wakeup(0, 1.030, "CPU 0/TCG", 7),
+    switch(0, 1.030, "swapper/0", 0, "R", "CPU 0/TCG", 7),
+    switch(0, 1.040, "CPU 0/TCG", 7, "R", "swapper/0", 0),
+]
+
+
+def test_vcpu_states_and_occupants_by_time_after_resume():
+    out = _sched.analyze(LINES, {50: "primary daemon"}, np.array([101.0]), offset=100.0)
+    assert out["seconds"] == 0.05
+    after = out["after_resume"]
+    v, cpu = after["vcpu_s_per_s"], after["cpu_s_per_s"]
+    # one resume: each slice's seconds over its own width
+    assert v["wait"]["0-5 ms"] == 0.8  # 4 of 5 ms runnable behind the daemon
+    assert v["run"]["0-5 ms"] == 0.2 and v["run"]["5-10 ms"] == 1.0
+    assert v["sleep"]["20-30 ms"] == 1.0 and v["run"]["20-30 ms"] == 0.0
+    assert v["run"]["30-50 ms"] == 0.5
+    assert cpu["primary daemon"]["0-5 ms"] == 0.8
+    assert cpu["idle"]["20-30 ms"] == 1.0
+    assert out["vcpu_s_per_s"]["sleep"] == round(0.010 / 0.05, 3)
+
+
+def test_intervals_split_at_each_resume():
+    resumes = np.array([0.0, 0.1])
+    got = _sched.binned([(0.095, 0.107)], resumes)
+    # 5 ms at 95-100 ms after the first resume, 7 ms at 0-5 and 5-10 after the second
+    assert np.allclose(got, [0.005, 0.002, 0, 0, 0, 0, 0.005])
+
+
+def test_nothing_recorded_says_nothing():
+    assert _sched.analyze([], {}, None, 0.0) == {}
+    assert "after_resume" not in _sched.analyze(LINES, {}, None, 100.0)
