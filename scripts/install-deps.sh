@@ -7,7 +7,7 @@ PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 util-linux zstd
       postgresql-client postgresql-15 mariadb-client postgresql-server-dev-15 libkrb5-dev make gcc
       dpkg-dev patch ninja-build meson pkg-config flex bison libglib2.0-dev libpixman-1-dev
       libfdt-dev libslirp-dev python3-venv fio nbdkit nbdkit-plugin-python
-      etcd-server nftables iputils-arping linux-perf"
+      etcd-server nftables iputils-arping iputils-ping linux-perf"
 # The patched QEMU is built from Debian's source package: apt needs a deb-src entry.
 src=/etc/apt/sources.list.d/remusdb-debian-src.sources
 if ! grep -rqs '^Types: deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
