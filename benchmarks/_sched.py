@@ -152,6 +152,9 @@ def analyze(lines: Iterable[str], role_of: dict[int, str], resumes: np.ndarray |
 
 
 def show(mode: str, result: dict) -> None:
+    if not result.get("cpu_s_per_s"):
+        print(f"{mode}: no scheduler events ({result.get('error', 'none recorded')})")
+        return
     after = result.get("after_resume")
     print(f"{mode}: host CPU s/s {result.get('cpu_s_per_s')}; vCPU s/s "
           f"{result.get('vcpu_s_per_s')}")

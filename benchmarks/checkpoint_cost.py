@@ -18,8 +18,8 @@ last resume, how long the vCPU threads ran, waited runnable for a host CPU, or s
 held the host's CPUs (benchmarks/_sched.py).
 `--repeat N` runs the modes N times, interleaved (all modes, then all again): the unprotected
 TPC-B baseline alone varies by a third from one VM to the next here, so a ratio from one pair of
-runs can mislead either way; each row is then the run with the median TPS, and the ratio is of
-the medians.
+runs can mislead either way; each row is then the run with the median TPS (the lower middle one
+for an even N), and the ratio is of the medians.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ class SchedRecording:
 
 def start_sched(args, target: Target, i: int) -> SchedRecording | None:
     """Scheduler events on every CPU during the first workload (--sched)."""
-    if not args.sched or i != 0 or not shutil.which("perf"):
+    if not args.sched or i != 0:
         return None
     data = Path(tempfile.mkdtemp(prefix="remusdb-sched-")) / "sched.data"
     offset = time.time() - time.monotonic()
@@ -293,7 +293,11 @@ def finish_sched(rec: SchedRecording, roles: dict[int, str], target: Target) -> 
                 pass
         resumes = np.loadtxt(target.trace, delimiter=",", ndmin=2)[:, 0] \
             if target.trace and target.trace.exists() else None
-        return _sched.analyze(_sched.script(rec.data), role_of, resumes, rec.offset)
+        try:
+            lines = _sched.script(rec.data)
+        except subprocess.CalledProcessError as e:  # a long run's other numbers still count
+            return {"error": f"perf script: {(e.stderr or '').strip()[:200]}"}
+        return _sched.analyze(lines, role_of, resumes, rec.offset)
     finally:
         shutil.rmtree(rec.data.parent, ignore_errors=True)
 
@@ -410,6 +414,10 @@ def main() -> None:
                     help="ping the guest during the first workload: RTT by time after a resume")
     args = ap.parse_args()
     args.workloads = args.workloads.split(",")
+    if args.repeat < 1 or args.seconds < 1:
+        ap.error("--repeat and --seconds must be at least 1")
+    if args.sched and not shutil.which("perf"):
+        ap.error("--sched needs perf (scripts/install-deps.sh installs linux-perf)")
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, the VM)")
     perf_dir = Path(args.perf) if args.perf else None

@@ -56,3 +56,11 @@ def test_intervals_split_at_each_resume():
 def test_nothing_recorded_says_nothing():
     assert _sched.analyze([], {}, None, 0.0) == {}
     assert "after_resume" not in _sched.analyze(LINES, {}, None, 100.0)
+
+
+def test_show_says_when_nothing_was_recorded(capsys):
+    _sched.show("nooc:100 tpcb", {"error": "perf script: no data"})
+    assert "no scheduler events (perf script: no data)" in capsys.readouterr().out
+    _sched.show("nooc:100 tpcb", _sched.analyze(LINES, {}, np.array([101.0]), 100.0))
+    out = capsys.readouterr().out
+    assert "vCPU wait" in out and "0-5 ms" in out
