@@ -1,7 +1,8 @@
 """Where a checkpointed VM's throughput goes: the same pgbench workloads on a fresh VM in each
 mode, with the CPU seconds per second of every process (and of every QEMU thread: vCPUs, main
-loop, migration), the time the VM stood still and TPS, normalized to the unprotected run of the
-same invocation. Needs root. Run:
+loop, migration), the time the VM stood still, the standby's ACK after a resume (`ack`, from
+the primary's status) and TPS, normalized to the unprotected run of the same invocation. Needs
+root. Run:
     .venv/bin/python benchmarks/checkpoint_cost.py [--modes unprotected,served,nooc:10000,
         nooc:25,nooc:100,nooc:250,cp:100,remus:100] [--seconds 20]
         [--workloads tpcb,select-only] [--repeat N] [--perf DIR] [--rtt] [--sched]
@@ -190,7 +191,10 @@ def stall(target: Target, t0: float, t1: float, clock0: dict | None) -> dict:
         if rows.shape[1] > 7:
             out["stopping_ms_p50"] = round(float(np.median(rows[:, 6])), 2)
             out["reading_ms_p50"] = round(float(np.median(rows[:, 7])), 2)
-    clock1 = (read_status(target.status) or {}).get("guest_clock") if target.status else None
+    now = (read_status(target.status) or {}) if target.status else {}
+    clock1 = now.get("guest_clock")
+    if now.get("ack_ms"):  # the status's window: the last 1000 epochs, this workload's mostly
+        out["ack_ms_p50"] = now["ack_ms"].get("p50")
     if clock0 and clock1 and "stepped_s" in clock1:
         lost = (clock1["stepped_s"] + (clock1["offset_s"] or 0)
                 - clock0["stepped_s"] - (clock0["offset_s"] or 0))
@@ -377,7 +381,7 @@ def show(rows: dict, ref: dict) -> None:
     print(f"\n{'mode':13s}{'workload':13s}{'TPS':>8s}{'ratio':>7s}{'host':>6s}{'steal':>6s}"
           f"{'QEMU':>6s}{'vCPUs':>7s}"
           f"{'main':>6s}{'migr':>6s}{'prim':>6s}{'stby':>6s}{'stall':>7s}{'clock':>7s}"
-          f"{'pause':>7s}{'stop':>6s}{'read':>6s}  guest CPU")
+          f"{'pause':>7s}{'stop':>6s}{'read':>6s}{'ack':>6s}  guest CPU")
     for mode, r in rows.items():
         for w, m in r.items():
             proc, th = m["cpu_s_per_s"]["process"], m["cpu_s_per_s"]["qemu_thread"]
@@ -392,7 +396,7 @@ def show(rows: dict, ref: dict) -> None:
                   f"{proc.get('primary daemon', 0):6.2f}{proc.get('standby daemon', 0):6.2f}"
                   f"{m.get('stall_s_per_s', 0):7.3f}{m.get('guest_clock_lost_s_per_s', 0):7.3f}"
                   f"{m.get('pause_ms_p50', 0):7.1f}{m.get('stopping_ms_p50', 0):6.1f}"
-                  f"{m.get('reading_ms_p50', 0):6.1f}  "
+                  f"{m.get('reading_ms_p50', 0):6.1f}{m.get('ack_ms_p50') or 0:6.1f}  "
                   + " ".join(f"{k} {v:.2f}" for k, v in m.get("guest_cpu", {}).items() if v))
             if len(m.get("tps_runs", ())) > 1:
                 print(f"{'':26s}TPS of each run: "

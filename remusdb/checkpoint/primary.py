@@ -231,7 +231,8 @@ class PrimaryDaemon:
                 return
             out.resumed_at = endpoint.ack()
             self.captured = ck.seq
-            self.metrics.captured(out.pause_ms, ck.pages.pages, ck.stream_bytes)
+            self.metrics.captured(out.pause_ms, ck.pages.pages, ck.stream_bytes, ck.seq,
+                                  out.resumed_at)
             for p in self.participants:
                 p.on_resume(out)
             if ck.seq % 10 == 0:
@@ -396,6 +397,7 @@ class PrimaryDaemon:
                 raise wire.WireError(f"ACK for epoch {f.epoch}: sent up to {self.sending}, "
                                      f"acknowledged up to {self.acked}")
             self.acked = f.epoch
+            self.metrics.acked(f.epoch, time.monotonic())
             if self.witness is not None:
                 self.witness.epoch = f.epoch
             for p in self.participants:

@@ -63,6 +63,9 @@ class PrimaryStatus(StatusDoc):
     epoch_acked: int = -1
     lag_epochs: int = 0
     pause_ms: dict = field(default_factory=dict)
+    # From the VM's resume to the standby's ACK of that epoch: how long held output waits
+    # beyond the epoch's end (CP's commit acknowledgements, all of Remus's output).
+    ack_ms: dict = field(default_factory=dict)
     dirty_pages: dict = field(default_factory=dict)
     bytes_per_epoch: dict = field(default_factory=dict)
     failure: str | None = None
@@ -82,8 +85,8 @@ class PrimaryStatus(StatusDoc):
         out = [f"  epoch captured {self.epoch_captured}, acked {self.epoch_acked} "
                f"(lag {self.lag_epochs}), interval {self.interval_ms} ms, link "
                f"{_link(self.link)}",
-               f"  pause ms {self.pause_ms}, dirty pages {self.dirty_pages}, "
-               f"bytes/epoch {self.bytes_per_epoch}"]
+               f"  pause ms {self.pause_ms}, ACK ms after resume {self.ack_ms}, dirty pages "
+               f"{self.dirty_pages}, bytes/epoch {self.bytes_per_epoch}"]
         comp = self.compression
         if comp.get("mode", "off") != "off":
             cache = comp.get("cache", {})
@@ -244,18 +247,39 @@ class Window:
                 "max": round(float(vals.max()), 3)}
 
 
+MAX_UNACKED = 4096  # resume times kept for epochs the standby has not acknowledged yet
+
+
 class EpochMetrics:
     """The primary's per-epoch measurements: pauses, dirty pages, bytes, back-pressure."""
 
     def __init__(self):
         self.pause_ms, self.pages, self.stream_bytes = Window(), Window(), Window()
+        self.ack_ms = Window()
+        self._resumed: dict[int, float] = {}  # epoch -> monotonic resume, until its ACK
+        self._lock = threading.Lock()  # capture adds, the ACK reader takes
         self.totals = {"epochs": 0, "dirty_pages": 0, "sent_bytes": 0}  # after epoch 0
         self.backpressure = {"waits": 0, "waited_ms": 0.0}  # the VM held for a full queue
 
-    def captured(self, pause_ms: float, pages: int, stream_bytes: int) -> None:
+    def captured(self, pause_ms: float, pages: int, stream_bytes: int, epoch: int = -1,
+                 resumed_at: float | None = None) -> None:
         self.pause_ms.add(pause_ms)
         self.pages.add(pages)
         self.stream_bytes.add(stream_bytes)
+        if resumed_at is not None:
+            with self._lock:
+                if len(self._resumed) >= MAX_UNACKED:  # the standby is far behind
+                    self._resumed.pop(next(iter(self._resumed)))
+                self._resumed[epoch] = resumed_at
+
+    def acked(self, epoch: int, at: float) -> None:
+        """An ACK covers every epoch up to its own; the latency is the newest one's."""
+        with self._lock:
+            resumed = self._resumed.pop(epoch, None)
+            for older in [e for e in self._resumed if e < epoch]:
+                del self._resumed[older]
+        if resumed is not None:
+            self.ack_ms.add(max(0.0, at - resumed) * 1000)
 
     def sent(self, pages: int, nbytes: int) -> None:
         self.totals["sent_bytes"] += nbytes
@@ -268,6 +292,7 @@ class EpochMetrics:
 
     def fill(self, doc: PrimaryStatus) -> Any:
         doc.pause_ms = self.pause_ms.percentiles()
+        doc.ack_ms = self.ack_ms.percentiles()
         doc.dirty_pages = self.pages.percentiles()
         doc.bytes_per_epoch = self.stream_bytes.percentiles()
         doc.backpressure = {k: round(v, 1) for k, v in self.backpressure.items()}
