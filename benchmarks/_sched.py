@@ -2,7 +2,8 @@
 
 `perf record -e sched:sched_switch,sched:sched_wakeup` on the whole machine, then, per slice
 of time since a checkpoint's resume: how much each vCPU thread ran, waited runnable for a host
-CPU, or slept (the guest idle, or the VM paused), and who held the host's CPUs meanwhile. A
+CPU, or slept (the guest idle, the VM paused, or the thread blocked inside QEMU, e.g. on its big
+lock), and who held the host's CPUs meanwhile. A
 cheaper guest is not the only way to win: a vCPU that waits runnable lost its CPU to someone.
 The parsing and the binning are pure (tested on synthetic lines); `record()` runs perf.
 """
@@ -34,33 +35,40 @@ def is_vcpu(comm: str) -> bool:
 
 def record(out: Path, seconds: float) -> subprocess.Popen:
     """perf on every CPU for `seconds`, on CLOCK_MONOTONIC (this kernel's perf has no
-    realtime clock: pass time.time() - time.monotonic() to analyze())."""
-    return subprocess.Popen(["perf", "record", "-q", "-a", "-k", "mono", "-e", EVENTS, "-o",
-                             str(out), "--", "sleep", str(seconds)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    realtime clock: pass time.time() - time.monotonic() to analyze()); its errors go to
+    `<out>.log`."""
+    with open(out.with_name(out.name + ".log"), "wb") as err:
+        return subprocess.Popen(["perf", "record", "-q", "-a", "-k", "mono", "-e", EVENTS,
+                                 "-o", str(out), "--", "sleep", str(seconds)],
+                                stdout=subprocess.DEVNULL, stderr=err)
 
 
 def script(data: Path) -> list[str]:
     return subprocess.run(["perf", "script", "-i", str(data), "-F",
-                           "comm,pid,tid,cpu,time,event,trace"],
+                           "trace:comm,pid,tid,cpu,time,event,trace"],
                           capture_output=True, text=True, check=True).stdout.splitlines()
 
 
 class Timeline:
     """Intervals per host-CPU occupant (by role) and per vCPU state, from the events."""
 
-    def __init__(self, role_of: dict[int, str]):
-        self.role_of = role_of  # tid -> role; vCPUs are found by name, the idle task is 0
+    def __init__(self, role_of: dict[int, str], vcpus: set[int] | None = None):
+        self.role_of = role_of  # tid -> role; the idle task is 0
+        # The measured VM's vCPU threads (another VM's are "other"); None: any thread named so
+        self.vcpus = vcpus
         self.held: dict[int, tuple[int, str, float]] = {}  # cpu -> (tid, comm, since)
         self.occupancy: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.vcpu: dict[int, tuple[str, float]] = {}  # tid -> (state, since)
         self.states: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.first = self.last = None
 
+    def ours(self, tid: int, comm: str) -> bool:
+        return is_vcpu(comm) and (self.vcpus is None or tid in self.vcpus)
+
     def role(self, tid: int, comm: str) -> str:
         if tid == 0:
             return "idle"
-        if is_vcpu(comm):
+        if self.ours(tid, comm):
             return "vCPUs"
         return self.role_of.get(tid, "other")
 
@@ -86,14 +94,24 @@ class Timeline:
                 tid, comm, since = self.held[cpu]
                 self.occupancy[self.role(tid, comm)].append((since, t))
             self.held[cpu] = (nxt, next_comm, t)
-            if is_vcpu(prev_comm):  # preempted (R) it waits for a CPU; else it sleeps
+            if self.ours(prev, prev_comm):  # preempted (R) it waits for a CPU; else it sleeps
                 self._vcpu_to(prev, "wait" if prev_state.startswith("R") else "sleep", t)
-            if is_vcpu(next_comm):
+            if self.ours(nxt, next_comm):
                 self._vcpu_to(nxt, "run", t)
         elif event == "sched:sched_wakeup" and (w := _WAKEUP.search(rest)):
             tid = int(w.group(2))
-            if is_vcpu(w.group(1)) and self.vcpu.get(tid, ("sleep",))[0] == "sleep":
+            if self.ours(tid, w.group(1)) and self.vcpu.get(tid, ("sleep",))[0] == "sleep":
                 self._vcpu_to(tid, "wait", t)
+
+    def close(self) -> None:
+        """What still runs or waits when the recording ends counts up to its last event."""
+        if self.last is None:
+            return
+        for tid, comm, since in self.held.values():
+            self.occupancy[self.role(tid, comm)].append((since, self.last))
+        for state, since in self.vcpu.values():
+            self.states[state].append((since, self.last))
+        self.held, self.vcpu = {}, {}
 
 
 def binned(intervals: Iterable[tuple[float, float]], resumes: np.ndarray,
@@ -116,14 +134,15 @@ def binned(intervals: Iterable[tuple[float, float]], resumes: np.ndarray,
 
 
 def analyze(lines: Iterable[str], role_of: dict[int, str], resumes: np.ndarray | None,
-            offset: float) -> dict:
+            offset: float, vcpus: set[int] | None = None) -> dict:
     """CPU s/s by occupant and vCPU s/s by state, overall and per slice after a resume
     (`resumes` in time.time(); `offset` = time.time() - time.monotonic() when recorded)."""
-    tl = Timeline(role_of)
+    tl = Timeline(role_of, vcpus)
     for line in lines:
         tl.feed(line)
     if tl.first is None or tl.last is None or tl.last <= tl.first:
         return {}
+    tl.close()
     span = tl.last - tl.first
     out: dict = {
         "seconds": round(span, 2),
@@ -135,15 +154,17 @@ def analyze(lines: Iterable[str], role_of: dict[int, str], resumes: np.ndarray |
     if resumes is None or not len(resumes):
         return out
     mono = np.sort(np.asarray(resumes, float) - offset)
-    n = int(((mono >= tl.first) & (mono < tl.last)).sum())
-    if n == 0:
+    # Each slice over the time actually recorded in it: epochs shorter than the last slices
+    # (or cut by the recording's ends) must not read as vCPUs that did nothing.
+    exposure = binned([(tl.first, tl.last)], mono)
+    if not exposure.any():
         return out
-    width = np.diff(BINS_MS) / 1000 * n
     labels = [f"{a}-{b} ms" for a, b in zip(BINS_MS, BINS_MS[1:], strict=False)]
 
     def per_slice(intervals) -> dict:
-        return dict(zip(labels, np.round(binned(intervals, mono) / width, 2).tolist(),
-                        strict=True))
+        got = binned(intervals, mono)
+        return {k: (round(float(g / e), 2) if e > 0 else None)
+                for k, g, e in zip(labels, got, exposure, strict=True)}
     out["after_resume"] = {
         "cpu_s_per_s": {k: per_slice(v) for k, v in sorted(tl.occupancy.items())},
         "vcpu_s_per_s": {k: per_slice(tl.states[k]) for k in STATES},
@@ -165,4 +186,5 @@ def show(mode: str, result: dict) -> None:
     for kind in ("vcpu_s_per_s", "cpu_s_per_s"):
         for who, row in after[kind].items():
             name = f"vCPU {who}" if kind == "vcpu_s_per_s" else f"CPU: {who}"
-            print(f"  {name:22s}" + "".join(f"{v:10.2f}" for v in row.values()))
+            print(f"  {name:22s}" + "".join(f"{v:10.2f}" if v is not None else f"{'-':>10s}"
+                                            for v in row.values()))

@@ -1,7 +1,7 @@
 """Where a checkpointed VM's throughput goes: the same pgbench workloads on a fresh VM in each
 mode, with the CPU seconds per second of every process (and of every QEMU thread: vCPUs, main
-loop, migration), the time the VM stood still, the standby's ACK after a resume (`ack`, from
-the primary's status) and TPS, normalized to the unprotected run of the same invocation. Needs
+loop, migration), the time the VM stood still, the standby's ACK after a resume (`ack`, p50
+from the trace) and TPS, normalized to the unprotected run of the same invocation. Needs
 root. Run:
     .venv/bin/python benchmarks/checkpoint_cost.py [--modes unprotected,served,nooc:10000,
         nooc:25,nooc:100,nooc:250,cp:100,remus:100] [--seconds 20]
@@ -14,13 +14,13 @@ net relay, no standby (so no checkpoint); `nooc:MS` checkpoints every MS without
 during the first workload of every mode: the profilers cost the guest (more under checkpoints),
 so take TPS from a run without them. `--rtt` pings the guest every 5 ms during the first
 workload and bins the echo RTT by the time since the last checkpoint's resume.
-`--sched` records the scheduler's events during the first workload and says, by time since the
-last resume, how long the vCPU threads ran, waited runnable for a host CPU, or slept, and who
-held the host's CPUs (benchmarks/_sched.py).
+`--sched` records the scheduler's events in the first 10 s of the first workload and says, by
+time since the last resume, how long the vCPU threads ran, waited runnable for a host CPU, or
+slept, and who held the host's CPUs (benchmarks/_sched.py).
 `--repeat N` runs the modes N times, interleaved (all modes, then all again): the unprotected
-TPC-B baseline alone varies by a third from one VM to the next here, so a ratio from one pair of
-runs can mislead either way; each row is then the run with the median TPS (the lower middle one
-for an even N), and the ratio is of the medians.
+TPC-B baseline alone varies by more than a factor of two from one VM to the next here (65-146
+TPS), so a ratio from one pair of runs can mislead either way; each row is then the run with
+the median TPS (the lower middle one for an even N), and the ratio is of the medians.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 
 from benchmarks import _sched
 from benchmarks._common import save
+from remusdb.checkpoint.participants import acks_path
 from remusdb.checkpoint.status import read_status
 from remusdb.config import Config
 from remusdb.errors import RemusError
@@ -174,6 +175,22 @@ class Target:
     status: Path | None = None
 
 
+def ack_after_resume(trace: Path, rows: np.ndarray, t0: float, t1: float) -> float | None:
+    """p50 ms from an epoch's resume (the trace) to its ACK (`<trace>.acks`), for the epochs
+    resumed in [t0, t1]; an ACK that came before the resume counts as 0."""
+    path = acks_path(trace)
+    if not len(rows) or not path.exists():
+        return None
+    acks = np.loadtxt(path, delimiter=",", ndmin=2)
+    if not acks.size:
+        return None
+    acked_at = dict(zip(acks[:, 1].astype(int).tolist(), acks[:, 0].tolist(), strict=True))
+    waits = [max(0.0, acked_at[e] - t) * 1000
+             for t, e in zip(rows[:, 0].tolist(), rows[:, 1].astype(int).tolist(), strict=True)
+             if e in acked_at and t0 <= t <= t1]
+    return round(float(np.median(waits)), 2) if waits else None
+
+
 def stall(target: Target, t0: float, t1: float, clock0: dict | None) -> dict:
     """How long the VM stood still in [t0, t1] (wall time): from the primary's per-checkpoint
     trace, and as the guest saw it (the clock keeper's steps: its clock stops with the VM)."""
@@ -191,10 +208,10 @@ def stall(target: Target, t0: float, t1: float, clock0: dict | None) -> dict:
         if rows.shape[1] > 7:
             out["stopping_ms_p50"] = round(float(np.median(rows[:, 6])), 2)
             out["reading_ms_p50"] = round(float(np.median(rows[:, 7])), 2)
-    now = (read_status(target.status) or {}) if target.status else {}
-    clock1 = now.get("guest_clock")
-    if now.get("ack_ms"):  # the status's window: the last 1000 epochs, this workload's mostly
-        out["ack_ms_p50"] = now["ack_ms"].get("p50")
+    ack = ack_after_resume(target.trace, rows, t0, t1)
+    if ack is not None:
+        out["ack_ms_p50"] = ack
+    clock1 = (read_status(target.status) or {}).get("guest_clock") if target.status else None
     if clock0 and clock1 and "stepped_s" in clock1:
         lost = (clock1["stepped_s"] + (clock1["offset_s"] or 0)
                 - clock0["stepped_s"] - (clock0["offset_s"] or 0))
@@ -286,22 +303,36 @@ def start_sched(args, target: Target, i: int) -> SchedRecording | None:
     return SchedRecording(_sched.record(data, min(10, args.seconds)), data, offset)
 
 
+def _comm(pid: int, tid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def finish_sched(rec: SchedRecording, roles: dict[int, str], target: Target) -> dict:
     rec.proc.wait()
     try:
-        role_of = {}
+        role_of, vcpus = {}, set()
         for pid, role in roles.items():  # every thread of every process, by its role
             try:
-                role_of.update({int(t): role for t in os.listdir(f"/proc/{pid}/task")})
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
             except FileNotFoundError:
-                pass
+                continue
+            role_of.update(dict.fromkeys(tids, role))
+            if pid == target.qemu:  # this VM's vCPUs, not another VM's on the machine
+                vcpus |= {t for t in tids if _sched.is_vcpu(_comm(pid, t))}
         resumes = np.loadtxt(target.trace, delimiter=",", ndmin=2)[:, 0] \
             if target.trace and target.trace.exists() else None
+        if rec.proc.returncode:
+            log = rec.data.with_name(rec.data.name + ".log")
+            tail = log.read_text(errors="replace").strip()[-300:] if log.exists() else ""
+            return {"error": f"perf record exited {rec.proc.returncode}: {tail}"}
         try:
             lines = _sched.script(rec.data)
         except subprocess.CalledProcessError as e:  # a long run's other numbers still count
-            return {"error": f"perf script: {(e.stderr or '').strip()[:200]}"}
-        return _sched.analyze(lines, role_of, resumes, rec.offset)
+            return {"error": f"perf script: {(e.stderr or '').strip()[-300:]}"}
+        return _sched.analyze(lines, role_of, resumes, rec.offset, vcpus)
     finally:
         shutil.rmtree(rec.data.parent, ignore_errors=True)
 
@@ -420,6 +451,8 @@ def main() -> None:
     args.workloads = args.workloads.split(",")
     if args.repeat < 1 or args.seconds < 1:
         ap.error("--repeat and --seconds must be at least 1")
+    if args.perf and args.repeat > 1:
+        ap.error("--perf slows the runs it profiles: measure TPS with --repeat, profile apart")
     if args.sched and not shutil.which("perf"):
         ap.error("--sched needs perf (scripts/install-deps.sh installs linux-perf)")
     if os.geteuid() != 0:

@@ -200,18 +200,25 @@ class OutputCommit(Participant):
 
 
 class EpochTrace(Participant):
-    """Benchmarks and drills: one line per checkpoint — wall time, epoch, pause ms, dirty
-    pages, zero pages, stream bytes, and the parts of the pause: ms QEMU took to stop the VM,
-    ms from then until the epoch was read whole."""
+    """Benchmarks and drills: one line per checkpoint — wall time of the resume, epoch, pause
+    ms, dirty pages, zero pages, stream bytes, and the parts of the pause: ms QEMU took to stop
+    the VM, ms from then until the epoch was read whole. Beside it, `<path>.acks`: the wall
+    time of each ACK and its epoch."""
 
     def __init__(self, path: Path):
         self.file: TextIO | None = open(path, "a", buffering=1)  # line-buffered
+        self.acks: TextIO | None = open(acks_path(path), "a", buffering=1)
         self.lock = threading.Lock()
+
+    def on_ack(self, epoch: int) -> None:
+        with self.lock:
+            if self.acks is not None:
+                self.acks.write(f"{time.time():.6f},{epoch}\n")
 
     def on_resume(self, out: EpochOut) -> None:
         with self.lock:
             if self.file is not None:
-                self.file.write(f"{time.time():.3f},{out.number},{out.pause_ms:.3f},"
+                self.file.write(f"{time.time():.6f},{out.number},{out.pause_ms:.3f},"
                                 f"{out.pages.pages},{out.pages.zero_count},"
                                 f"{out.stream_bytes},"
                                 f"{(out.stopped_at - out.paused_at) * 1000:.3f},"
@@ -219,9 +226,14 @@ class EpochTrace(Participant):
 
     def on_stop(self, reason: str, vm_gone: bool = False) -> None:
         with self.lock:
-            if self.file is not None:
-                self.file.close()
-                self.file = None
+            for f in (self.file, self.acks):
+                if f is not None:
+                    f.close()
+            self.file = self.acks = None
+
+
+def acks_path(trace: Path) -> Path:
+    return trace.with_name(trace.name + ".acks")
 
 
 @dataclass

@@ -64,7 +64,8 @@ class PrimaryStatus(StatusDoc):
     lag_epochs: int = 0
     pause_ms: dict = field(default_factory=dict)
     # From the VM's resume to the standby's ACK of that epoch: how long held output waits
-    # beyond the epoch's end (CP's commit acknowledgements, all of Remus's output).
+    # beyond the resume (CP's commit acknowledgements, all of Remus's output; 0 if the ACK
+    # came first). Output from epoch k waits from its pause: the pause plus this.
     ack_ms: dict = field(default_factory=dict)
     dirty_pages: dict = field(default_factory=dict)
     bytes_per_epoch: dict = field(default_factory=dict)
@@ -258,6 +259,7 @@ class EpochMetrics:
         self.ack_ms = Window()
         self._resumed: dict[int, float] = {}  # epoch -> monotonic resume, until its ACK
         self._lock = threading.Lock()  # capture adds, the ACK reader takes
+        self._acked = -1  # the newest epoch acknowledged
         self.totals = {"epochs": 0, "dirty_pages": 0, "sent_bytes": 0}  # after epoch 0
         self.backpressure = {"waits": 0, "waited_ms": 0.0}  # the VM held for a full queue
 
@@ -266,20 +268,25 @@ class EpochMetrics:
         self.pause_ms.add(pause_ms)
         self.pages.add(pages)
         self.stream_bytes.add(stream_bytes)
-        if resumed_at is not None:
-            with self._lock:
-                if len(self._resumed) >= MAX_UNACKED:  # the standby is far behind
-                    self._resumed.pop(next(iter(self._resumed)))
-                self._resumed[epoch] = resumed_at
+        if resumed_at is None:
+            return
+        with self._lock:
+            if epoch <= self._acked:  # its ACK came before the resume (the VM was held)
+                self.ack_ms.add(0.0)
+                return
+            if len(self._resumed) >= MAX_UNACKED:  # the standby is far behind
+                self._resumed.pop(next(iter(self._resumed)))
+            self._resumed[epoch] = resumed_at
 
     def acked(self, epoch: int, at: float) -> None:
         """An ACK covers every epoch up to its own; the latency is the newest one's."""
         with self._lock:
+            self._acked = max(self._acked, epoch)
             resumed = self._resumed.pop(epoch, None)
             for older in [e for e in self._resumed if e < epoch]:
                 del self._resumed[older]
-        if resumed is not None:
-            self.ack_ms.add(max(0.0, at - resumed) * 1000)
+            if resumed is not None:
+                self.ack_ms.add(max(0.0, at - resumed) * 1000)
 
     def sent(self, pages: int, nbytes: int) -> None:
         self.totals["sent_bytes"] += nbytes

@@ -32,3 +32,11 @@ def test_a_standby_far_behind_does_not_grow_the_table(monkeypatch):
     for e in range(100):
         m.captured(5.0, 1, 1, epoch=e, resumed_at=float(e))
     assert len(m._resumed) == 8 and min(m._resumed) == 92
+
+
+def test_an_ack_before_the_resume_counts_as_no_wait():
+    m = EpochMetrics()
+    m.acked(1, 50.0)  # the epoch was queued and acknowledged while the VM was still held
+    m.captured(5.0, 1, 1, epoch=1, resumed_at=50.2)
+    assert m.ack_ms.count == 1 and m.fill(PrimaryStatus()).ack_ms["max"] == 0.0
+    assert not m._resumed
