@@ -89,7 +89,7 @@ def descendants(roots: dict[str, int]) -> dict[int, str]:
 
 
 def thread_job(comm: str) -> str:
-    if re.match(r"CPU \d+/(TCG|KVM)", comm):
+    if _sched.is_vcpu(comm):
         return "vcpus"
     return {"qemu-system-x86": "main loop", "live_migration": "migration",
             "colo compare": "migration"}.get(comm, "other")
@@ -229,6 +229,13 @@ def start_ping(lab, seconds: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
+def resume_times(trace: Path | None) -> np.ndarray | None:
+    """Wall time of each checkpoint's resume (the trace's first column)."""
+    if trace is None or not trace.exists():
+        return None
+    return np.loadtxt(trace, delimiter=",", ndmin=2)[:, 0]
+
+
 def rtt_after_resume(ping_out: str, trace: Path | None) -> dict:
     """Echo RTT p50 by how long after a checkpoint's resume the echo was sent: how far past
     the pause a checkpoint slows the guest's answers."""
@@ -236,9 +243,9 @@ def rtt_after_resume(ping_out: str, trace: Path | None) -> dict:
         r"\[([\d.]+)\].*time=([\d.]+) ms", ping_out)]).reshape(-1, 2)
     if not len(pings):
         return {}
-    if trace is None or not trace.exists():
+    resumed = resume_times(trace)
+    if resumed is None:
         return {"all": round(float(np.median(pings[:, 1])), 2)}
-    resumed = np.loadtxt(trace, delimiter=",", ndmin=2)[:, 0]
     sent = pings[:, 0] - pings[:, 1] / 1000
     idx = np.searchsorted(resumed, sent) - 1
     since, rtt = (sent - resumed[np.maximum(idx, 0)])[idx >= 0] * 1000, pings[idx >= 0, 1]
@@ -282,7 +289,8 @@ def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -
             out[name]["echo_rtt_p50_ms_after_resume"] = rtt
             print(f"{mode} {name}: echo RTT p50 (ms) by time after a resume: {rtt}")
         if sched is not None:
-            out[name]["scheduler"] = finish_sched(sched, roles, target)
+            vcpus = {tid for tid, (job, _) in b.qemu_threads.items() if job == "vcpus"}
+            out[name]["scheduler"] = finish_sched(sched, roles, vcpus, target.trace)
             _sched.show(f"{mode} {name}", out[name]["scheduler"])
     return out
 
@@ -303,27 +311,18 @@ def start_sched(args, target: Target, i: int) -> SchedRecording | None:
     return SchedRecording(_sched.record(data, min(10, args.seconds)), data, offset)
 
 
-def _comm(pid: int, tid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-    except FileNotFoundError:
-        return ""
-
-
-def finish_sched(rec: SchedRecording, roles: dict[int, str], target: Target) -> dict:
+def finish_sched(rec: SchedRecording, roles: dict[int, str], vcpus: set[int],
+                 trace: Path | None) -> dict:
+    """`vcpus`: this VM's vCPU threads (another VM's on the machine count as "other")."""
     rec.proc.wait()
     try:
-        role_of, vcpus = {}, set()
+        role_of = {}
         for pid, role in roles.items():  # every thread of every process, by its role
             try:
-                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+                role_of.update(dict.fromkeys(map(int, os.listdir(f"/proc/{pid}/task")), role))
             except FileNotFoundError:
                 continue
-            role_of.update(dict.fromkeys(tids, role))
-            if pid == target.qemu:  # this VM's vCPUs, not another VM's on the machine
-                vcpus |= {t for t in tids if _sched.is_vcpu(_comm(pid, t))}
-        resumes = np.loadtxt(target.trace, delimiter=",", ndmin=2)[:, 0] \
-            if target.trace and target.trace.exists() else None
+        resumes = resume_times(trace)
         if rec.proc.returncode:
             log = rec.data.with_name(rec.data.name + ".log")
             tail = log.read_text(errors="replace").strip()[-300:] if log.exists() else ""

@@ -263,13 +263,11 @@ class EpochMetrics:
         self.totals = {"epochs": 0, "dirty_pages": 0, "sent_bytes": 0}  # after epoch 0
         self.backpressure = {"waits": 0, "waited_ms": 0.0}  # the VM held for a full queue
 
-    def captured(self, pause_ms: float, pages: int, stream_bytes: int, epoch: int = -1,
-                 resumed_at: float | None = None) -> None:
+    def captured(self, pause_ms: float, pages: int, stream_bytes: int, epoch: int,
+                 resumed_at: float) -> None:
         self.pause_ms.add(pause_ms)
         self.pages.add(pages)
         self.stream_bytes.add(stream_bytes)
-        if resumed_at is None:
-            return
         with self._lock:
             if epoch <= self._acked:  # its ACK came before the resume (the VM was held)
                 self.ack_ms.add(0.0)

@@ -67,6 +67,8 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         assert st["verify"]["differing_groups"] == 0, st["verify"]  # so 0 differing pages
         pst = read_status(run.primary_status)
         assert pst["state"] == "protected" and pst["dirty_pages"]["p50"] > 0
+        # the standby's ACKs, timed from each epoch's resume, in the real status
+        assert 0 < pst["ack_ms"]["p50"] <= pst["ack_ms"]["max"] < 10_000, pst["ack_ms"]
         # Verification is over (its 0.2 s hashing pauses cost the guest clock more than the
         # checkpoints do): after normal checkpoints under load, the guest keeps host time.
         time.sleep(3)
