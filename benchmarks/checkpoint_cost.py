@@ -17,6 +17,10 @@ workload and bins the echo RTT by the time since the last checkpoint's resume.
 `--sched` records the scheduler's events in the first 10 s of the first workload and says, by
 time since the last resume, how long the vCPU threads ran, waited runnable for a host CPU, or
 slept, and who held the host's CPUs (benchmarks/_sched.py).
+`--ab MS` compares within one VM: in each checkpointed mode the interval switches between the
+mode's own and MS every `--ab-period` seconds (`remusdb interval`) during the first workload,
+and the row `ab` gives the mean TPS of the seconds each interval ran and their ratio
+(benchmarks/_ab.py). The fairest measure of a checkpoint's cost here: same VM, same minute.
 `--repeat N` runs the modes N times, interleaved (all modes, then all again): the unprotected
 TPC-B baseline alone varies by more than a factor of two from one VM to the next here (65-146
 TPS), so a ratio from one pair of runs can mislead either way; each row is then the run with
@@ -32,13 +36,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import _sched
+from benchmarks import _ab, _sched
 from benchmarks._common import save
 from remusdb.checkpoint.participants import acks_path
 from remusdb.checkpoint.status import read_status
@@ -50,6 +55,7 @@ from remusdb.lab.daemons import Daemon, Protected, drop_images, wait_status, wri
 from remusdb.lab.layout import RunLayout
 from remusdb.lab.load import pgbench_run
 from remusdb.lab.net import VM_IP, Lab
+from remusdb.reprotect import control
 from remusdb.vm import launch
 
 WORKLOADS = {"tpcb": ["-c", "4"], "select-only": ["-S", "-c", "4"]}
@@ -173,6 +179,41 @@ class Target:
     agent: Path
     trace: Path | None = None
     status: Path | None = None
+    node: Path | None = None  # the primary node's directory (its control socket)
+    interval_ms: int | None = None
+
+
+class IntervalSwitcher(threading.Thread):
+    """--ab: the protected VM's interval switched between its own and `other` every `period`
+    seconds through the node's control socket, each switch's time noted after QEMU took it."""
+
+    def __init__(self, node: Path, own: int, other: int, period: float):
+        super().__init__(name="ab", daemon=True)
+        self.node, self.own, self.other, self.period = node, own, other, period
+        self.switches: list[tuple[float, int]] = [(time.time(), own)]
+        self.error: str | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        ms = self.other
+        while not self.halt.wait(self.period):
+            try:
+                control.request(self.node, "interval", interval_ms=ms)
+            except RemusError as e:
+                self.error = str(e)
+                return
+            self.switches.append((time.time(), ms))
+            ms = self.own if ms == self.other else self.other
+
+    def finish(self) -> None:
+        """Stop switching; the mode's own interval again for what follows."""
+        self.halt.set()
+        self.join()
+        if self.switches[-1][1] != self.own:
+            try:
+                control.request(self.node, "interval", interval_ms=self.own)
+            except RemusError as e:
+                self.error = self.error or str(e)
 
 
 def ack_after_resume(trace: Path, rows: np.ndarray, t0: float, t1: float) -> float | None:
@@ -270,10 +311,17 @@ def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -
         g0 = guest_cpu(target.agent)
         ping = start_ping(lab, args.seconds) if args.rtt and i == 0 else None
         sched = start_sched(args, target, i)
+        ab = IntervalSwitcher(target.node, target.interval_ms, args.ab, args.ab_period) \
+            if args.ab and i == 0 and target.node and target.interval_ms else None
         a, w0 = sample(roles, target.qemu), time.time()
+        if ab is not None:
+            ab.start()
         report = pgbench_run(lab, "-n", "-T", str(args.seconds), *extra,
+                             *(("-P", "1", "--progress-timestamp") if ab else ()),
                              timeout=args.seconds + 600)
         b, w1 = sample(roles, target.qemu), time.time()
+        if ab is not None:
+            ab.finish()
         g1 = guest_cpu(target.agent)
         rtt = rtt_after_resume(ping.communicate()[0], target.trace) if ping else None
         time.sleep(1.5)  # the status is published every 10 epochs
@@ -285,6 +333,12 @@ def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -
                      "latency_ms": float(lat.group(1)) if lat else None,
                      "cpu_s_per_s": cpu_per_s(a, b), "guest_cpu": guest_share(g0, g1),
                      **stall(target, w0, w1, clock0)}
+        if ab is not None:
+            assert target.interval_ms is not None  # an IntervalSwitcher needs it
+            out[name]["ab"] = {**_ab.summary(_ab.phases(_ab.seconds(report), ab.switches),
+                                             target.interval_ms, args.ab),
+                               "switches": len(ab.switches) - 1, "error": ab.error}
+            print(f"{mode} {name}: A/B in one VM: {out[name]['ab']}")
         if rtt is not None:
             out[name]["echo_rtt_p50_ms_after_resume"] = rtt
             print(f"{mode} {name}: echo RTT p50 (ms) by time after a resume: {rtt}")
@@ -403,7 +457,8 @@ def measure(lab, base: Path, mode: str, args, perf_dir: Path | None) -> dict:
         pid = qemu_pid(run)
         target = Target({"primary daemon": p.primary.proc.pid,
                          "standby daemon": p.standby.proc.pid, "qemu": pid}, pid,
-                        p.layout.primary_vm.agent, p.layout.primary_trace, p.primary_status)
+                        p.layout.primary_vm.agent, p.layout.primary_trace, p.primary_status,
+                        p.layout.role_dir("primary"), int(interval))
         return run_workloads(lab, target, args, perf_dir, mode)
 
 
@@ -444,12 +499,22 @@ def main() -> None:
     ap.add_argument("--sched", action="store_true",
                     help="scheduler events during the first workload: where the vCPUs' time "
                          "goes by time after a resume (perf, sched_switch)")
+    ap.add_argument("--ab", type=int, metavar="MS",
+                    help="in each checkpointed mode, switch its interval with MS every "
+                         "--ab-period seconds in the same VM and compare the two")
+    ap.add_argument("--ab-period", type=float, default=4.0, metavar="S")
     ap.add_argument("--rtt", action="store_true",
                     help="ping the guest during the first workload: RTT by time after a resume")
     args = ap.parse_args()
     args.workloads = args.workloads.split(",")
     if args.repeat < 1 or args.seconds < 1:
         ap.error("--repeat and --seconds must be at least 1")
+    if args.ab is not None and not 10 <= args.ab <= 10_000:
+        ap.error("--ab: an interval in 10..10000 ms")
+    if args.ab_period < 2:
+        ap.error("--ab-period: at least 2 s (each switch checkpoints and settles)")
+    if args.ab and args.seconds < 4 * args.ab_period:
+        ap.error("--ab needs --seconds of at least four periods")
     if args.perf and args.repeat > 1:
         ap.error("--perf slows the runs it profiles: measure TPS with --repeat, profile apart")
     if args.sched and not shutil.which("perf"):

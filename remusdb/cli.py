@@ -26,6 +26,18 @@ def _count(text: str) -> int:
     return n
 
 
+def _interval_ms(text: str) -> int:
+    """argparse type: a checkpoint interval within the config's bounds."""
+    lo, hi = configmod.INTERVAL_MS
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not lo <= n <= hi:
+        raise argparse.ArgumentTypeError(f"expected milliseconds in {lo}..{hi}, got {text!r}")
+    return n
+
+
 def cmd_image_build(args) -> int:
     from remusdb.image import builder
     img = builder.build(rebuild=args.rebuild)
@@ -134,31 +146,51 @@ def _start_as_standby(args, host: str) -> int:
                                protection.role_dir(cfg, host, args.run_dir), options)
 
 
-def cmd_node_request(args) -> int:
-    """reprotect / switchover: asked of the node that runs the VM."""
+def _primary_node(cfg, run_dir: str | None) -> tuple[str, Path]:
+    """The host whose node daemon runs the VM here, and its directory."""
     from remusdb import protection
     from remusdb.checkpoint.status import NodeStatus
     from remusdb.reprotect import control
-    cfg = configmod.load(args.config)
     for host in ("primary", "standby"):
-        d = protection.role_dir(cfg, host, args.run_dir)
+        d = protection.role_dir(cfg, host, run_dir)
         st = NodeStatus.read(d / NodeStatus.file_name())
         if st is not None and st.state.startswith("primary") and (d / control.NODE_SOCKET
                                                                    ).exists():
-            control.request(d, args.command)
-            if args.command == "reprotect":
-                print(f"reprotect: the node on host {host} tries its standby now")
-                return 0
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                st = NodeStatus.read(d / NodeStatus.file_name())
-                if st is not None and not st.state.startswith(("primary", "handing")):
-                    print(f"switchover: host {host} handed the VM over (term {st.term}); "
-                          "it is the standby now")
-                    return 0
-                time.sleep(0.2)
-            raise RemusError(f"switchover: host {host} still runs the VM after 60 s")
+            return host, d
     raise RemusError(f"no node daemon here runs VM {cfg.vm.name} as primary")
+
+
+def cmd_interval(args) -> int:
+    """A new checkpoint interval for the running protection session, without a restart."""
+    from remusdb.reprotect import control
+    cfg = configmod.load(args.config)
+    host, d = _primary_node(cfg, args.run_dir)
+    reply = control.request(d, "interval", interval_ms=args.ms)
+    print(f"interval: host {host} checkpoints every {args.ms} ms now (was "
+          f"{reply.failover.get('previous_ms')} ms); the config's "
+          f"{cfg.checkpoint.interval_ms} ms returns with the next protection session")
+    return 0
+
+
+def cmd_node_request(args) -> int:
+    """reprotect / switchover: asked of the node that runs the VM."""
+    from remusdb.checkpoint.status import NodeStatus
+    from remusdb.reprotect import control
+    cfg = configmod.load(args.config)
+    host, d = _primary_node(cfg, args.run_dir)
+    control.request(d, args.command)
+    if args.command == "reprotect":
+        print(f"reprotect: the node on host {host} tries its standby now")
+        return 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = NodeStatus.read(d / NodeStatus.file_name())
+        if st is not None and not st.state.startswith(("primary", "handing")):
+            print(f"switchover: host {host} handed the VM over (term {st.term}); "
+                  "it is the standby now")
+            return 0
+        time.sleep(0.2)
+    raise RemusError(f"switchover: host {host} still runs the VM after 60 s")
 
 
 def cmd_status(args) -> int:
@@ -342,6 +374,11 @@ def _add_daemons(sub) -> None:
         rq = sub.add_parser(name, help=text)
         _daemon_args(rq)
         rq.set_defaults(func=cmd_node_request)
+    iv = sub.add_parser("interval", help="checkpoint every MS milliseconds from now on, for "
+                        "the running protection session (no restart)")
+    _daemon_args(iv)
+    iv.add_argument("ms", type=_interval_ms, help="the new checkpoint interval (ms)")
+    iv.set_defaults(func=cmd_interval)
     st = sub.add_parser("status", help="protection state of a VM")
     _daemon_args(st)
     st.add_argument("--json", action="store_true")

@@ -242,9 +242,12 @@ class VMConfig:
         return f"52:54:00:{(h >> 16) & 0xFF:02x}:{(h >> 8) & 0xFF:02x}:{h & 0xFF:02x}"
 
 
+INTERVAL_MS = (10, 10_000)  # the checkpoint interval's bounds, in the config and live
+
+
 @dataclass
 class CheckpointConfig:
-    interval_ms: int = field(default=100, metadata={"check": _check_int(10, 10_000)})
+    interval_ms: int = field(default=100, metadata={"check": _check_int(*INTERVAL_MS)})
 
 
 @dataclass

@@ -32,7 +32,7 @@ from remusdb.checkpoint.state import PrimaryState, StateHolder
 from remusdb.checkpoint.status import EpochMetrics, PrimaryStatus, StatusFile
 from remusdb.checkpoint.stream.format import PAGE_SIZE, RamBlock, StreamError
 from remusdb.compression.compressor import Compressor
-from remusdb.config import Config
+from remusdb.config import INTERVAL_MS, Config
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest
@@ -85,6 +85,7 @@ class PrimaryDaemon:
         self.on_state = on_state  # the node daemon follows the session's states
         self.states = StateHolder(PrimaryState.STARTING, log, self._changed)
         self.metrics = EpochMetrics()
+        self.interval_ms = cfg.checkpoint.interval_ms  # `remusdb interval` changes it live
         self.captured = self.sent = self.acked = -1
         self.sending = -1  # the newest epoch whose frames started to leave: ACKs stop there
         self.failure: str | None = None
@@ -145,7 +146,7 @@ class PrimaryDaemon:
     def _handshake(self, conn: wire.Connection) -> None:
         hello: dict = {"session": self.session, "resumes": self.resumes,
                        "vm": self.cfg.vm.name, "term": self.term,
-                       "interval_ms": self.cfg.checkpoint.interval_ms, "disk_size": 0}
+                       "interval_ms": self.interval_ms, "disk_size": 0}
         for p in self.participants:
             hello.update(p.hello())
         try:
@@ -168,7 +169,7 @@ class PrimaryDaemon:
             self._link_lost("during the disk copy", e)
         mon = self.guest.monitor
         assert mon is not None  # the guest runs (QemuGuest.start) before protection starts
-        sock = start_migration(mon, self.run_dir / "colo.sock", self.cfg.checkpoint.interval_ms,
+        sock = start_migration(mon, self.run_dir / "colo.sock", self.interval_ms,
                                max(30.0, self.stall_timeout))
         endpoint = self.endpoint = ColoEndpoint(sock)
         t0 = time.monotonic()
@@ -278,6 +279,24 @@ class PrimaryDaemon:
                 except queue.Empty:
                     pass
         endpoint.conn.close()
+
+    def set_interval(self, ms: int) -> int:
+        """A new checkpoint interval for this session, at once (QEMU checkpoints now and then
+        every `ms`); the previous one. The config's value returns with the next session."""
+        lo, hi = INTERVAL_MS
+        if not lo <= ms <= hi:
+            raise RemusError(f"checkpoint interval {ms} ms is outside {lo}..{hi}")
+        with self._qmp_lock:
+            if self.states.current != PrimaryState.PROTECTED or self._handing_over:
+                raise RemusError(f"the interval changes on a protected VM (primary state "
+                                 f"{self.state})")
+            mon = self.guest.monitor
+            assert mon is not None  # protected: the guest runs
+            mon.execute("migrate-set-parameters", **{"x-checkpoint-delay": ms})
+            old, self.interval_ms = self.interval_ms, ms
+        log.info("checkpoint interval: %d -> %d ms", old, ms)
+        self._publish()
+        return old
 
     # Switchover
     def hand_over(self) -> None:
@@ -573,7 +592,7 @@ class PrimaryDaemon:
     def _publish(self) -> None:
         doc = PrimaryStatus(
             state=self.states.current.value,
-            vm=self.cfg.vm.name, interval_ms=self.cfg.checkpoint.interval_ms,
+            vm=self.cfg.vm.name, interval_ms=self.interval_ms,
             epoch_captured=self.captured, epoch_sent=self.sent, epoch_acked=self.acked,
             lag_epochs=max(0, self.captured - self.acked), failure=self.failure,
             queue=self.queue.qsize(), guest_clock=self.clock.summary(),

@@ -403,8 +403,16 @@ class NodeDaemon:
             return ControlReply(True, failover={"state": self.record.state.value})
         daemon = self.primary
         if self.record.state is not NodeState.PRIMARY_PROTECTED or daemon is None:
-            return ControlReply(False, f"switchover needs a protected primary (this host: "
+            return ControlReply(False, f"{req.cmd} needs a protected primary (this host: "
                                        f"{self.record.state.value})")
+        if req.cmd == "interval":
+            assert req.interval_ms is not None  # NodeRequest.from_json checked it
+            try:
+                old = daemon.set_interval(req.interval_ms)
+            except RemusError as e:  # the session ended meanwhile
+                return ControlReply(False, str(e))
+            return ControlReply(True, failover={"interval_ms": req.interval_ms,
+                                                "previous_ms": old})
         self.record.apply(Event.SWITCHOVER)
         try:
             daemon.hand_over()

@@ -55,7 +55,8 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
     try:
         wait_status(run.standby_status, lambda s: True, 60, "standby start", [standby])
         primary = Daemon(lab, "primary", ["protect", str(cfg), "--verify-every", "5",
-                                          "--verify-count", "22"], run.log("primary"))
+                                          "--verify-count", "22", "--trace",
+                                          str(run.primary_trace)], run.log("primary"))
         sb_status = run.standby_status
         wait_status(sb_status, lambda s: s["epoch_committed"] >= 1, 300, "first checkpoint",
                     [standby, primary])
@@ -82,6 +83,21 @@ def test_protect_verify_kill_primary_and_fail_over(lab, base):
         after = read_status(run.primary_status)["guest_clock"]
         assert after["steps"] == before["steps"] and abs(after["offset_s"]) < 0.1, (
             before, after)
+        # A live change of the interval reaches QEMU: 10 s, then 50 ms (the trace has a line
+        # per checkpoint).
+        def epochs_in(seconds: float) -> int:
+            n0 = len(run.primary_trace.read_text().splitlines())
+            time.sleep(seconds)
+            return len(run.primary_trace.read_text().splitlines()) - n0
+
+        r = cli(lab, "primary", "interval", str(cfg), "10000")
+        assert r.returncode == 0 and "every 10000 ms now (was 100 ms)" in r.stdout, r.stderr
+        assert read_status(run.primary_status)["interval_ms"] == 10_000  # published at once
+        time.sleep(1)  # the switch itself checkpoints at once
+        assert epochs_in(4) == 0
+        r = cli(lab, "primary", "interval", str(cfg), "50")
+        assert r.returncode == 0 and "(was 10000 ms)" in r.stdout, r.stderr
+        assert epochs_in(4) >= 10
         # Fenced manual failover: refused while the primary is still sending.
         r = cli(lab, "standby", "failover", str(cfg))
         assert r.returncode == 1 and "refusing: the primary is still sending" in r.stderr

@@ -1,0 +1,141 @@
+"""`remusdb interval`: a live change of the checkpoint interval, asked of the node's control
+socket, carried out by the primary daemon over QMP; and the within-VM A/B arithmetic that
+benchmarks/checkpoint_cost.py --ab builds on it."""
+
+import argparse
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import _ab
+from remusdb import cli
+from remusdb.checkpoint.control import ControlReply, ControlServer
+from remusdb.checkpoint.primary import PrimaryDaemon
+from remusdb.checkpoint.state import PrimaryState
+from remusdb.checkpoint.status import PrimaryStatus, read_status
+from remusdb.config import Config
+from remusdb.errors import RemusError
+from remusdb.reprotect import control
+from remusdb.reprotect.control import NODE_SOCKET, NodeRequest
+from tests.unit.linkpair import secure
+from tests.unit.test_participants import fake_guest
+
+
+# The request
+def test_an_interval_request_carries_a_bounded_whole_number_of_milliseconds():
+    assert NodeRequest.from_json({"cmd": "interval", "interval_ms": 250}) == \
+        NodeRequest("interval", 250)
+    for bad in (None, 9, 10_001, "100", 100.0, True):
+        with pytest.raises(ValueError, match="interval_ms"):
+            NodeRequest.from_json({"cmd": "interval", "interval_ms": bad})
+    with pytest.raises(ValueError, match="takes no interval_ms"):
+        NodeRequest.from_json({"cmd": "switchover", "interval_ms": 100})
+    assert NodeRequest.from_json({"cmd": "reprotect"}) == NodeRequest("reprotect")
+
+
+def test_the_cli_refuses_an_interval_outside_the_configs_bounds_before_asking_anyone():
+    for bad in ("9", "10001", "ten", "-5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="10..10000"):
+            cli._interval_ms(bad)
+    assert cli._interval_ms("10") == 10 and cli._interval_ms("10000") == 10_000
+
+
+def test_the_node_socket_carries_the_request_and_the_refusal(tmp_path):
+    seen = []
+
+    def handle(req: NodeRequest) -> ControlReply:
+        seen.append(req)
+        if req.interval_ms == 20:
+            return ControlReply(False, "interval needs a protected primary")
+        return ControlReply(True, failover={"interval_ms": req.interval_ms, "previous_ms": 100})
+
+    stopped = threading.Event()
+    server = ControlServer(tmp_path / NODE_SOCKET, NodeRequest.from_json, handle, stopped)
+    server.start()
+    try:
+        for _ in range(100):
+            if (tmp_path / NODE_SOCKET).exists():
+                break
+            threading.Event().wait(0.02)
+        reply = control.request(tmp_path, "interval", interval_ms=250)
+        assert reply.failover == {"interval_ms": 250, "previous_ms": 100}
+        with pytest.raises(RemusError, match="interval refused: interval needs a protected"):
+            control.request(tmp_path, "interval", interval_ms=20)
+        assert [r.interval_ms for r in seen] == [250, 20]
+    finally:
+        stopped.set()
+
+
+# The primary daemon's side
+class Qmp:
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+
+    def execute(self, cmd, **args):
+        self.calls.append((cmd, args))
+
+
+def primary_with(tmp_path, qmp: Qmp) -> PrimaryDaemon:
+    guest = fake_guest(SimpleNamespace(), tmp_path)
+    guest.monitor = qmp
+    return PrimaryDaemon(secure(Config(), tmp_path), guest, tmp_path, [],
+                         clock=SimpleNamespace(summary=dict))
+
+
+def test_a_protected_primary_tells_qemu_and_publishes_the_new_interval(tmp_path):
+    qmp = Qmp()
+    p = primary_with(tmp_path, qmp)
+    p.states.set(PrimaryState.SEEDING)
+    p.states.set(PrimaryState.PROTECTED)
+    assert p.set_interval(250) == 100
+    assert qmp.calls == [("migrate-set-parameters", {"x-checkpoint-delay": 250})]
+    assert read_status(tmp_path / PrimaryStatus.file_name())["interval_ms"] == 250
+    assert p.set_interval(100) == 250
+
+
+def test_no_interval_change_out_of_bounds_or_outside_protection(tmp_path):
+    qmp = Qmp()
+    p = primary_with(tmp_path, qmp)
+    with pytest.raises(RemusError, match="on a protected VM"):
+        p.set_interval(250)  # still starting: there is no COLO migration to tune
+    p.states.set(PrimaryState.SEEDING)
+    p.states.set(PrimaryState.PROTECTED)
+    with pytest.raises(RemusError, match="outside 10..10000"):
+        p.set_interval(5)
+    assert qmp.calls == [] and p.interval_ms == 100
+
+
+# The A/B arithmetic
+REPORT = """starting vacuum...end.
+progress: 1001.000 s, 50.0 tps, lat 80.0 ms stddev 10.0, 0 failed
+progress: 1002.000 s, 60.0 tps, lat 70.0 ms stddev 10.0, 0 failed
+progress: 1003.000 s, 90.0 tps, lat 40.0 ms stddev 10.0, 0 failed
+progress: 1004.000 s, 100.0 tps, lat 40.0 ms stddev 10.0, 0 failed
+progress: 1005.000 s, 40.0 tps, lat 90.0 ms stddev 10.0, 0 failed
+transaction type: <builtin: TPC-B (sort of)>
+tps = 68.0 (without initial connection time)
+"""
+
+
+def test_each_second_counts_for_the_interval_in_force_all_through_it():
+    per_second = _ab.seconds(REPORT)
+    assert per_second[0] == (1001.0, 50.0) and len(per_second) == 5
+    # 100 ms from 999.8; 10 s from 1001.9 (the second ending 1002 straddles it); back at 1004.2
+    switches = [(999.8, 100), (1001.9, 10_000), (1004.2, 100)]
+    by = _ab.phases(per_second, switches)
+    # 1000-1001: 100 ms since 0.2 s only (settling); 1001-1002 straddles; 1002-1003 and
+    # 1003-1004 are 10 s seconds, though 1002-1003 began 0.1 s after its switch: settling.
+    assert by == {10_000: [100.0]}
+    by = _ab.phases(per_second, switches, settle=0.0)
+    assert by == {100: [50.0], 10_000: [90.0, 100.0]}
+    s = _ab.summary(by, 100, 10_000)
+    assert s["100 ms"] == {"seconds": 1, "tps_mean": 50.0, "tps_median": 50.0}
+    assert s["10000 ms"]["tps_mean"] == 95.0 and s["ratio"] == round(50 / 95, 3)
+
+
+def test_an_interval_that_never_ran_a_whole_second_has_no_ratio():
+    s = _ab.summary({100: [50.0]}, 100, 10_000)
+    assert s["10000 ms"] == {"seconds": 0, "tps_mean": None, "tps_median": None}
+    assert s["ratio"] is None
+    assert _ab.phases([(5.0, 10.0)], [(6.0, 100)]) == {}  # before the first switch
