@@ -6,9 +6,13 @@ last committed checkpoint intact:
 1. `journal(epoch)` writes the whole epoch (checksummed wire frames) to journal/N.part, fsyncs,
    renames it to N.commit: from here on epoch N is committed (the daemon acknowledges it);
 2. `apply()` writes the pages into the RAM images and the device state, updates meta.json
-   (atomic rename) and deletes the journal;
+   (atomic rename) and retires the journal: renamed to journal/spare.part, whose blocks the
+   next epoch's journal overwrites (and truncates to its length) instead of allocating a new
+   file each epoch (2.0 ms against 0.3 ms per 4 MiB on tmpfs here; on a disk, no block
+   allocation and metadata to sync per epoch);
 3. `open()` after a crash replays a N.commit journal (page writes are idempotent) and drops
-   any .part. RAM images are therefore only ever written while a committed journal exists.
+   any .part (a spare among them). RAM images are therefore only ever written while a
+   committed journal exists.
 
 Epoch 0 (the initial full copy) has no previous checkpoint to protect and is applied directly;
 a session that would replace a committed checkpoint is received into a second store
@@ -58,6 +62,9 @@ def _fsync_dir(d: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+SPARE_JOURNAL = "spare.part"
 
 
 def private_dir(d: Path) -> Path:
@@ -356,11 +363,16 @@ class StandbyStore:
             raise EpochError(f"epoch {epoch.number} after committed {self.committed}")
         part = self.journal_dir / f"{epoch.number}.part"
         try:
-            with os.fdopen(_open_private(part, os.O_WRONLY | os.O_TRUNC), "wb") as f:
+            try:  # the last epoch's journal, its blocks already allocated
+                os.replace(self.journal_dir / SPARE_JOURNAL, part)
+            except FileNotFoundError:
+                pass
+            with os.fdopen(_open_private(part, os.O_WRONLY), "wb") as f:
                 for parts in epoch.frames:
                     for p in parts:
                         f.write(p)
                 f.flush()
+                f.truncate()  # no older frames after ours: replay reads to the end
                 os.fsync(f.fileno())
         except BaseException:
             part.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
@@ -414,7 +426,11 @@ class StandbyStore:
             _write_atomic(self.devices_path, epoch.devices)
         self.committed = epoch.number
         self._write_meta()
-        (self.journal_dir / f"{epoch.number}.commit").unlink(missing_ok=True)
+        try:  # retired: the next journal reuses its blocks (a .part: never replayed)
+            os.replace(self.journal_dir / f"{epoch.number}.commit",
+                       self.journal_dir / SPARE_JOURNAL)
+        except FileNotFoundError:
+            pass  # epoch 0 and replays of a journal already retired
 
     def check_refs(self, block: np.ndarray, index: np.ndarray, disk_block: np.ndarray) -> None:
         self.validate(block, index)

@@ -110,6 +110,33 @@ def test_store_commits_and_rejects_lies(tmp_path):
     assert np.array_equal(np.asarray(again.image(0)), expected(p0, p1))
 
 
+def test_a_retired_journal_is_reused_whole_and_never_replays_an_older_epochs_frames(tmp_path):
+    """The next journal overwrites the spare's blocks and cuts it to its own length: a long
+    epoch's frames must not survive behind a shorter one's, or a replay would apply them."""
+    st = StandbyStore(tmp_path / "s")
+    st.create(INFO, "s")
+    st.apply(epoch_with(0, {(0, i): 1 for i in range(256)}))
+    long = {(0, i): 2 for i in range(200)}
+    e1 = epoch_with(1, long)
+    st.journal(e1)
+    st.apply(e1)
+    spare = st.journal_dir / "spare.part"
+    assert [p.name for p in st.journal_dir.iterdir()] == ["spare.part"]
+    inode, size1 = spare.stat().st_ino, spare.stat().st_size
+    e2 = epoch_with(2, {(0, 7): 3})
+    st.journal(e2)  # committed, not applied: as if killed right after the ACK
+    commit = st.journal_dir / "2.commit"
+    assert commit.stat().st_ino == inode and not spare.exists()  # the same file, reused
+    assert commit.stat().st_size == sum(len(p) for parts in e2.frames for p in parts) < size1
+    st.close()
+    again = StandbyStore(tmp_path / "s")
+    again.open()  # replays 2.commit: page 7 only; pages 0..199 stay at epoch 1's 2
+    assert again.committed == 2
+    assert np.array_equal(np.asarray(again.image(0)),
+                          expected({(0, i): 1 for i in range(256)}, long, {(0, 7): 3}))
+    assert [p.name for p in again.journal_dir.iterdir()] == ["spare.part"]
+
+
 CHILD = r"""
 import sys, numpy as np
 sys.path.insert(0, {root!r})
@@ -144,7 +171,7 @@ def test_standby_killed_mid_apply_keeps_a_whole_checkpoint(tmp_path, stage, comm
     assert st.committed == committed
     want = np.full((256, PAGE_SIZE), committed + 1, np.uint8)
     assert np.array_equal(np.asarray(st.image(0)), want)
-    assert not list(st.journal_dir.iterdir())
+    assert {p.name for p in st.journal_dir.iterdir()} <= {"spare.part"}  # no journal left
 
 
 def test_compressed_epochs_journal_whole_pages_and_replay_after_a_partial_apply(tmp_path):
