@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from remusdb import __version__
+from remusdb import __version__, heap
 from remusdb import config as configmod
 from remusdb.drill.faults import FAULTS
 from remusdb.errors import RemusError
@@ -485,6 +485,7 @@ def setup_logging(verbosity: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose - args.quiet)
+    heap.keep_large_buffers()  # before any epoch's buffers: they stay mapped (remusdb/heap.py)
     try:
         return args.func(args)
     except RemusError as e:
