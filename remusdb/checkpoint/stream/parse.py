@@ -95,7 +95,8 @@ class RamParser:
             if current is not None:
                 if r.available() < _BULK_MIN:
                     r.fill_greedy(_BULK_TARGET)
-                if self._page_run(r, pages, current) or self._zero_run(r, pages, current):
+                if self._page_run(r, pages, current) or self._zero_run(r, pages, current) \
+                        or self._finish_cut_page(r):
                     continue
             word = r.u64()
             flags, addr = word & _FLAG_MASK, word & ~_FLAG_MASK
@@ -137,6 +138,22 @@ class RamParser:
         idx = np.ascontiguousarray(recs[:, :8]).view(">u8").ravel() >> _PAGE_SHIFT
         self._check_range(idx, r.offset)
         return run, idx, recs
+
+    @staticmethod
+    def _finish_cut_page(r: Reader) -> bool:
+        """A PAGE|CONTINUE record the last read cut short: read on to its end and go back to
+        the bulk path, instead of parsing it alone after every read (which cost more than
+        the bulk parse of all the other pages one read brings). Its header says how long it
+        is, so this never waits for bytes QEMU will not send."""
+        if r.available() >= _PAGE_RECORD:
+            return False
+        r.fill(8)  # every record has its 8-byte word
+        hdr = r.peek_array(8)
+        want = F_PAGE | F_CONTINUE
+        if hdr[7] != want & 0xFF or hdr[6] & 0x0F != want >> 8:
+            return False
+        r.fill(_PAGE_RECORD)
+        return True
 
     def _page_run(self, r: Reader, pages: PageSet, block: int) -> bool:
         found = self._run(r, _PAGE_RECORD, F_PAGE | F_CONTINUE)
