@@ -17,7 +17,7 @@ workload and bins the echo RTT by the time since the last checkpoint's resume.
 `--sched` records the scheduler's events in the first 10 s of the first workload and says, by
 time since the last resume, how long the vCPU threads ran, waited runnable for a host CPU, or
 slept, and who held the host's CPUs (benchmarks/_sched.py).
-`--ab MS` compares within one VM: in each checkpointed mode the interval switches between the
+`--ab MS` compares within one VM: in each `nooc:` mode the interval switches between the
 mode's own and MS every `--ab-period` seconds (`remusdb interval`) during the first workload,
 and the row `ab` gives the mean TPS of the seconds each interval ran and their ratio
 (benchmarks/_ab.py). The fairest measure of a checkpoint's cost here: same VM, same minute.
@@ -312,7 +312,8 @@ def run_workloads(lab, target: Target, args, perf_dir: Path | None, mode: str) -
         ping = start_ping(lab, args.seconds) if args.rtt and i == 0 else None
         sched = start_sched(args, target, i)
         ab = IntervalSwitcher(target.node, target.interval_ms, args.ab, args.ab_period) \
-            if args.ab and i == 0 and target.node and target.interval_ms else None
+            if args.ab and i == 0 and target.node and target.interval_ms and mode.startswith(
+                "nooc:") else None
         a, w0 = sample(roles, target.qemu), time.time()
         if ab is not None:
             ab.start()
@@ -500,8 +501,9 @@ def main() -> None:
                     help="scheduler events during the first workload: where the vCPUs' time "
                          "goes by time after a resume (perf, sched_switch)")
     ap.add_argument("--ab", type=int, metavar="MS",
-                    help="in each checkpointed mode, switch its interval with MS every "
-                         "--ab-period seconds in the same VM and compare the two")
+                    help="in each nooc: mode, switch its interval with MS every --ab-period "
+                         "seconds in the same VM and compare the two (with output commit, a "
+                         "long interval holds every reply: no reference)")
     ap.add_argument("--ab-period", type=float, default=4.0, metavar="S")
     ap.add_argument("--rtt", action="store_true",
                     help="ping the guest during the first workload: RTT by time after a resume")
