@@ -8,9 +8,10 @@ epoch can fault its buffers in again page by page: allocating and filling three 
 took 9.8 ms on this machine against 0.6 ms once they stay mapped (tests/unit/test_heap.py
 counts the faults). The standby daemon took ~1,100 minor faults a second under TPC-B at 100 ms
 before, none after; the primary's receive buffers were pooled already.
-Fixed thresholds keep them: up to 32 MiB per buffer is reused from the heap, and up to 128 MiB
-of freed heap stays mapped per arena. Larger buffers (the initial full copy) still come and go
-with their own mappings.
+Fixed thresholds keep them: buffers up to 32 MiB come from the heap, and a heap's free top is
+given back only past 128 MiB (freed space below live allocations stays mapped in any case), so
+a daemon holds on to a few epochs' worth of buffers per arena. Larger buffers (the initial full
+copy) still come and go with their own mappings.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class ControlReply:
     @classmethod
     def from_json(cls, d: object) -> ControlReply:
         if not isinstance(d, dict):
-            return cls(False, "no reply from the standby daemon")
+            return cls(False, "no reply from the daemon")
         rest = {k: v for k, v in d.items() if k not in ("ok", "error", "already")}
         return cls(bool(d.get("ok")), str(d.get("error", "")), bool(d.get("already")), rest)
 

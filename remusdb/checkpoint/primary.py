@@ -286,13 +286,19 @@ class PrimaryDaemon:
         lo, hi = INTERVAL_MS
         if not lo <= ms <= hi:
             raise RemusError(f"checkpoint interval {ms} ms is outside {lo}..{hi}")
-        with self._qmp_lock:
-            if self.states.current != PrimaryState.PROTECTED or self._handing_over:
-                raise RemusError(f"the interval changes on a protected VM (primary state "
-                                 f"{self.state})")
+        with self._qmp_lock:  # not over a failure or a handover _fail/hand_over just began
+            if self._handing_over:
+                raise RemusError("a switchover is ending this session")
+            if self.states.current != PrimaryState.PROTECTED or self.failure is not None:
+                raise RemusError(f"the interval changes on a protected VM (this session: "
+                                 f"{self.failure or self.state.value})")
             mon = self.guest.monitor
             assert mon is not None  # protected: the guest runs
-            mon.execute("migrate-set-parameters", **{"x-checkpoint-delay": ms})
+            try:
+                mon.execute("migrate-set-parameters", **{"x-checkpoint-delay": ms})
+            except Exception as e:  # qemu.qmp's errors, a timeout: one line for the operator
+                raise RemusError(f"QEMU did not take the interval: {type(e).__name__}: {e}"
+                                 ) from None
             old, self.interval_ms = self.interval_ms, ms
         log.info("checkpoint interval: %d -> %d ms", old, ms)
         self._publish()

@@ -69,10 +69,13 @@ def test_the_node_socket_carries_the_request_and_the_refusal(tmp_path):
 
 # The primary daemon's side
 class Qmp:
-    def __init__(self):
+    def __init__(self, error: Exception | None = None):
         self.calls: list[tuple[str, dict]] = []
+        self.error = error
 
     def execute(self, cmd, **args):
+        if self.error is not None:
+            raise self.error
         self.calls.append((cmd, args))
 
 
@@ -103,6 +106,24 @@ def test_no_interval_change_out_of_bounds_or_outside_protection(tmp_path):
     p.states.set(PrimaryState.PROTECTED)
     with pytest.raises(RemusError, match="outside 10..10000"):
         p.set_interval(5)
+    assert qmp.calls == [] and p.interval_ms == 100
+
+
+def test_no_interval_change_once_the_session_is_ending_or_qemu_fails(tmp_path):
+    qmp = Qmp()
+    p = primary_with(tmp_path, qmp)
+    p.states.set(PrimaryState.SEEDING)
+    p.states.set(PrimaryState.PROTECTED)
+    p.failure = "checkpoint stalled"  # _fail recorded it; the state changes later
+    with pytest.raises(RemusError, match="this session: checkpoint stalled"):
+        p.set_interval(250)
+    p.failure, p._handing_over = None, True
+    with pytest.raises(RemusError, match="a switchover is ending this session"):
+        p.set_interval(250)
+    p._handing_over = False
+    p.guest.monitor = Qmp(TimeoutError("no answer in 30 s"))
+    with pytest.raises(RemusError, match="QEMU did not take the interval: TimeoutError: no "):
+        p.set_interval(250)
     assert qmp.calls == [] and p.interval_ms == 100
 
 

@@ -3,7 +3,8 @@
 Only what a COLO primary sends with the capabilities remusdb enables is accepted; anything else
 (XBZRLE, compressed pages, unknown sections) is a StreamError naming the offset, never a
 silently wrong image. Runs of `PAGE|CONTINUE` records are taken in bulk (one strided view per
-socket read), so the receiver costs well under a microsecond per page.
+socket read, a record a read cut short read to its end first): 2.34 µs per page here against
+~1 µs for the raw reads of the same bytes (`benchmarks/receiver.py`).
 """
 
 from __future__ import annotations
