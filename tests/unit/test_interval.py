@@ -3,6 +3,7 @@ socket, carried out by the primary daemon over QMP; and the within-VM A/B arithm
 benchmarks/checkpoint_cost.py --ab builds on it."""
 
 import argparse
+import socket
 import threading
 from types import SimpleNamespace
 
@@ -54,10 +55,15 @@ def test_the_node_socket_carries_the_request_and_the_refusal(tmp_path):
     server = ControlServer(tmp_path / NODE_SOCKET, NodeRequest.from_json, handle, stopped)
     server.start()
     try:
-        for _ in range(100):
-            if (tmp_path / NODE_SOCKET).exists():
+        for _ in range(250):  # bound is not listening yet: wait until a connection is taken
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(tmp_path / NODE_SOCKET))
                 break
-            threading.Event().wait(0.02)
+            except OSError:
+                threading.Event().wait(0.02)
+            finally:
+                probe.close()
         reply = control.request(tmp_path, "interval", interval_ms=250)
         assert reply.failover == {"interval_ms": 250, "previous_ms": 100}
         with pytest.raises(RemusError, match="interval refused: interval needs a protected"):
