@@ -49,7 +49,7 @@ from benchmarks import _ab, _sched
 from benchmarks._common import save
 from remusdb.checkpoint.participants import acks_path
 from remusdb.checkpoint.status import read_status
-from remusdb.config import INTERVAL_MS, Config
+from remusdb.config import INTERVAL_BOUNDS, Config, interval_ok
 from remusdb.errors import RemusError
 from remusdb.hypervisor.agent import GuestAgent
 from remusdb.image import builder
@@ -521,9 +521,8 @@ def main() -> None:
     args.workloads = args.workloads.split(",")
     if args.repeat < 1 or args.seconds < 1:
         ap.error("--repeat and --seconds must be at least 1")
-    lo, hi = INTERVAL_MS
-    if args.ab is not None and not lo <= args.ab <= hi:
-        ap.error(f"--ab: an interval in {lo}..{hi} ms")
+    if args.ab is not None and not interval_ok(args.ab):
+        ap.error(f"--ab: an interval in {INTERVAL_BOUNDS} ms")
     if args.ab_period < 2:
         ap.error("--ab-period: at least 2 s (each switch checkpoints and settles)")
     if args.ab and args.seconds < 4 * args.ab_period:

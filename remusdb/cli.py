@@ -28,13 +28,13 @@ def _count(text: str) -> int:
 
 def _interval_ms(text: str) -> int:
     """argparse type: a checkpoint interval within the config's bounds."""
-    lo, hi = configmod.INTERVAL_MS
     try:
         n = int(text)
     except ValueError:
         n = -1
-    if not lo <= n <= hi:
-        raise argparse.ArgumentTypeError(f"expected milliseconds in {lo}..{hi}, got {text!r}")
+    if not configmod.interval_ok(n):
+        raise argparse.ArgumentTypeError(
+            f"expected milliseconds in {configmod.INTERVAL_BOUNDS}, got {text!r}")
     return n
 
 

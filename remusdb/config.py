@@ -243,6 +243,12 @@ class VMConfig:
 
 
 INTERVAL_MS = (10, 10_000)  # the checkpoint interval's bounds, in the config and live
+INTERVAL_BOUNDS = f"{INTERVAL_MS[0]}..{INTERVAL_MS[1]}"
+
+
+def interval_ok(ms: object) -> bool:
+    """A whole number of milliseconds within INTERVAL_MS (not a bool, not a float)."""
+    return type(ms) is int and INTERVAL_MS[0] <= ms <= INTERVAL_MS[1]
 
 
 @dataclass

@@ -17,7 +17,6 @@ copy) still come and go with their own mappings.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -29,9 +28,8 @@ TRIM_THRESHOLD = 128 << 20
 def keep_large_buffers() -> bool:
     """Set the thresholds once, early in the process; False where the C library has no
     mallopt (not glibc): nothing breaks, the buffers are just faulted in again."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the process's own symbols: no library search (find_library runs ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         log.debug("no mallopt in this C library: large buffers stay glibc-default")
         return False

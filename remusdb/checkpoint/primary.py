@@ -32,7 +32,7 @@ from remusdb.checkpoint.state import PrimaryState, StateHolder
 from remusdb.checkpoint.status import EpochMetrics, PrimaryStatus, StatusFile
 from remusdb.checkpoint.stream.format import PAGE_SIZE, RamBlock, StreamError
 from remusdb.compression.compressor import Compressor
-from remusdb.config import INTERVAL_MS, Config
+from remusdb.config import INTERVAL_BOUNDS, Config, interval_ok
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.hypervisor.qemu import RAM_BACKEND, QemuGuest
@@ -283,9 +283,8 @@ class PrimaryDaemon:
     def set_interval(self, ms: int) -> int:
         """A new checkpoint interval for this session, at once (QEMU checkpoints now and then
         every `ms`); the previous one. The config's value returns with the next session."""
-        lo, hi = INTERVAL_MS
-        if not lo <= ms <= hi:
-            raise RemusError(f"checkpoint interval {ms} ms is outside {lo}..{hi}")
+        if not interval_ok(ms):
+            raise RemusError(f"checkpoint interval {ms!r} ms is outside {INTERVAL_BOUNDS}")
         with self._qmp_lock:  # not over a failure or a handover _fail/hand_over just began
             if self._handing_over:
                 raise RemusError("a switchover is ending this session")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from remusdb.checkpoint.control import ControlReply, call
-from remusdb.config import INTERVAL_MS
+from remusdb.config import INTERVAL_BOUNDS, interval_ok
 from remusdb.errors import RemusError
 
 NODE_SOCKET = "node.sock"
@@ -27,9 +27,9 @@ class NodeRequest:
             raise ValueError(f"unknown command {cmd!r}")
         ms = d.get("interval_ms") if isinstance(d, dict) else None
         if cmd == "interval":
-            lo, hi = INTERVAL_MS
-            if type(ms) is not int or not lo <= ms <= hi:
-                raise ValueError(f"interval_ms must be an integer in {lo}..{hi}, not {ms!r}")
+            if not interval_ok(ms):
+                raise ValueError(f"interval_ms must be an integer in {INTERVAL_BOUNDS}, "
+                                 f"not {ms!r}")
         elif ms is not None:
             raise ValueError(f"{cmd} takes no interval_ms")
         return cls(cmd, ms)

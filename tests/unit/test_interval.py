@@ -5,6 +5,7 @@ benchmarks/checkpoint_cost.py --ab builds on it."""
 import argparse
 import socket
 import threading
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -51,26 +52,54 @@ def test_the_node_socket_carries_the_request_and_the_refusal(tmp_path):
             return ControlReply(False, "interval needs a protected primary")
         return ControlReply(True, failover={"interval_ms": req.interval_ms, "previous_ms": 100})
 
-    stopped = threading.Event()
-    server = ControlServer(tmp_path / NODE_SOCKET, NodeRequest.from_json, handle, stopped)
-    server.start()
-    try:
-        for _ in range(250):  # bound is not listening yet: wait until a connection is taken
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(str(tmp_path / NODE_SOCKET))
-                break
-            except OSError:
-                threading.Event().wait(0.02)
-            finally:
-                probe.close()
+    with node_socket(tmp_path, handle):
         reply = control.request(tmp_path, "interval", interval_ms=250)
         assert reply.failover == {"interval_ms": 250, "previous_ms": 100}
         with pytest.raises(RemusError, match="interval refused: interval needs a protected"):
             control.request(tmp_path, "interval", interval_ms=20)
         assert [r.interval_ms for r in seen] == [250, 20]
+
+
+@contextmanager
+def node_socket(d, handle):
+    """A real control server on d/node.sock with `handle` as the node's decision."""
+    stopped = threading.Event()
+    ControlServer(d / NODE_SOCKET, NodeRequest.from_json, handle, stopped).start()
+    try:
+        for _ in range(250):  # bound is not listening yet: wait until a connection is taken
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(d / NODE_SOCKET))
+                break
+            except OSError:
+                threading.Event().wait(0.02)
+            finally:
+                probe.close()
+        yield
     finally:
         stopped.set()
+
+
+def test_the_ab_switcher_alternates_and_leaves_the_modes_own_interval(tmp_path):
+    from benchmarks.checkpoint_cost import IntervalSwitcher
+    asked = []
+
+    def handle(req: NodeRequest) -> ControlReply:
+        asked.append(req.interval_ms)
+        if len(asked) == 4:
+            return ControlReply(False, "interval needs a protected primary")  # session over
+        return ControlReply(True)
+
+    with node_socket(tmp_path, handle):
+        sw = IntervalSwitcher(tmp_path, 100, 10_000, period=0.05)
+        sw.start()
+        sw.join(10)
+        sw.finish()
+    # 10 s, 100 ms, 10 s taken; the fourth refused: switching stops, the error kept; then
+    # finish asks for the mode's own 100 ms again (the last taken was 10 s)
+    assert asked == [10_000, 100, 10_000, 100, 100]
+    assert [ms for _, ms in sw.switches] == [100, 10_000, 100, 10_000]
+    assert sw.error == "interval refused: interval needs a protected primary"
 
 
 # The primary daemon's side
