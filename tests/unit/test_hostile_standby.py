@@ -276,10 +276,18 @@ def test_the_default_store_is_on_persistent_storage():
     assert not run_dir.startswith(("/run", "/dev/shm", "/tmp")), run_dir
 
 
-def test_a_full_disk_while_journaling_leaves_no_part_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("spare", [False, True])
+def test_a_full_disk_while_journaling_leaves_no_part_file(tmp_path, monkeypatch, spare):
+    """Whether the journal is a new file or the retired one reused (journal/spare.part)."""
     st = StandbyStore(tmp_path / "s")
     st.create(INFO, "s")
     st.apply(epoch_with(0, {(0, 1): 7}))
+    base = 0
+    if spare:
+        st.journal(e := epoch_with(1, {(0, 2): 9}))
+        st.apply(e)
+        assert (st.journal_dir / "spare.part").exists()
+        base = 1
     real = os.fsync
 
     def full(fd):
@@ -287,10 +295,13 @@ def test_a_full_disk_while_journaling_leaves_no_part_file(tmp_path, monkeypatch)
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError):
-        st.journal(epoch_with(1, {(0, 2): 8}))
+        st.journal(epoch_with(base + 1, {(0, 2): 8}))
     monkeypatch.setattr(os, "fsync", real)
     assert list(st.journal_dir.iterdir()) == []
-    assert st.committed == 0
+    assert st.committed == base
+    st.journal(e := epoch_with(base + 1, {(0, 3): 4}))  # the next attempt journals afresh
+    st.apply(e)
+    assert st.committed == base + 1 and int(st.image(0)[3][0]) == 4
 
 
 def test_a_crash_between_the_renames_of_a_promotion_is_settled(tmp_path):
