@@ -55,9 +55,11 @@ def cmd_image_path(args) -> int:
 
 
 def cmd_config_check(args) -> int:
-    cfg = configmod.load(args.config)
-    print(f"{args.config}: ok (vm {cfg.vm.name}, {cfg.vm.memory >> 20} MiB, "
-          f"{cfg.vm.vcpus} vCPU, interval {cfg.checkpoint.interval_ms} ms)")
+    """A config, or a directory of them: each valid, and no two VMs on one port."""
+    from remusdb.ops import listing
+    for cfg in listing.configs([args.config]):
+        print(f"{args.config}: ok (vm {cfg.vm.name}, {cfg.vm.memory >> 20} MiB, "
+              f"{cfg.vm.vcpus} vCPU, interval {cfg.checkpoint.interval_ms} ms)")
     return 0
 
 
@@ -74,8 +76,9 @@ def cmd_keys_init(args) -> int:
     print(f"a new CA and keys for VM {cfg.vm.name} in {directory}:")
     for p in written:
         print(f"  {p.name}")
-    print("copy ca.crt with primary.crt/.key to the primary host and standby.crt/.key to the "
-          "standby host (same directory, link.keys); keep ca.key offline")
+    print("copy ca.crt and api.token with primary.crt/.key to the primary host and "
+          "standby.crt/.key to the standby host (same directory, link.keys); keep ca.key "
+          "offline; api.token is what the REST API's acting requests need")
     return 0
 
 
@@ -193,32 +196,70 @@ def cmd_node_request(args) -> int:
     raise RemusError(f"switchover: host {host} still runs the VM after 60 s")
 
 
-def cmd_status(args) -> int:
+def _host_documents(cfg, host: str, run_dir: str | None) -> tuple[dict, str]:
+    """A host's status documents (role -> StatusDoc) from its node's REST API, else from its
+    status files on this machine (a stopped node's last word); and where they came from."""
     from remusdb import protection
     from remusdb.checkpoint.status import NodeStatus, PrimaryStatus, StandbyStatus
-    cfg = configmod.load(args.config)
+    from remusdb.ops import api
+    kinds = {d.role: d for d in (NodeStatus, PrimaryStatus, StandbyStatus)}
+    address, port = cfg.api_address(host)
+    why = "no API (api_port = 0)"
+    if port and not run_dir:  # --run-dir names a directory here: read it, as asked
+        try:
+            got = api.status(address, port, timeout=2.0)["documents"]
+            return ({r: kinds[r].from_json(d) for r, d in got.items()
+                     if r in kinds and isinstance(d, dict)}, f"api {address}:{port}")
+        except RemusError as e:
+            why = str(e)
+    d = protection.role_dir(cfg, host, run_dir)
     found = {}
-    for host in ("primary", "standby"):  # each host's node directory (one machine: both)
-        d = protection.role_dir(cfg, host, args.run_dir)
-        for doc in (NodeStatus, PrimaryStatus, StandbyStatus):
-            st = doc.read(d / doc.file_name())
-            if st is not None:
-                found[f"{host}/{doc.role}"] = st
+    for kind in kinds.values():
+        st = kind.read(d / kind.file_name())
+        if st is not None:
+            found[kind.role] = st
+    return found, f"status files in {d} ({why})"
+
+
+def cmd_status(args) -> int:
+    """Each host's node, asked over its REST API (its files here when it does not answer)."""
+    cfg = configmod.load(args.config)
+    found, sources = {}, {}
+    for host in ("primary", "standby"):
+        docs, sources[host] = _host_documents(cfg, host, args.run_dir)
+        found.update({f"{host}/{role}": st for role, st in docs.items()})
     witness = _witness_view(cfg) if cfg.witness.enabled else None
     if args.json:
-        docs: dict = {role: st.to_json() for role, st in found.items()}
+        out: dict = {role: st.to_json() for role, st in found.items()}
         if witness is not None:
-            docs["witness"] = witness
-        print(json.dumps(docs, indent=1))
+            out["witness"] = witness
+        print(json.dumps(out, indent=1))
         return 0 if found else 1
     if not found and witness is None:
-        raise RemusError(f"no remusdb daemon status for VM {cfg.vm.name}")
-    for st in found.values():
-        print(st.headline(time.time()))
-        for line in st.lines():
-            print(line)
+        raise RemusError(f"no remusdb daemon status for VM {cfg.vm.name} ("
+                         + "; ".join(f"{h}: {w}" for h, w in sources.items()) + ")")
+    for host, source in sources.items():
+        if any(k.startswith(f"{host}/") for k in found):
+            print(f"[host {host}: {source}]")
+        for key, st in found.items():
+            if key.startswith(f"{host}/"):
+                print(st.headline(time.time()))
+                for line in st.lines():
+                    print(line)
     if witness is not None:
         print(_witness_line(witness))
+    return 0
+
+
+def cmd_list(args) -> int:
+    """Every VM of the given configs (files, or directories of *.toml): one row each."""
+    from remusdb.ops import listing
+    rows = listing.rows(listing.configs(args.configs))
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+    else:
+        from remusdb.ops.health import list_table
+        print(list_table(rows))
     return 0
 
 
@@ -291,7 +332,8 @@ def _add_tools(sub) -> None:
 
     cfg = sub.add_parser("config", help="configuration files").add_subparsers(
         dest="config_command", required=True, metavar="ACTION")
-    c = cfg.add_parser("check", help="validate a config file")
+    c = cfg.add_parser("check", help="validate a config file, or a directory of them (no "
+                       "two VMs on one port)")
     c.add_argument("config")
     c.set_defaults(func=cmd_config_check)
     cfg.add_parser("example", help="print an example config").set_defaults(
@@ -379,6 +421,12 @@ def _add_daemons(sub) -> None:
     _daemon_args(iv)
     iv.add_argument("ms", type=_interval_ms, help="the new checkpoint interval (ms)")
     iv.set_defaults(func=cmd_interval)
+    ls = sub.add_parser("list", help="one line per protected VM: where it runs, its "
+                        "standby, state, term, lag (asks each host's REST API)")
+    ls.add_argument("configs", nargs="+", metavar="CONFIG",
+                    help="VM config files, or directories of them (*.toml)")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
     st = sub.add_parser("status", help="protection state of a VM")
     _daemon_args(st)
     st.add_argument("--json", action="store_true")

@@ -9,6 +9,7 @@ Sections and keys (all optional; defaults make a working single-machine setup):
     [primary]       address, port (the host that starts the VM; roles swap at failover)
     [standby]       address, port, heartbeat_timeout_ms, fence_command, max_disk_size
     [link]          keys, insecure (the checkpoint link's mutual TLS)
+    [api]           bind, token_file (each node's REST API; its port: [primary]/[standby] api_port)
     [witness]       endpoints, ttl_s, prefix, watchdog (etcd: at most one host runs the VM)
 """
 
@@ -276,12 +277,15 @@ class PrimaryConfig:
 
     address: str = field(default="127.0.0.1", metadata={"check": _check_address})
     port: int = field(default=7788, metadata={"check": _check_int(1, 65535)})
+    # This host's node REST API (status, health checks, metrics; 0: none).
+    api_port: int = field(default=7790, metadata={"check": _check_int(0, 65535)})
 
 
 @dataclass
 class StandbyConfig:
     address: str = field(default="127.0.0.1", metadata={"check": _check_address})
     port: int = field(default=7787, metadata={"check": _check_int(1, 65535)})
+    api_port: int = field(default=7791, metadata={"check": _check_int(0, 65535)})
     heartbeat_timeout_ms: int = field(default=1000, metadata={"check": _check_int(50, 60_000)})
     fence_command: str = field(default="", metadata={"check": _check_any_str})
     # The largest disk a primary may announce: a HELLO cannot make this host create more.
@@ -295,6 +299,17 @@ class LinkConfig:
     keys: str = field(default="", metadata={"check": _check_path_or_empty(
         "expected an absolute directory path (or \"\": /etc/remusdb/<vm>)")})
     insecure: bool = field(default=False, metadata={"check": _check_bool})
+
+
+@dataclass
+class ApiConfig:
+    """Each node's REST API (ops/api.py): reading is open to whoever reaches it; acting
+    (failover, switchover, reprotect, interval) needs the bearer token in `token_file`."""
+
+    # "": the host's own address (its [primary]/[standby] address); "0.0.0.0": every one.
+    bind: str = field(default="", metadata={"check": _check_any_str})
+    token_file: str = field(default="", metadata={"check": _check_path_or_empty(
+        "expected an absolute file path (or \"\": api.token in link.keys)")})
 
 
 @dataclass
@@ -333,7 +348,14 @@ class Config:
     primary: PrimaryConfig = field(default_factory=PrimaryConfig)
     standby: StandbyConfig = field(default_factory=StandbyConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     witness: WitnessConfig = field(default_factory=WitnessConfig)
+
+    def api_address(self, name: str) -> tuple[str, int]:
+        """(address, port) where host `name`'s node answers HTTP; port 0: no API."""
+        address, _ = self.host(name)
+        port = self.primary.api_port if name == "primary" else self.standby.api_port
+        return address, port
 
     def host(self, name: str) -> tuple[str, int]:
         """(address, port) of host `name` ("primary" or "standby": the section naming it)."""
@@ -421,10 +443,12 @@ page_cache = 0.10        # fraction of guest RAM for the compression page cache
 [primary]
 address = "127.0.0.1"    # the host that starts the VM (its node listens here once it is a
 port = 7788              # standby after a failover; the new primary connects to it)
+api_port = 7790          # this host's REST API (/status, /primary, /standby, /metrics); 0: none
 
 [standby]
 address = "127.0.0.1"    # where the standby daemon listens (the primary connects to it)
 port = 7787
+api_port = 7791          # this host's REST API (/status, /primary, /standby, /metrics); 0: none
 heartbeat_timeout_ms = 1000
 fence_command = ""       # run before failing over on silence; empty: wait for an operator
 max_disk_size = "1T"     # the largest disk a primary may announce
@@ -433,6 +457,11 @@ max_disk_size = "1T"     # the largest disk a primary may announce
 keys = ""                # ca.crt, <host>.crt, <host>.key ('remusdb keys init');
                          # "": /etc/remusdb/<vm name>
 insecure = false         # true: plain TCP, no authentication (never in production)
+
+[api]
+bind = ""                # "": each host's own address above; "0.0.0.0": all its addresses
+token_file = ""          # the bearer token that failover/switchover/reprotect/interval need
+                         # over HTTP ('remusdb keys init' writes one); "": link.keys/api.token
 
 [witness]
 endpoints = []           # etcd members, e.g. ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]:

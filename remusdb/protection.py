@@ -13,6 +13,8 @@ from types import FrameType
 from remusdb import paths
 from remusdb.checkpoint.recording import Recorder
 from remusdb.config import Config
+from remusdb.errors import RemusError
+from remusdb.ops.api import ApiServer, load_token, token_path
 from remusdb.reprotect.node import NodeDaemon, NodeOptions
 from remusdb.reprotect.roles import Role
 from remusdb.vm import image_for
@@ -35,6 +37,7 @@ def run_node(cfg: Config, host: str, start_as: Role, run_dir: Path,
         log.warning("output commit off (benchmarks only): the world sees output the standby "
                     "may not have; a failover can contradict it")
     node = NodeDaemon(cfg, host, run_dir, image_for(cfg), options)
+    api = start_api(cfg, host, node)
 
     def on_stop(sig: int, frame: FrameType | None) -> None:
         if node.record.node.role is Role.PRIMARY:
@@ -56,5 +59,23 @@ def run_node(cfg: Config, host: str, start_as: Role, run_dir: Path,
     signal.signal(signal.SIGUSR1, on_record)
     log.info("node %s of VM %s: listening on %s:%d, peer %s:%d, starting as %s", host,
              cfg.vm.name, *node.address, *node.peer, start_as.value)
-    node.run(start_as)
+    try:
+        node.run(start_as)
+    finally:
+        if api is not None:
+            api.close()
     return 0
+
+
+def start_api(cfg: Config, host: str, node: NodeDaemon) -> ApiServer | None:
+    """This node's REST API, where the config gives it a port; a port that cannot be had
+    stops the node before it does anything (one line)."""
+    address, port = cfg.api_address(host)
+    if not port:
+        return None
+    try:
+        token = load_token(token_path(cfg))
+        return ApiServer(cfg.api.bind or address, port, node, node.metrics, token).start()
+    except RemusError:
+        node.listener.close()
+        raise

@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from remusdb.checkpoint.link import HOSTS, key_files
 from remusdb.errors import RemusError
+from remusdb.ops.api import TOKEN_NAME, write_token
 
 VALID_DAYS = 3650
 
@@ -47,7 +48,7 @@ def init(directory: Path, vm: str, force: bool = False) -> list[Path]:
     """A new CA and a certificate for each host in `directory`; refuses to overwrite keys
     (the running peer would no longer be trusted) unless `force`."""
     directory = Path(directory)
-    existing = [p for p in directory.glob("*") if p.suffix in (".crt", ".key")] \
+    existing = [p for p in directory.glob("*") if p.suffix in (".crt", ".key", ".token")] \
         if directory.exists() else []
     if existing and not force:
         raise RemusError(f"keys already exist in {directory} ({existing[0].name}, ...): "
@@ -84,4 +85,6 @@ def init(directory: Path, vm: str, force: bool = False) -> list[Path]:
         _write(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         _write(key_path, _pem_key(key), 0o600)
         written += [crt_path, key_path]
+    # The REST API's bearer token (ops/api.py): both hosts' acting endpoints take it.
+    written.append(write_token(directory / TOKEN_NAME))
     return written

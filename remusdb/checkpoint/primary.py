@@ -29,7 +29,7 @@ from remusdb.checkpoint.epoch import StreamInfo
 from remusdb.checkpoint.link import Link
 from remusdb.checkpoint.participant import Participant
 from remusdb.checkpoint.state import PrimaryState, StateHolder
-from remusdb.checkpoint.status import EpochMetrics, PrimaryStatus, StatusFile
+from remusdb.checkpoint.status import EpochMetrics, EpochObserver, PrimaryStatus, StatusFile
 from remusdb.checkpoint.stream.format import PAGE_SIZE, RamBlock, StreamError
 from remusdb.compression.compressor import Compressor
 from remusdb.config import INTERVAL_BOUNDS, Config, interval_ok
@@ -71,7 +71,7 @@ class PrimaryDaemon:
                  peer: tuple[str, int] | None = None, clock: ClockKeeper | None = None,
                  on_state: Callable[[PrimaryState], None] | None = None,
                  link: Link | None = None, resumes: Iterable[str] = (),
-                 witness: LeaseKeeper | None = None):
+                 witness: LeaseKeeper | None = None, observer: EpochObserver | None = None):
         self.cfg, self.guest, self.run_dir = cfg, guest, Path(run_dir)
         self.term = term  # carried in HELLO: a standby of a newer term refuses us
         self.peer = peer or (cfg.standby.address, cfg.standby.port)
@@ -84,7 +84,7 @@ class PrimaryDaemon:
         self.status = StatusFile(self.run_dir / PrimaryStatus.file_name())
         self.on_state = on_state  # the node daemon follows the session's states
         self.states = StateHolder(PrimaryState.STARTING, log, self._changed)
-        self.metrics = EpochMetrics()
+        self.metrics = EpochMetrics(observer)
         self.interval_ms = cfg.checkpoint.interval_ms  # `remusdb interval` changes it live
         self.captured = self.sent = self.acked = -1
         self.sending = -1  # the newest epoch whose frames started to leave: ACKs stop there
@@ -595,6 +595,11 @@ class PrimaryDaemon:
         self._publish()
 
     def _publish(self) -> None:
+        self.status.write(self.status_doc())
+
+    def status_doc(self) -> PrimaryStatus:
+        """The session's status now (the file is rewritten every 10 epochs; the node's API
+        asks at any time)."""
         doc = PrimaryStatus(
             state=self.states.current.value,
             vm=self.cfg.vm.name, interval_ms=self.interval_ms,
@@ -607,4 +612,4 @@ class PrimaryDaemon:
         for p in self.participants:
             if p.status_key:
                 setattr(doc, p.status_key, p.summary())
-        self.status.write(doc)
+        return doc

@@ -105,6 +105,7 @@ class StandbyDaemon:
         self.status = StatusFile(self.run_dir / StandbyStatus.file_name())
         self.states = StateHolder(StandbyState.WAITING, log, self._publish)
         self.last_frame = 0.0
+        self.committed_at = 0.0  # wall time of the newest commit (the API's lag)
         self.session_open = False
         self.taken: failover.TakenOver | None = None
         self.comparison = Comparison()
@@ -141,7 +142,7 @@ class StandbyDaemon:
         if not self._started:
             self._started = True
             self._recover_store()
-            ControlServer(self.control_path, FailoverRequest.from_json, self._handle,
+            ControlServer(self.control_path, FailoverRequest.from_json, self.answer,
                           self.stopped).start()
         self._publish()
         if ready:
@@ -421,6 +422,7 @@ class StandbyDaemon:
             self._publish()
 
     def _committed(self, conn: wire.Connection, n: int) -> None:
+        self.committed_at = time.time()
         if self.trace:
             self.trace.write(f"{time.time():.6f},{n}\n")
         conn.send_frame(wire.Kind.ACK, n)
@@ -594,7 +596,7 @@ class StandbyDaemon:
             self.states.set(StandbyState.ACTIVE)
             return self.taken.report
 
-    def _handle(self, req: FailoverRequest) -> ControlReply:
+    def answer(self, req: FailoverRequest) -> ControlReply:
         """A manual failover: refused while frames arrive, and without --force while the
         primary is not known to be down. Or a release of the committed checkpoint."""
         if req.cmd == "release":
@@ -641,12 +643,17 @@ class StandbyDaemon:
         return ControlReply(True, failover=report)
 
     def _publish(self) -> None:
+        self.status.write(self.status_doc())
+
+    def status_doc(self) -> StandbyStatus:
+        """The standby's status now (the file is rewritten every 10 commits)."""
         taken = self.taken
-        self.status.write(StandbyStatus(
+        return StandbyStatus(
             state=self.state.value, vm=self.cfg.vm.name, epoch_committed=self.store.committed,
             verify=self.comparison.counts, apply_ms=self.apply_ms.percentiles(),
             bytes_per_epoch=self.epoch_bytes.percentiles(),
             failover=taken.report if taken else None,
             qemu_pid=taken.guest.pid if taken else None,
             guest_clock=taken.clock.summary() if taken and taken.clock else None,
-            link=self.link.mode, checkpoint_ended=self.store.ended))
+            link=self.link.mode, checkpoint_ended=self.store.ended,
+            committed_at=self.committed_at)

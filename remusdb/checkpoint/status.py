@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
@@ -80,6 +80,7 @@ class PrimaryStatus(StatusDoc):
     totals: dict = field(default_factory=dict)
     guest_clock: dict | None = None
     link: str = ""  # tls1.3, or insecure
+    acked_at: float = 0.0  # wall time of the newest ACK (0: none yet)
 
     def lines(self) -> list[str]:
         """What `remusdb status` prints for the primary, after its state line."""
@@ -145,6 +146,7 @@ class StandbyStatus(StatusDoc):
     guest_clock: dict | None = None
     link: str = ""
     checkpoint_ended: str = ""  # the committed checkpoint is superseded (BYE, released)
+    committed_at: float = 0.0  # wall time of the newest commit in this process (0: none)
 
     def lines(self) -> list[str]:
         """What `remusdb status` prints for the standby, after its state line."""
@@ -197,10 +199,15 @@ class StatusFile:
         self.pid, self.started_at = os.getpid(), time.time()
         self.failing = False
 
+    def stamp(self, doc: D) -> D:
+        """The writer's pid and times on a document (also one served live, not written)."""
+        doc.pid, doc.started_at, doc.updated_at = self.pid, self.started_at, time.time()
+        return doc
+
     def write(self, doc: StatusDoc) -> None:
         """Best effort: a status that cannot be written (a full disk) is logged once, never
         what ends a daemon in the middle of a state change."""
-        doc.pid, doc.started_at, doc.updated_at = self.pid, self.started_at, time.time()
+        self.stamp(doc)
         with self.lock:
             tmp = self.path.with_name(self.path.name + ".tmp")
             try:
@@ -251,10 +258,21 @@ class Window:
 MAX_UNACKED = 4096  # resume times kept for epochs the standby has not acknowledged yet
 
 
+class EpochObserver(Protocol):
+    """Who else hears of each epoch (the node's Prometheus metrics, `ops/metrics.py`)."""
+
+    def captured(self, pause_ms: float, pages: int, stream_bytes: int) -> None: ...
+    def sent(self, pages: int, nbytes: int) -> None: ...
+    def acked(self, ack_ms: float) -> None: ...
+    def waited(self, seconds: float) -> None: ...
+
+
 class EpochMetrics:
     """The primary's per-epoch measurements: pauses, dirty pages, bytes, back-pressure."""
 
-    def __init__(self):
+    def __init__(self, observer: EpochObserver | None = None):
+        self.observer = observer
+        self.acked_at = 0.0  # wall time of the newest ACK
         self.pause_ms, self.pages, self.stream_bytes = Window(), Window(), Window()
         self.ack_ms = Window()
         self._resumed: dict[int, float] = {}  # epoch -> monotonic resume, until its ACK
@@ -268,6 +286,8 @@ class EpochMetrics:
         self.pause_ms.add(pause_ms)
         self.pages.add(pages)
         self.stream_bytes.add(stream_bytes)
+        if self.observer is not None:
+            self.observer.captured(pause_ms, pages, stream_bytes)
         with self._lock:
             if epoch <= self._acked:  # its ACK came before the resume (the VM was held)
                 self.ack_ms.add(0.0)
@@ -280,20 +300,27 @@ class EpochMetrics:
         """An ACK covers every epoch up to its own; the latency is the newest one's."""
         with self._lock:
             self._acked = max(self._acked, epoch)
+            self.acked_at = time.time()
             resumed = self._resumed.pop(epoch, None)
             for older in [e for e in self._resumed if e < epoch]:
                 del self._resumed[older]
             if resumed is not None:
                 self.ack_ms.add(max(0.0, at - resumed) * 1000)
+                if self.observer is not None:
+                    self.observer.acked(max(0.0, at - resumed) * 1000)
 
     def sent(self, pages: int, nbytes: int) -> None:
         self.totals["sent_bytes"] += nbytes
         self.totals["dirty_pages"] += pages
         self.totals["epochs"] += 1
+        if self.observer is not None:
+            self.observer.sent(pages, nbytes)
 
     def waited(self, seconds: float) -> None:
         self.backpressure["waits"] += 1
         self.backpressure["waited_ms"] += seconds * 1000
+        if self.observer is not None:
+            self.observer.waited(seconds)
 
     def fill(self, doc: PrimaryStatus) -> Any:
         doc.pause_ms = self.pause_ms.percentiles()
@@ -302,4 +329,5 @@ class EpochMetrics:
         doc.bytes_per_epoch = self.stream_bytes.percentiles()
         doc.backpressure = {k: round(v, 1) for k, v in self.backpressure.items()}
         doc.totals = dict(self.totals)
+        doc.acked_at = self.acked_at
         return doc

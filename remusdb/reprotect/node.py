@@ -20,18 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from remusdb.checkpoint import handshake, participants, wire
-from remusdb.checkpoint.control import ControlReply, ControlServer
+from remusdb.checkpoint.control import ControlReply, ControlServer, FailoverRequest
 from remusdb.checkpoint.handshake import Refused
 from remusdb.checkpoint.link import Link
 from remusdb.checkpoint.participants import SessionAids
 from remusdb.checkpoint.primary import PrimaryDaemon
 from remusdb.checkpoint.standby import StandbyDaemon, listen
 from remusdb.checkpoint.state import PrimaryState
-from remusdb.checkpoint.status import NodeStatus, StatusFile
-from remusdb.config import Config
+from remusdb.checkpoint.status import NodeStatus, StatusFile, read_status
+from remusdb.config import INTERVAL_BOUNDS, Config, interval_ok
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.image.builder import GuestImage
+from remusdb.ops.metrics import NodeMetrics
 from remusdb.reprotect import served
 from remusdb.reprotect.control import NODE_SOCKET, NodeRequest
 from remusdb.reprotect.record import NodeRecord
@@ -123,6 +124,7 @@ class NodeDaemon:
         self._t0 = 0.0
         self._token: object = None
         self.listener = listen(*self.address)
+        self.metrics = NodeMetrics(cfg.vm.name, host, self.documents)
 
     # The loop
     def run(self, start_as: Role) -> None:
@@ -342,7 +344,8 @@ class NodeDaemon:
         daemon = PrimaryDaemon(self.cfg, vm.guest, self.run_dir, parts, term=self.record.term,
                                peer=self.peer, clock=self.clock,
                                on_state=lambda st: self._followed(st, token), link=self.link,
-                               resumes=self.followed[::-1], witness=self.keeper)
+                               resumes=self.followed[::-1], witness=self.keeper,
+                               observer=self.metrics)
         # Whatever the standby holds now may be this session's (its epoch 0 may commit even
         # if we never hear the ACK): the next session says it follows it too.
         self.followed = (self.followed + [daemon.session])[-handshake.MAX_RESUMES:]
@@ -421,11 +424,52 @@ class NodeDaemon:
         return ControlReply(True, failover={"state": self.record.state.value})
 
     def _publish(self) -> None:
+        self.status.write(self._node_doc())
+
+    def _node_doc(self) -> NodeStatus:
         keeper = getattr(self, "keeper", None)  # the record publishes before __init__ ends
-        self.status.write(NodeStatus(
+        return NodeStatus(
             state=self.record.state.value, vm=self.cfg.vm.name, host=self.host,
             term=self.record.term, peer=f"{self.peer[0]}:{self.peer[1]}",
-            sessions=self.sessions[-5:], witness=keeper.summary() if keeper else None))
+            sessions=self.sessions[-5:], witness=keeper.summary() if keeper else None)
+
+    # The REST API (ops/api.py)
+    def documents(self) -> dict:
+        """The node's status documents now: the node's, and the live role's (a primary's
+        current or last session; the standby's while this host is one)."""
+        docs = {"node": self.status.stamp(self._node_doc()).to_json()}
+        role, daemon = self.record.node.role, self.primary
+        try:
+            if role is Role.PRIMARY and daemon is not None:
+                docs["primary"] = daemon.status.stamp(daemon.status_doc()).to_json()
+            elif role is Role.STANDBY:
+                docs["standby"] = self.standby.status.stamp(self.standby.status_doc()).to_json()
+        except Exception:  # a summary read while its thread changes it: the last file
+            log.debug("status served from the last file", exc_info=True)
+            name = "primary" if role is Role.PRIMARY else "standby"
+            last = read_status(self.run_dir / f"{name}.status.json")
+            if last is not None:
+                docs[name] = last
+        return docs
+
+    def act(self, action: str, params: dict[str, str]) -> ControlReply:
+        """An acting request of the API: the same decisions as the control sockets'."""
+        if action == "failover":
+            if self.record.node.role is not Role.STANDBY:
+                return ControlReply(False, f"refusing: this host is a {self.record.state.value}"
+                                           "; a failover runs on the standby")
+            force = params.get("force", "false")
+            if force not in ("true", "false"):
+                raise ValueError(f"force: expected true or false, got {force!r}")
+            return self.standby.answer(FailoverRequest(force=force == "true"))
+        if action == "interval":
+            ms = params.get("ms", "")
+            if not ms.isdigit() or not interval_ok(int(ms)):
+                raise ValueError(f"ms: expected an integer in {INTERVAL_BOUNDS}, got {ms!r}")
+            return self._control(NodeRequest("interval", int(ms)))
+        if params:
+            raise ValueError(f"{action} takes no parameters (got {', '.join(params)})")
+        return self._control(NodeRequest(action))
 
 
 class _Gate(threading.Thread):

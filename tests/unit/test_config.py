@@ -36,7 +36,7 @@ def test_memory_not_a_multiple_of_256k_is_allowed(tmp_path):
      "mac, memory, name, network, qemu, ram_dir, run_dir, tap, vcpus)"),
     ('[standbys]\naddress = "x"\n',
      "config error: unknown section [standbys] (known: vm, checkpoint, optimizations, "
-     "primary, standby, link, witness)"),
+     "primary, standby, link, api, witness)"),
     ('[witness]\nendpoints = ["etcd:2379"]\n',
      "config error: witness.endpoints = ['etcd:2379']: expected http://HOST:PORT or "
      "https://HOST:PORT, got 'etcd:2379'"),

@@ -50,11 +50,11 @@ def serve_once(cfg, handler):
 def test_keys_init_writes_a_ca_and_both_hosts_private_keys_0600(tmp_path):
     written = keys.init(tmp_path / "k", "pg1")
     names = sorted(p.name for p in written)
-    assert names == ["ca.crt", "ca.key", "primary.crt", "primary.key", "standby.crt",
-                     "standby.key"]
+    assert names == ["api.token", "ca.crt", "ca.key", "primary.crt", "primary.key",
+                     "standby.crt", "standby.key"]
     for p in written:
         mode = stat.S_IMODE(os.stat(p).st_mode)
-        assert mode == (0o600 if p.suffix == ".key" else 0o644), p
+        assert mode == (0o644 if p.suffix == ".crt" else 0o600), p
     with pytest.raises(RemusError, match="keys already exist"):
         keys.init(tmp_path / "k", "pg1")
 

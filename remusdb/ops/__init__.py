@@ -1,0 +1,1 @@
+"""Operating remusdb: the node's REST API, its Prometheus metrics, health checks, `remusdb list`."""
