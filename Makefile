@@ -1,5 +1,5 @@
 # remusdb: `make demo` runs the main job, `make test` runs the tests. Both install what they need.
-.PHONY: deps image demo test test-unit lint clean
+.PHONY: deps image demo test test-unit lint install clean
 
 deps:
 	@sh scripts/install-deps.sh
@@ -20,6 +20,9 @@ test-unit: deps
 lint: deps
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+
+install: deps
+	@sh scripts/install-units.sh
 
 clean:
 	rm -rf .venv *.egg-info .pytest_cache

@@ -24,20 +24,22 @@ REMUSDB = [sys.executable, "-m", "remusdb.cli"]
 
 def write_config(path: Path, lab, interval_ms=100, optimizations: dict | None = None,
                  insecure: bool = False, standby: dict | None = None,
-                 witness: dict | None = None, **vm) -> Path:
-    """The lab's VM config at `path` (run_dir: its directory): the standby on the lab's
-    standby host; `vm`, `optimizations` and `standby` add or override keys of [vm],
-    [optimizations], [standby] and [witness].
+                 witness: dict | None = None, primary: dict | None = None,
+                 name: str = VM_NAME, **vm) -> Path:
+    """The lab's config of VM `name` at `path` (run_dir: its directory): the standby on the
+    lab's standby host; `vm`, `optimizations`, `primary`, `standby` and `witness` add or
+    override keys of those sections (a second VM of the pair: its own ip, tap and ports).
     Validated here, as the daemons will load it. The link is TLS (the default), with a pair
     of keys made in the run directory (`insecure`: plain TCP, for the TLS cost benchmark)."""
     key_dir = path.parent / "keys"
     if not (key_dir / "ca.crt").exists():
-        keys.init(key_dir, VM_NAME)
+        keys.init(key_dir, name)
     cfg = configmod.from_dict({
-        "vm": {"name": VM_NAME, "gateway": lab.gateway, "run_dir": str(path.parent), **vm},
+        "vm": {"name": name, "gateway": lab.gateway, "run_dir": str(path.parent), **vm},
         "checkpoint": {"interval_ms": interval_ms},
         "optimizations": dict(optimizations or {}),
-        "primary": {"address": lab.members["primary"].address.split("/")[0]},
+        "primary": {"address": lab.members["primary"].address.split("/")[0],
+                    **(primary or {})},
         "standby": {"address": lab.members["standby"].address.split("/")[0],
                     "heartbeat_timeout_ms": 1000, **(standby or {})},
         "link": {"keys": str(key_dir), "insecure": insecure},
@@ -91,13 +93,14 @@ class Protected:
 
     def __init__(self, lab, run: Path, interval_ms: int = 100, optimizations: dict | None = None,
                  protect_args: tuple = (), standby_args: tuple = (), vm: dict | None = None,
-                 standby: dict | None = None, witness: dict | None = None):
+                 standby: dict | None = None, witness: dict | None = None,
+                 primary: dict | None = None, name: str = VM_NAME):
         self.lab, self.run = lab, Path(run)
-        self.layout = RunLayout(self.run)
+        self.layout = RunLayout(self.run, name)
         self.run.mkdir(parents=True, exist_ok=True)
         self.cfg = write_config(self.layout.config, lab, interval_ms=interval_ms,
                                 optimizations=optimizations, standby=standby, witness=witness,
-                                **(vm or {}))
+                                primary=primary, name=name, **(vm or {}))
         self.protect_args, self.standby_args = list(protect_args), list(standby_args)
         self.standby: Daemon | None = None
         self.primary: Daemon | None = None

@@ -134,14 +134,15 @@ def list_row(vm: str, answers: dict[str, dict | str], now: float) -> dict:
     row["standby"] = peer if peer_ok else None
     state = s.get("state") or ""
     row["state"] = state.removeprefix("primary-") + ("" if peer_ok or peer is None else
-                                                     f" ({peer}: {_why_not(answers[peer])})")
+                                                     f" ({peer} {_why_not(answers[peer])})")
     return row
 
 
 def _why_not(answer: dict | str) -> str:
+    """Why the other host is no standby, in a few words (the JSON has the whole error)."""
     if isinstance(answer, str):
-        return answer
-    return (answer["documents"].get("node") or {}).get("state") or "no node"
+        return "does not answer"
+    return "is " + ((answer["documents"].get("node") or {}).get("state") or "no node")
 
 
 def list_table(rows: list[dict]) -> str:

@@ -89,7 +89,8 @@ def test_a_list_row_names_where_the_vm_runs_and_its_standby():
     row = health.list_row("pg1", {"primary/a": "no answer from a:7790: refused",
                                   "standby/b": answer(after)}, NOW)
     assert (row["primary"], row["standby"], row["term"]) == ("standby/b", None, 4)
-    assert row["state"] == "unprotected (primary/a: no answer from a:7790: refused)"
+    assert row["state"] == "unprotected (primary/a does not answer)"
+    assert row["hosts"]["primary/a"] == {"error": "no answer from a:7790: refused"}
     row = health.list_row("pg1", {"primary/a": "down", "standby/b": "down"}, NOW)
     assert row["state"] == "no node answers" and row["primary"] is None
     two = health.list_row("pg1", {"primary/a": answer(primary_docs(term=3)),
@@ -307,7 +308,7 @@ def test_list_asks_every_host_and_says_who_did_not_answer(tmp_path, server, caps
     assert cli.main(["list", str(p)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].split()[:3] == ["pg1", "primary/127.0.0.1", "-"]
-    assert "standby/127.0.0.1: no answer" in out[1]
+    assert "standby/127.0.0.1 does not answer" in out[1]
     assert cli.main(["list", "--json", str(p)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["term"] == 3 and rows[0]["hosts"]["primary/127.0.0.1"]["epoch"] == 41
