@@ -5,7 +5,6 @@ stays equal to the standby's), while `/primary` and `/standby` flip for the firs
 
 import json
 import signal
-import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
