@@ -18,9 +18,9 @@ SCAN_SQL = "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE filler <>
 TPS_RE = re.compile(r"tps = ([\d.]+)")
 
 
-def pgbench(lab, *args) -> subprocess.Popen:
+def pgbench(lab, *args, vm_ip: str = VM_IP) -> subprocess.Popen:
     """pgbench against the guest's PostgreSQL, as a running process (stdout: its report)."""
-    cmd = ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", VM_IP, "-U",
+    cmd = ["ip", "netns", "exec", lab.ns("client"), "pgbench", "-h", vm_ip, "-U",
            "remusdb", *args, "remusdb"]
     return subprocess.Popen(cmd, env=dict(os.environ, PGPASSWORD=db_password()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
