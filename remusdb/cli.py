@@ -57,8 +57,8 @@ def cmd_image_path(args) -> int:
 def cmd_config_check(args) -> int:
     """A config, or a directory of them: each valid, and no two VMs on one port."""
     from remusdb.ops import listing
-    for cfg in listing.configs([args.config]):
-        print(f"{args.config}: ok (vm {cfg.vm.name}, {cfg.vm.memory >> 20} MiB, "
+    for path, cfg in listing.config_files([args.config]):
+        print(f"{path}: ok (vm {cfg.vm.name}, {cfg.vm.memory >> 20} MiB, "
               f"{cfg.vm.vcpus} vCPU, interval {cfg.checkpoint.interval_ms} ms)")
     return 0
 
@@ -73,6 +73,10 @@ def cmd_keys_init(args) -> int:
     cfg = configmod.load(args.config)
     directory = Path(args.dir) if args.dir else link.key_dir(cfg)
     written = keys.init(directory, cfg.vm.name, force=args.force)
+    if [p.name for p in written] == ["api.token"]:
+        print(f"the keys in {directory} are kept; added the REST API's token {written[0]}: "
+              "copy it to the other host too")
+        return 0
     print(f"a new CA and keys for VM {cfg.vm.name} in {directory}:")
     for p in written:
         print(f"  {p.name}")
@@ -137,6 +141,8 @@ def cmd_node(args) -> int:
 
 
 def _start_as_standby(args, host: str) -> int:
+    """A node that starts as a standby, unless `remusdb start` asked this host's next node
+    start to start the VM (`remusdb protect`'s judgement then): asked once, consumed."""
     from remusdb import protection
     from remusdb.checkpoint.participants import SessionAids
     from remusdb.reprotect.node import NodeOptions
@@ -145,8 +151,42 @@ def _start_as_standby(args, host: str) -> int:
     options = NodeOptions(SessionAids(verify_every=args.verify_every,
                                       verify_count=args.verify_count),
                           standby_trace=Path(args.trace) if args.trace else None)
-    return protection.run_node(cfg, host, Role.STANDBY,
-                               protection.role_dir(cfg, host, args.run_dir), options)
+    d = protection.role_dir(cfg, host, args.run_dir)
+    start_as = Role.PRIMARY if protection.take_start_request(d) else Role.STANDBY
+    return protection.run_node(cfg, host, start_as, d, options)
+
+
+def cmd_start(args) -> int:
+    """The first start of a VM under systemd: the next start of this host's node starts it."""
+    from remusdb import protection
+    cfg = configmod.load(args.config)
+    path = protection.request_start(protection.role_dir(cfg, args.host, args.run_dir))
+    print(f"start requested ({path}): the next start of this host's node for VM "
+          f"{cfg.vm.name} starts the VM here unless the peer runs it or a checkpoint exists "
+          f"(systemctl restart remusdb-node@{cfg.vm.name})")
+    return 0
+
+
+def cmd_remote(args) -> int:
+    """An acting request to a host's node over its REST API, signed with the API token."""
+    from remusdb.ops import api
+    cfg = configmod.load(args.config)
+    address, port = cfg.api_address(args.host)
+    if not port:
+        raise RemusError(f"host {args.host} has no REST API (its api_port is 0)")
+    token = api.load_token(api.token_path(cfg))
+    if token is None:
+        raise RemusError(f"no API token at {api.token_path(cfg)} (remusdb keys init)")
+    path = f"/{args.action}" + ("?force=true" if args.force else "") + (
+        f"?ms={args.ms}" if args.ms is not None else "")
+    try:
+        code, reply = api.post(address, port, path, token)
+    except OSError as e:
+        raise RemusError(f"no answer from {address}:{port}: {e}") from None
+    if code != 200:
+        raise RemusError(f"{args.action} on host {args.host}: {reply.get('error') or code}")
+    print(json.dumps(reply))
+    return 0
 
 
 def _primary_node(cfg, run_dir: str | None) -> tuple[str, Path]:
@@ -201,15 +241,17 @@ def _host_documents(cfg, host: str, run_dir: str | None) -> tuple[dict, str]:
     status files on this machine (a stopped node's last word); and where they came from."""
     from remusdb import protection
     from remusdb.checkpoint.status import NodeStatus, PrimaryStatus, StandbyStatus
-    from remusdb.ops import api
+    from remusdb.ops import api, listing
     kinds = {d.role: d for d in (NodeStatus, PrimaryStatus, StandbyStatus)}
     address, port = cfg.api_address(host)
-    why = "no API (api_port = 0)"
+    why = "no API (api_port = 0)" if not port else "--run-dir given"
     if port and not run_dir:  # --run-dir names a directory here: read it, as asked
         try:
-            got = api.status(address, port, timeout=2.0)["documents"]
-            return ({r: kinds[r].from_json(d) for r, d in got.items()
-                     if r in kinds and isinstance(d, dict)}, f"api {address}:{port}")
+            doc = api.status(address, port, timeout=2.0)
+            why = listing.whose(doc, cfg, host)
+            if not why:
+                return ({r: kinds[r].from_json(d) for r, d in doc["documents"].items()
+                         if r in kinds and isinstance(d, dict)}, f"api {address}:{port}")
         except RemusError as e:
             why = str(e)
     d = protection.role_dir(cfg, host, run_dir)
@@ -239,8 +281,8 @@ def cmd_status(args) -> int:
         raise RemusError(f"no remusdb daemon status for VM {cfg.vm.name} ("
                          + "; ".join(f"{h}: {w}" for h, w in sources.items()) + ")")
     for host, source in sources.items():
-        if any(k.startswith(f"{host}/") for k in found):
-            print(f"[host {host}: {source}]")
+        print(f"[host {host}: {source}]" if any(k.startswith(f"{host}/") for k in found)
+              else f"[host {host}: nothing: {source}]")
         for key, st in found.items():
             if key.startswith(f"{host}/"):
                 print(st.headline(time.time()))
@@ -260,7 +302,8 @@ def cmd_list(args) -> int:
     else:
         from remusdb.ops.health import list_table
         print(list_table(rows))
-    return 0
+    # for scripts: 1 when a VM runs twice or nobody can say where it runs
+    return 1 if any(r["state"] in ("TWO PRIMARIES", "no node answers") for r in rows) else 0
 
 
 def _witness_view(cfg) -> dict:
@@ -421,6 +464,21 @@ def _add_daemons(sub) -> None:
     _daemon_args(iv)
     iv.add_argument("ms", type=_interval_ms, help="the new checkpoint interval (ms)")
     iv.set_defaults(func=cmd_interval)
+    sr = sub.add_parser("start", help="under systemd: the next start of this host's node "
+                        "starts the VM (the first start of a VM)")
+    _daemon_args(sr)
+    sr.add_argument("--host", choices=("primary", "standby"), required=True,
+                    help="which config section is this host")
+    sr.set_defaults(func=cmd_start)
+    rm = sub.add_parser("remote", help="failover, switchover, reprotect or interval on a "
+                        "host's node over its REST API (signed with the API token)")
+    rm.add_argument("config")
+    rm.add_argument("--host", choices=("primary", "standby"), required=True,
+                    help="whose node to ask (the config section naming it)")
+    rm.add_argument("action", choices=("failover", "switchover", "reprotect", "interval"))
+    rm.add_argument("--force", action="store_true", help="failover: as `failover --force`")
+    rm.add_argument("--ms", type=_interval_ms, help="interval: the new interval")
+    rm.set_defaults(func=cmd_remote)
     ls = sub.add_parser("list", help="one line per protected VM: where it runs, its "
                         "standby, state, term, lag (asks each host's REST API)")
     ls.add_argument("configs", nargs="+", metavar="CONFIG",

@@ -306,8 +306,9 @@ class ApiConfig:
     """Each node's REST API (ops/api.py): reading is open to whoever reaches it; acting
     (failover, switchover, reprotect, interval) needs the bearer token in `token_file`."""
 
-    # "": the host's own address (its [primary]/[standby] address); "0.0.0.0": every one.
-    bind: str = field(default="", metadata={"check": _check_any_str})
+    # "": each host's own address (its [primary]/[standby] address); "0.0.0.0": all of them
+    # (one config serves both hosts: a single address would fit only one).
+    bind: str = field(default="", metadata={"check": _check_choice(("", "0.0.0.0"))})
     token_file: str = field(default="", metadata={"check": _check_path_or_empty(
         "expected an absolute file path (or \"\": api.token in link.keys)")})
 

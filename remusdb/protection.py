@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -14,7 +15,7 @@ from remusdb import paths
 from remusdb.checkpoint.recording import Recorder
 from remusdb.config import Config
 from remusdb.errors import RemusError
-from remusdb.ops.api import ApiServer, load_token, token_path
+from remusdb.ops.api import ApiServer, token_path
 from remusdb.reprotect.node import NodeDaemon, NodeOptions
 from remusdb.reprotect.roles import Role
 from remusdb.vm import image_for
@@ -22,8 +23,31 @@ from remusdb.vm import image_for
 log = logging.getLogger(__name__)
 
 
+START_REQUEST = "start.request"
+
+
 def role_dir(cfg: Config, role: str, base: str | None = None) -> Path:
     return paths.role_dir(cfg.vm.name, role, base or cfg.vm.run_dir)
+
+
+def request_start(d: Path) -> Path:
+    """`remusdb start`: the next node start in `d` starts the VM (judged as by protect)."""
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / START_REQUEST
+    path.write_text(f"{time.time():.0f}\n")
+    return path
+
+
+def take_start_request(d: Path) -> bool:
+    """Whether a start was requested; the request is gone either way, so a node that
+    refuses to start the VM, or crashes, comes back as a standby."""
+    try:
+        (d / START_REQUEST).unlink()
+    except FileNotFoundError:
+        return False
+    log.info("a start was requested (remusdb start): starting the VM here unless the peer "
+             "runs it or a checkpoint exists")
+    return True
 
 
 def run_node(cfg: Config, host: str, start_as: Role, run_dir: Path,
@@ -73,9 +97,9 @@ def start_api(cfg: Config, host: str, node: NodeDaemon) -> ApiServer | None:
     address, port = cfg.api_address(host)
     if not port:
         return None
-    try:
-        token = load_token(token_path(cfg))
-        return ApiServer(cfg.api.bind or address, port, node, node.metrics, token).start()
+    try:  # a token file others can read stops the start here, in one line
+        return ApiServer(cfg.api.bind or address, port, node, node.metrics,
+                         token_path(cfg)).start()
     except RemusError:
         node.listener.close()
         raise

@@ -18,5 +18,6 @@ if [ -z "${DESTDIR:-}" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi
 echo "install: per VM, /etc/remusdb/<vm>.toml and /etc/remusdb/<vm>.env (REMUSDB_HOST=primary"
-echo "  or standby), keys in link.keys; then on both hosts: systemctl enable remusdb-node@<vm>;"
-echo "  first start on the host that should run it: systemctl start remusdb-protect@<vm>"
+echo "  or standby), keys in link.keys; then on both hosts: systemctl enable --now"
+echo "  remusdb-node@<vm>; the first start, on the host that should run the VM:"
+echo "  remusdb start /etc/remusdb/<vm>.toml --host H && systemctl restart remusdb-node@<vm>"

@@ -45,11 +45,15 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def init(directory: Path, vm: str, force: bool = False) -> list[Path]:
-    """A new CA and a certificate for each host in `directory`; refuses to overwrite keys
-    (the running peer would no longer be trusted) unless `force`."""
+    """A new CA, a certificate for each host and the API's token in `directory`; refuses to
+    overwrite keys (the running peer would no longer be trusted) unless `force`. Keys made
+    before the API get its token alone."""
     directory = Path(directory)
     existing = [p for p in directory.glob("*") if p.suffix in (".crt", ".key", ".token")] \
         if directory.exists() else []
+    if existing and not force and not (directory / TOKEN_NAME).exists():
+        # keys from before the REST API: add its token alone, the pair keeps its keys
+        return [write_token(directory / TOKEN_NAME)]
     if existing and not force:
         raise RemusError(f"keys already exist in {directory} ({existing[0].name}, ...): "
                          "use --force to replace them (both hosts need the new ones)")

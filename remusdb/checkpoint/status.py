@@ -286,8 +286,7 @@ class EpochMetrics:
         self.pause_ms.add(pause_ms)
         self.pages.add(pages)
         self.stream_bytes.add(stream_bytes)
-        if self.observer is not None:
-            self.observer.captured(pause_ms, pages, stream_bytes)
+        self._tell("captured", pause_ms, pages, stream_bytes)
         with self._lock:
             if epoch <= self._acked:  # its ACK came before the resume (the VM was held)
                 self.ack_ms.add(0.0)
@@ -306,21 +305,28 @@ class EpochMetrics:
                 del self._resumed[older]
             if resumed is not None:
                 self.ack_ms.add(max(0.0, at - resumed) * 1000)
-                if self.observer is not None:
-                    self.observer.acked(max(0.0, at - resumed) * 1000)
+                self._tell("acked", max(0.0, at - resumed) * 1000)
 
     def sent(self, pages: int, nbytes: int) -> None:
         self.totals["sent_bytes"] += nbytes
         self.totals["dirty_pages"] += pages
         self.totals["epochs"] += 1
-        if self.observer is not None:
-            self.observer.sent(pages, nbytes)
+        self._tell("sent", pages, nbytes)
 
     def waited(self, seconds: float) -> None:
         self.backpressure["waits"] += 1
         self.backpressure["waited_ms"] += seconds * 1000
-        if self.observer is not None:
-            self.observer.waited(seconds)
+        self._tell("waited", seconds)
+
+    def _tell(self, what: str, *args: float) -> None:
+        """The observer hears of it; its failure is logged once, never the capture's end."""
+        if self.observer is None:
+            return
+        try:
+            getattr(self.observer, what)(*args)
+        except Exception:
+            log.exception("epoch observer failed (%s); it hears no more", what)
+            self.observer = None
 
     def fill(self, doc: PrimaryStatus) -> Any:
         doc.pause_ms = self.pause_ms.percentiles()

@@ -3,7 +3,8 @@
 One list of panels makes both: `grafana()` turns each into PromQL for Grafana
 (`docs/grafana-dashboard.json`, written by `python -m remusdb.ops.dashboard`), and
 `render()` evaluates the same three expression shapes (a gauge, a counter's rate, a
-histogram's quantile, as Prometheus computes them) over scrapes of `/metrics` taken during a
+histogram's quantile: Prometheus's arithmetic, without its extrapolation to the window's
+edges) over scrapes of `/metrics` taken during a
 run and draws them, so the picture shows what the dashboard shows without a Grafana here.
 """
 

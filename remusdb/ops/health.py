@@ -12,6 +12,7 @@ from dataclasses import dataclass
 # The node states in which this host runs the VM, and the one in which it runs it protected.
 RUNS_VM = ("primary-unprotected", "primary-seeding", "primary-protected", "handing-over")
 PROTECTED = "primary-protected"
+SERVES = ("primary-unprotected", "primary-seeding", "primary-protected")  # not handing over
 # The standby states in which its checkpoint is being kept current by a live primary.
 FOLLOWING = ("receiving",)
 
@@ -65,11 +66,17 @@ def summary(docs: dict, now: float) -> dict:
 
 
 def primary_check(docs: dict) -> Verdict:
-    """`GET /primary`: 200 where the VM runs (protected or not: it serves the database)."""
-    state = (docs.get("node") or {}).get("state", "")
-    if state in RUNS_VM:
-        return Verdict(True, f"this host runs the VM ({state})")
-    return Verdict(False, f"this host does not run the VM ({state or 'no node'})")
+    """`GET /primary`: 200 where the VM runs and may speak (protected or not: it serves the
+    database). Not while it hands the VM over, nor when the witness fenced it (its output is
+    stopped and the other host may run the VM by now)."""
+    node = docs.get("node") or {}
+    state = node.get("state", "")
+    if state not in SERVES:
+        return Verdict(False, f"this host does not serve the VM ({state or 'no node'})")
+    hold = (node.get("witness") or {}).get("hold")
+    if hold not in (None, "holding"):
+        return Verdict(False, f"this host runs the VM but the witness fenced it ({hold})")
+    return Verdict(True, f"this host runs the VM ({state})")
 
 
 def standby_check(docs: dict, max_lag_ms: float | None, now: float) -> Verdict:

@@ -19,8 +19,13 @@ HOSTS = ("primary", "standby")
 
 
 def configs(paths: list[str]) -> list[Config]:
-    """The configs named (files) or held (directories: their *.toml, sorted); one VM name
-    twice, or a directory without any, is an error naming it."""
+    return [c for _, c in config_files(paths)]
+
+
+def config_files(paths: list[str]) -> list[tuple[Path, Config]]:
+    """The configs named (files) or held (directories: their *.toml, sorted), with their
+    files; one VM name twice, two VMs on one port, or a directory without any, is an error
+    naming it."""
     out: list[tuple[Path, Config]] = []
     for p in map(Path, paths):
         files = sorted(p.glob("*.toml")) if p.is_dir() else [p]
@@ -36,7 +41,7 @@ def configs(paths: list[str]) -> list[Config]:
     clash = port_clashes([c for _, c in out])
     if clash:
         raise ConfigError(f"config error: {clash}")
-    return [c for _, c in out]
+    return out
 
 
 def port_clashes(cfgs: list[Config]) -> str:
@@ -57,6 +62,16 @@ def port_clashes(cfgs: list[Config]) -> str:
     return ""
 
 
+def whose(doc: dict, cfg: Config, host: str) -> str:
+    """"" when a /status answer is the node of this VM and host, else what it is (a port
+    mixed up between two VMs must not show one's state as the other's)."""
+    node = doc["documents"].get("node") or {}
+    if (node.get("vm"), node.get("host")) != (cfg.vm.name, host):
+        return (f"{cfg.api_address(host)[0]}:{cfg.api_address(host)[1]} answers for VM "
+                f"{node.get('vm')} host {node.get('host')}, not {cfg.vm.name} {host}")
+    return ""
+
+
 def label(cfg: Config, host: str) -> str:
     return f"{host}/{cfg.host(host)[0]}"
 
@@ -68,9 +83,10 @@ def rows(cfgs: list[Config], timeout: float = 2.0) -> list[dict]:
         if not port:
             return "no API (api_port = 0)"
         try:
-            return api.status(address, port, timeout)
+            doc = api.status(address, port, timeout)
         except RemusError as e:
             return str(e)
+        return whose(doc, cfg, host) or doc
 
     jobs = [(cfg, host) for cfg in cfgs for host in HOSTS]
     with ThreadPoolExecutor(min(16, len(jobs) or 1)) as pool:

@@ -3,9 +3,9 @@
 Distributions (the pause, the epoch's size, the ACK after resume) and running totals (bytes,
 epochs, pages, back-pressure) are fed by the primary at every epoch (`EpochObserver`), so they
 outlive protection sessions as Prometheus expects of counters; everything else (role, term,
-lag, held output, the relay's frame counts, compression, RT) is read from the node's status
-documents when Prometheus scrapes, so it can never disagree with `/status`. One registry per
-node, never the process-global one: a test may run several.
+lag, held output, compression, and the session's own counts as `remusdb_session_*` gauges) is
+read from the node's status documents when Prometheus scrapes, as `/status` shows them. One
+registry per node, never the process-global one: a test may run several.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from remusdb.ops import health
@@ -116,18 +116,14 @@ class _StatusCollector(Collector):
             yield from self._session_counters(prim)
 
     def _session_counters(self, prim: dict) -> Iterator[Metric]:
-        """Counts the session keeps (they restart with a new session: Prometheus's rate()
-        treats that as a counter reset)."""
-        rt = (prim.get("read_tracking") or {}).get("references")
-        if isinstance(rt, int):
-            c = CounterMetricFamily("remusdb_rt_references", "Dirty pages sent as references "
-                                    "to disk blocks (read tracking), this session",
-                                    labels=LABELS)
-            c.add_metric(self.labels, rt)
-            yield c
+        """Counts the protection session keeps: they start again at 0 with each session, so
+        they are gauges (`_session`), not counters."""
+        yield from self._gauge("remusdb_session_rt_references", "Dirty pages sent as "
+                               "references to disk blocks (read tracking), this session",
+                               (prim.get("read_tracking") or {}).get("references"))
         net = prim.get("net") or {}
-        frames = CounterMetricFamily("remusdb_net_frames", "Guest frames by what the relay "
-                                     "did with them, this VM", labels=[*LABELS, "how"])
+        frames = GaugeMetricFamily("remusdb_session_net_frames", "Guest frames by what the "
+                                   "relay did with them, this session", labels=[*LABELS, "how"])
         for how in ("unprotected", "held", "released", "to_guest"):
             if isinstance(net.get(how), int):
                 frames.add_metric([*self.labels, how], net[how])

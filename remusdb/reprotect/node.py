@@ -467,6 +467,8 @@ class NodeDaemon:
             if not ms.isdigit() or not interval_ok(int(ms)):
                 raise ValueError(f"ms: expected an integer in {INTERVAL_BOUNDS}, got {ms!r}")
             return self._control(NodeRequest("interval", int(ms)))
+        if action not in ("switchover", "reprotect"):
+            raise ValueError(f"unknown action {action!r}")
         if params:
             raise ValueError(f"{action} takes no parameters (got {', '.join(params)})")
         return self._control(NodeRequest(action))

@@ -21,6 +21,7 @@ from remusdb.image.builder import GuestImage
 from remusdb.ops import api, health, listing
 from remusdb.ops.metrics import NodeMetrics
 from remusdb.reprotect.node import NodeDaemon
+from remusdb.reprotect.roles import Event
 
 NOW = 1_000_000.0
 
@@ -53,11 +54,18 @@ def test_the_summary_carries_what_an_operator_looks_at_first():
     assert health.summary({"node": {"state": "stopped"}}, NOW)["role"] == "stopped"
 
 
-def test_primary_answers_200_only_where_the_vm_runs():
+def test_primary_answers_200_only_where_the_vm_runs_and_may_speak():
     assert health.primary_check(primary_docs()).code == 200
     assert health.primary_check(primary_docs("primary-unprotected")).code == 200
     assert health.primary_check(standby_docs()).code == 503
     assert health.primary_check({}).code == 503
+    assert health.primary_check(primary_docs("handing-over")).code == 503
+    fenced = primary_docs()
+    fenced["node"]["witness"] = {"hold": "fenced"}
+    v = health.primary_check(fenced)
+    assert v.code == 503 and "witness fenced it" in v.why
+    fenced["node"]["witness"] = {"hold": "holding"}
+    assert health.primary_check(fenced).code == 200
 
 
 def test_standby_answers_200_only_when_following_within_the_lag_asked():
@@ -128,14 +136,14 @@ def test_metrics_parse_and_carry_the_checkpoints_and_the_status():
                       "remusdb_runs_vm": 1, "remusdb_compression_ratio": 0.2,
                       "remusdb_interval_seconds": 0.1}
     assert 0.3 <= fams["remusdb_checkpoint_age_seconds"].samples[0].value < 5
-    frames = {s.labels["how"]: s.value for s in fams["remusdb_net_frames"].samples}
+    frames = {s.labels["how"]: s.value for s in fams["remusdb_session_net_frames"].samples}
     assert frames == {"unprotected": 10, "held": 5, "released": 3, "to_guest": 9}
 
 
 def test_a_standbys_metrics_have_no_primary_numbers():
     fams = metric_families(NodeMetrics("pg1", "standby", standby_docs).text().decode())
     assert fams["remusdb_runs_vm"].samples[0].value == 0
-    assert "remusdb_net_frames" not in fams and "remusdb_lag_epochs" not in fams
+    assert "remusdb_session_net_frames" not in fams and "remusdb_lag_epochs" not in fams
     state = fams["remusdb_node_state"].samples[0].labels
     assert (state["state"], state["role"]) == ("standby", "standby")
 
@@ -163,13 +171,17 @@ TOKEN = b"0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-def server():
+def server(tmp_path):
     servers = []
 
     def make(docs, token=TOKEN):
+        path = tmp_path / "api.token"
+        if token:
+            path.write_bytes(token + b"\n")
+            path.chmod(0o600)
         node = FakeNode(docs)
         s = api.ApiServer("127.0.0.1", 0, node, NodeMetrics("pg1", "primary", node.documents),
-                          token).start()
+                          path).start()
         servers.append(s)
         return s.address[1], node
     yield make
@@ -177,9 +189,10 @@ def server():
         s.close()
 
 
-def request(port, method, path, token: bytes | None = None):
+def request(port, method, path, token: bytes | None = None, auth: str | None = None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    headers = {"Authorization": f"Bearer {token.decode()}"} if token else {}
+    headers = {"Authorization": auth or api.sign(token, method, path)} if (token or auth) \
+        else {}
     conn.request(method, path, headers=headers)
     r = conn.getresponse()
     body = r.read()
@@ -206,13 +219,27 @@ def test_read_only_endpoints_answer_anyone(server):
     assert api.status("127.0.0.1", port)["summary"]["epoch"] == 41
 
 
-def test_acting_endpoints_refuse_without_the_token(server):
+def test_acting_endpoints_refuse_without_a_valid_signature(server):
     port, node = server(standby_docs())
     for token in (None, b"wrong-token-wrong-token-wrong", TOKEN[:-1]):
         code, body, r = request(port, "POST", "/failover", token)
-        assert code == 401 and r.getheader("WWW-Authenticate") == "Bearer"
-        assert "authentication required" in json.loads(body)["error"]
-    assert node.acts == []
+        assert code == 401 and r.getheader("WWW-Authenticate") == api.SCHEME
+        assert "authentication" in json.loads(body)["error"]
+    # the token itself as a bearer (it must never cross the network) is no signature
+    code, _, _ = request(port, "POST", "/failover", auth=f"Bearer {TOKEN.decode()}")
+    assert code == 401
+    # signed for another path, too old, or replayed: refused
+    assert request(port, "POST", "/failover?force=true",
+                   auth=api.sign(TOKEN, "POST", "/failover"))[0] == 401
+    code, body, _ = request(port, "POST", "/failover",
+                            auth=api.sign(TOKEN, "POST", "/failover", time.time() - 120))
+    assert code == 401 and "off this node's clock" in json.loads(body)["error"]
+    once = api.sign(TOKEN, "POST", "/reprotect")
+    assert request(port, "POST", "/reprotect", auth=once)[0] == 200
+    code, body, _ = request(port, "POST", "/reprotect", auth=once)
+    assert code == 401 and "used already" in json.loads(body)["error"]
+    assert node.acts == [("reprotect", {})]
+    node.acts.clear()
     code, body, _ = request(port, "POST", "/failover?force=true", TOKEN)
     assert code == 200 and json.loads(body)["done"] == "failover"
     assert node.acts == [("failover", {"force": "true"})]
@@ -222,11 +249,46 @@ def test_acting_endpoints_refuse_without_the_token(server):
     assert request(port, "POST", "/shutdown", TOKEN)[0] == 404
 
 
-def test_no_token_file_means_no_acting_over_http(server):
+def test_no_token_file_means_no_acting_over_http(server, tmp_path):
     port, node = server(standby_docs(), token=None)
     code, body, _ = request(port, "POST", "/reprotect", TOKEN)
     assert code == 403 and "no API token file" in json.loads(body)["error"]
     assert node.acts == []
+    api.write_token(tmp_path / "api.token")  # a token put in place later is read at once
+    token = api.load_token(tmp_path / "api.token")
+    assert request(port, "POST", "/reprotect", token)[0] == 200 and node.acts
+
+
+def test_a_trickling_or_garbled_client_loses_its_slot(server):
+    port, _ = server(standby_docs())
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(api.MAX_PER_ADDRESS)]
+    try:
+        t0 = time.monotonic()
+        closed_at = None
+        while time.monotonic() - t0 < api.CLIENT_TIMEOUT + 5:
+            try:
+                slow[0].send(b"G")  # a byte a second: each read is quick, the whole is not
+                slow[0].settimeout(1.0)
+                if slow[0].recv(1) == b"":
+                    closed_at = time.monotonic() - t0
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_at = time.monotonic() - t0
+                break
+        assert closed_at is not None and closed_at < api.CLIENT_TIMEOUT + 2, closed_at
+        # one address holds at most MAX_PER_ADDRESS slots: the others still get answers
+        # from the same address once the trickler is gone
+        assert request(port, "GET", "/health")[0] == 200
+    finally:
+        for s in slow:
+            s.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"\x00\xff garbage \r\n\r\n")
+        answer = b"".join(iter(lambda: s.recv(4096), b""))
+        assert b"Error code: 400" in answer  # and the server answers the next one
+    assert request(port, "GET", "/health")[0] == 200
 
 
 def test_a_silent_client_holds_nobody_up(server):
@@ -248,6 +310,8 @@ def test_a_silent_client_holds_nobody_up(server):
 
 
 def test_the_token_file_must_be_the_owners_and_long_enough(tmp_path):
+    (tmp_path / "api.token.tmp").write_text("stale")
+    (tmp_path / "api.token.tmp").chmod(0o644)
     p = tmp_path / "api.token"
     assert api.load_token(p) is None
     api.write_token(p)
@@ -268,6 +332,16 @@ def test_a_taken_port_is_one_line_naming_the_key():
         port = s.getsockname()[1]
         with pytest.raises(RemusError, match=f"cannot listen on 127.0.0.1:{port}.*api_port"):
             api.ApiServer("127.0.0.1", port, FakeNode({}), NodeMetrics("a", "b", dict), None)
+
+
+def test_a_node_that_answers_for_another_vm_is_not_taken_for_this_one(tmp_path, server):
+    port, _ = server(primary_docs(acked_at=time.time()))  # the node of VM pg1
+    p = write(tmp_path, "pg2", primary={"api_port": port, "port": 7798},
+              standby={"api_port": 0, "port": 7797})
+    assert cli.main(["list", "--json", str(p)]) == 1  # nobody answers for pg2
+    rows = listing.rows(listing.configs([str(p)]))
+    assert "answers for VM pg1 host primary, not pg2 primary" in \
+        rows[0]["hosts"]["primary/127.0.0.1"]["error"]
 
 
 # Config: ports, directories of VMs
@@ -316,11 +390,23 @@ def test_list_asks_every_host_and_says_who_did_not_answer(tmp_path, server, caps
 
 def test_status_asks_the_api_and_falls_back_to_the_files(tmp_path, server, capsys):
     port, _ = server(primary_docs(acked_at=time.time()))
-    p = write(tmp_path, "pg1", primary={"api_port": port}, standby={"api_port": 0},
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    p = write(tmp_path, "pg1", primary={"api_port": port}, standby={"api_port": dead},
               vm={"name": "pg1", "run_dir": str(tmp_path)})
+    d = tmp_path / "pg1" / "standby"  # the standby's last word, on this machine
+    d.mkdir(parents=True)
+    (d / "standby.status.json").write_text(json.dumps(
+        {"state": "receiving", "vm": "pg1", "epoch_committed": 77}))
     assert cli.main(["status", str(p)]) == 0
     out = capsys.readouterr().out
     assert f"[host primary: api 127.0.0.1:{port}]" in out and "epoch captured" in out
+    assert f"[host standby: status files in {d} (no answer from 127.0.0.1:{dead}" in out
+    assert "epoch committed 77" in out
+    (d / "standby.status.json").unlink()
+    assert cli.main(["status", str(p)]) == 0
+    assert "[host standby: nothing: status files in" in capsys.readouterr().out
 
 
 # The real node daemon's side
@@ -353,5 +439,11 @@ def test_the_node_serves_its_live_documents_and_decides_acting_requests(standby_
         standby_node.act("failover", {"force": "yes"})
     with pytest.raises(ValueError, match="takes no parameters"):
         standby_node.act("reprotect", {"now": "1"})
+    with pytest.raises(ValueError, match="unknown action"):
+        standby_node.act("shutdown", {})
+    standby_node.record.apply(Event.STARTED_VM, 0)  # this host runs the VM now
+    reply = standby_node.act("failover", {"force": "true"})
+    assert not reply.ok and "a failover runs on the standby" in reply.error
     fams = metric_families(standby_node.metrics.text().decode())
-    assert fams["remusdb_node_state"].samples[0].labels["state"] == "standby"
+    assert fams["remusdb_node_state"].samples[0].labels["state"] == "primary-unprotected"
+    assert fams["remusdb_runs_vm"].samples[0].value == 1
