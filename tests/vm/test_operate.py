@@ -79,10 +79,16 @@ def test_two_vms_on_one_pair_one_fails_over_the_other_stays_protected(lab, base)
             assert ask(lab, cfg, "standby", "/primary")[0] == 503
             assert ask(lab, cfg, "standby", "/standby?max_lag_ms=5000")[0] == 200
             assert ask(lab, cfg, "primary", "/standby")[0] == 503
-        # Acting needs the token, even from the lab's own hosts.
+        # Acting needs a signature with the pair's token, even from the lab's own hosts.
         with lab.inside("client"):
             code, _ = api.post(*cb.api_address("primary"), "/switchover", b"not-the-token" * 2)
         assert code == 401
+        assert read_status(b.primary_status)["state"] == "protected"
+        r = cli(lab, "client", "remote", str(b.cfg), "--host", "primary", "interval",
+                "--ms", "150")
+        assert r.returncode == 0 and '"interval_ms": 150' in r.stdout, r.stdout + r.stderr
+        r = cli(lab, "client", "remote", str(b.cfg), "--host", "standby", "failover")
+        assert r.returncode == 1 and "refusing: the primary is still sending" in r.stderr
         rows = {r["vm"]: r for r in listed(lab, a.cfg, b.cfg)}
         for name in ("pg1", "pg2"):
             assert (rows[name]["primary"], rows[name]["standby"], rows[name]["state"]) == (
