@@ -426,6 +426,11 @@ class PrimaryDaemon:
                 self.witness.epoch = f.epoch
             for p in self.participants:
                 p.on_ack(f.epoch)
+            # Only the first ACK of a session may change its state. The lock, which a QMP call
+            # (a switchover, `remusdb interval`) holds for as long as QEMU takes, is never
+            # taken for the others: the ACKs after it release output without waiting for QEMU.
+            if self.states.current != PrimaryState.SEEDING:
+                return
             with self._qmp_lock:  # not over a failure _fail has just recorded
                 if self.states.current == PrimaryState.SEEDING and self.failure is None:
                     self.states.set(PrimaryState.PROTECTED)

@@ -12,7 +12,9 @@ import pytest
 
 from benchmarks import _ab
 from remusdb import cli
+from remusdb.checkpoint import wire
 from remusdb.checkpoint.control import ControlReply, ControlServer
+from remusdb.checkpoint.participant import Participant
 from remusdb.checkpoint.primary import PrimaryDaemon
 from remusdb.checkpoint.state import PrimaryState
 from remusdb.checkpoint.status import PrimaryStatus, read_status
@@ -160,6 +162,28 @@ def test_no_interval_change_once_the_session_is_ending_or_qemu_fails(tmp_path):
     with pytest.raises(RemusError, match="QEMU did not take the interval: TimeoutError: no "):
         p.set_interval(250)
     assert qmp.calls == [] and p.interval_ms == 100
+
+
+def test_acks_release_output_while_a_qmp_call_holds_the_monitor(tmp_path):
+    """A slow QEMU answering `remusdb interval` (or a switchover's QMP) must not hold up the
+    standby's ACKs, which release held output: the reader never waits for the QMP lock once
+    the session is protected."""
+    released = []
+
+    class Output(Participant):
+        def on_ack(self, epoch: int) -> None:
+            released.append(epoch)
+
+    p = PrimaryDaemon(secure(Config(), tmp_path), fake_guest(None, tmp_path), tmp_path,
+                      [Output()], clock=SimpleNamespace(summary=dict))
+    p.states.set(PrimaryState.SEEDING)
+    p.states.set(PrimaryState.PROTECTED)
+    p.sending, p.acked = 5, 0
+    with p._qmp_lock:  # as set_interval holds it while QEMU takes its time
+        reader = threading.Thread(target=p._on_frame, args=(wire.Frame(wire.Kind.ACK, 1),))
+        reader.start()
+        reader.join(2.0)
+        assert not reader.is_alive() and released == [1]
 
 
 # The A/B arithmetic
