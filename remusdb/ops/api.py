@@ -63,8 +63,8 @@ def token_path(cfg: Config) -> Path:
 
 
 def load_token(path: Path) -> bytes | None:
-    """The bearer token, or None (no file: acting over HTTP is off). A token others can
-    read is no secret: refused in one line."""
+    """The API token, or None (no file: acting over HTTP is off). A token others can read
+    is no secret: refused in one line."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -135,7 +135,8 @@ class ApiServer:
         self.acting = token_file is not None and load_token(token_file) is not None
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self._per_address: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the slots' counts (the accepting thread takes it)
+        self._docs_lock = threading.Lock()  # one build of the documents at a time
         self._docs: tuple[float, dict] = (0.0, {})
         self._warned = 0.0
         try:
@@ -154,7 +155,7 @@ class ApiServer:
         return self
 
     def documents(self) -> dict:
-        with self._lock:
+        with self._docs_lock:
             at, docs = self._docs
             if time.monotonic() - at > DOCS_TTL_S:
                 docs = self.node.documents()
