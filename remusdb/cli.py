@@ -169,6 +169,8 @@ def cmd_start(args) -> int:
 
 def cmd_remote(args) -> int:
     """An acting request to a host's node over its REST API, signed with the API token."""
+    from urllib.parse import urlencode
+
     from remusdb.ops import api
     cfg = configmod.load(args.config)
     address, port = cfg.api_address(args.host)
@@ -177,8 +179,9 @@ def cmd_remote(args) -> int:
     token = api.load_token(api.token_path(cfg))
     if token is None:
         raise RemusError(f"no API token at {api.token_path(cfg)} (remusdb keys init)")
-    path = f"/{args.action}" + ("?force=true" if args.force else "") + (
-        f"?ms={args.ms}" if args.ms is not None else "")
+    query = {k: v for k, v in (("force", "true" if args.force else None),
+                               ("ms", args.ms)) if v is not None}
+    path = f"/{args.action}" + (f"?{urlencode(query)}" if query else "")
     try:
         code, reply = api.post(address, port, path, token)
     except OSError as e:

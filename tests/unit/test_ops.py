@@ -447,3 +447,23 @@ def test_the_node_serves_its_live_documents_and_decides_acting_requests(standby_
     fams = metric_families(standby_node.metrics.text().decode())
     assert fams["remusdb_node_state"].samples[0].labels["state"] == "primary-unprotected"
     assert fams["remusdb_runs_vm"].samples[0].value == 1
+
+
+def test_remote_signs_the_request_with_the_pairs_token(tmp_path, server, capsys):
+    port, node = server(standby_docs())
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "api.token").write_bytes(TOKEN + b"\n")
+    (keys / "api.token").chmod(0o600)
+    p = write(tmp_path, "pg1", primary={"api_port": port}, link={"keys": str(keys)})
+    assert cli.main(["remote", str(p), "--host", "primary", "interval", "--ms", "150"]) == 0
+    assert cli.main(["remote", str(p), "--host", "primary", "failover", "--force"]) == 0
+    assert node.acts == [("interval", {"ms": "150"}), ("failover", {"force": "true"})]
+    capsys.readouterr()
+    assert cli.main(["remote", str(p), "--host", "primary", "switchover"]) == 1
+    assert "switchover on host primary: switchover needs a protected primary" in \
+        capsys.readouterr().err
+    (keys / "api.token").write_bytes(b"another-token-another-token\n")  # not the node's
+    assert cli.main(["remote", str(p), "--host", "primary", "reprotect"]) == 1
+    assert "bad signature" in capsys.readouterr().err
+    assert len(node.acts) == 3  # the refused switchover reached the node; nothing since
