@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,7 +114,22 @@ def phase(name: str, lab, vms: dict[str, Protected], ips: dict[str, str], second
 
 
 def run(seconds: float, rate: int, png: Path) -> dict:
+    """The run's daemons, logs and guest images live in RAM for its length only (kept, and
+    named, when it fails or REMUSDB_KEEP_RUN is set)."""
     base = Path(tempfile.mkdtemp(prefix="remusdb-two-", dir="/dev/shm"))
+    try:
+        result = measure(base, seconds, rate, png)
+    except BaseException:
+        print(f"kept the run's files: {base}")
+        raise
+    if os.environ.get("REMUSDB_KEEP_RUN"):
+        print(f"kept the run's files: {base}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+    return result
+
+
+def measure(base: Path, seconds: float, rate: int, png: Path) -> dict:
     trace = ("--trace",)
     with Lab() as lab:
         lab.add_tap("primary")
