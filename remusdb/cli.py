@@ -70,10 +70,11 @@ def cmd_config_example(args) -> int:
 
 def cmd_keys_init(args) -> int:
     from remusdb.checkpoint import keys, link
+    from remusdb.ops import api
     cfg = configmod.load(args.config)
     directory = Path(args.dir) if args.dir else link.key_dir(cfg)
     written = keys.init(directory, cfg.vm.name, force=args.force)
-    if [p.name for p in written] == ["api.token"]:
+    if [p.name for p in written] == [api.TOKEN_NAME]:
         print(f"the keys in {directory} are kept; added the REST API's token {written[0]}: "
               "copy it to the other host too")
         return 0
@@ -244,19 +245,15 @@ def _host_documents(cfg, host: str, run_dir: str | None) -> tuple[dict, str]:
     status files on this machine (a stopped node's last word); and where they came from."""
     from remusdb import protection
     from remusdb.checkpoint.status import NodeStatus, PrimaryStatus, StandbyStatus
-    from remusdb.ops import api, listing
+    from remusdb.ops import listing
     kinds = {d.role: d for d in (NodeStatus, PrimaryStatus, StandbyStatus)}
-    address, port = cfg.api_address(host)
-    why = "no API (api_port = 0)" if not port else "--run-dir given"
-    if port and not run_dir:  # --run-dir names a directory here: read it, as asked
-        try:
-            doc = api.status(address, port, timeout=2.0)
-            why = listing.whose(doc, cfg, host)
-            if not why:
-                return ({r: kinds[r].from_json(d) for r, d in doc["documents"].items()
-                         if r in kinds and isinstance(d, dict)}, f"api {address}:{port}")
-        except RemusError as e:
-            why = str(e)
+    # --run-dir names a directory here: read it, as asked
+    answer = listing.ask(cfg, host) if not run_dir else "--run-dir given"
+    if isinstance(answer, dict):
+        return ({r: kinds[r].from_json(d) for r, d in answer["documents"].items()
+                 if r in kinds and isinstance(d, dict)},
+                "api {}:{}".format(*cfg.api_address(host)))
+    why = answer
     d = protection.role_dir(cfg, host, run_dir)
     found = {}
     for kind in kinds.values():

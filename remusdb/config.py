@@ -304,7 +304,7 @@ class LinkConfig:
 @dataclass
 class ApiConfig:
     """Each node's REST API (ops/api.py): reading is open to whoever reaches it; acting
-    (failover, switchover, reprotect, interval) needs the bearer token in `token_file`."""
+    (failover, switchover, reprotect, interval) needs a request signed with `token_file`."""
 
     # "": each host's own address (its [primary]/[standby] address); "0.0.0.0": all of them
     # (one config serves both hosts: a single address would fit only one).
@@ -461,8 +461,8 @@ insecure = false         # true: plain TCP, no authentication (never in producti
 
 [api]
 bind = ""                # "": each host's own address above; "0.0.0.0": all its addresses
-token_file = ""          # the bearer token that failover/switchover/reprotect/interval need
-                         # over HTTP ('remusdb keys init' writes one); "": link.keys/api.token
+token_file = ""          # the token that signs failover/switchover/reprotect/interval over
+                         # HTTP ('remusdb keys init' writes one); "": link.keys/api.token
 
 [witness]
 endpoints = []           # etcd members, e.g. ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]:

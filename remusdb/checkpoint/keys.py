@@ -89,6 +89,6 @@ def init(directory: Path, vm: str, force: bool = False) -> list[Path]:
         _write(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         _write(key_path, _pem_key(key), 0o600)
         written += [crt_path, key_path]
-    # The REST API's bearer token (ops/api.py): both hosts' acting endpoints take it.
+    # The REST API's token (ops/api.py): acting requests to either host are signed with it.
     written.append(write_token(directory / TOKEN_NAME))
     return written

@@ -76,21 +76,24 @@ def label(cfg: Config, host: str) -> str:
     return f"{host}/{cfg.host(host)[0]}"
 
 
+def ask(cfg: Config, host: str, timeout: float = 2.0) -> dict | str:
+    """Host `host`'s `/status` for this VM, or why there is none (one line): no API, no
+    answer, or the node of another VM or host answering on that port."""
+    address, port = cfg.api_address(host)
+    if not port:
+        return "no API (api_port = 0)"
+    try:
+        doc = api.status(address, port, timeout)
+    except RemusError as e:
+        return str(e)
+    return whose(doc, cfg, host) or doc
+
+
 def rows(cfgs: list[Config], timeout: float = 2.0) -> list[dict]:
     """One row per VM, in the configs' order."""
-    def ask(cfg: Config, host: str) -> dict | str:
-        address, port = cfg.api_address(host)
-        if not port:
-            return "no API (api_port = 0)"
-        try:
-            doc = api.status(address, port, timeout)
-        except RemusError as e:
-            return str(e)
-        return whose(doc, cfg, host) or doc
-
     jobs = [(cfg, host) for cfg in cfgs for host in HOSTS]
     with ThreadPoolExecutor(min(16, len(jobs) or 1)) as pool:
-        answers = list(pool.map(lambda j: ask(*j), jobs))
+        answers = list(pool.map(lambda j: ask(j[0], j[1], timeout), jobs))
     now = time.time()
     out = []
     for i, cfg in enumerate(cfgs):

@@ -27,14 +27,20 @@ from remusdb.checkpoint.participants import SessionAids
 from remusdb.checkpoint.primary import PrimaryDaemon
 from remusdb.checkpoint.standby import StandbyDaemon, listen
 from remusdb.checkpoint.state import PrimaryState
-from remusdb.checkpoint.status import NodeStatus, StatusFile, read_status
+from remusdb.checkpoint.status import (
+    NodeStatus,
+    PrimaryStatus,
+    StandbyStatus,
+    StatusFile,
+    read_status,
+)
 from remusdb.config import INTERVAL_BOUNDS, Config, interval_ok
 from remusdb.errors import RemusError
 from remusdb.hypervisor.clock import ClockKeeper
 from remusdb.image.builder import GuestImage
 from remusdb.ops.metrics import NodeMetrics
 from remusdb.reprotect import served
-from remusdb.reprotect.control import NODE_SOCKET, NodeRequest
+from remusdb.reprotect.control import COMMANDS, NODE_SOCKET, NodeRequest
 from remusdb.reprotect.record import NodeRecord
 from remusdb.reprotect.roles import (
     BUSY,
@@ -446,10 +452,10 @@ class NodeDaemon:
                 docs["standby"] = self.standby.status.stamp(self.standby.status_doc()).to_json()
         except Exception:  # a summary read while its thread changes it: the last file
             log.debug("status served from the last file", exc_info=True)
-            name = "primary" if role is Role.PRIMARY else "standby"
-            last = read_status(self.run_dir / f"{name}.status.json")
+            kind = PrimaryStatus if role is Role.PRIMARY else StandbyStatus
+            last = read_status(self.run_dir / kind.file_name())
             if last is not None:
-                docs[name] = last
+                docs[kind.role] = last
         return docs
 
     def act(self, action: str, params: dict[str, str]) -> ControlReply:
@@ -467,7 +473,7 @@ class NodeDaemon:
             if not ms.isdigit() or not interval_ok(int(ms)):
                 raise ValueError(f"ms: expected an integer in {INTERVAL_BOUNDS}, got {ms!r}")
             return self._control(NodeRequest("interval", int(ms)))
-        if action not in ("switchover", "reprotect"):
+        if action not in COMMANDS:  # the control socket's commands, no other
             raise ValueError(f"unknown action {action!r}")
         if params:
             raise ValueError(f"{action} takes no parameters (got {', '.join(params)})")

@@ -467,3 +467,14 @@ def test_remote_signs_the_request_with_the_pairs_token(tmp_path, server, capsys)
     assert cli.main(["remote", str(p), "--host", "primary", "reprotect"]) == 1
     assert "bad signature" in capsys.readouterr().err
     assert len(node.acts) == 3  # the refused switchover reached the node; nothing since
+
+
+def test_a_status_that_cannot_be_built_now_is_served_from_its_last_file(standby_node):
+    standby_node.standby._publish()  # the file, as the daemon writes it at each change
+
+    def racing():
+        raise RuntimeError("dictionary changed size during iteration")
+
+    standby_node.standby.status_doc = racing
+    docs = standby_node.documents()
+    assert docs["standby"]["state"] == "waiting" and docs["node"]["state"] == "standby"
